@@ -1,0 +1,45 @@
+"""Celery adapter of celery-redis-statedb: revoked tasks and the clock kept in Redis.
+
+``celery -A app worker --statedb=redis://host:6379/0`` is all it takes once the
+package is installed; ``install_redis_statedb(app)`` does the same from code.
+"""
+
+from celery_redis_statedb.bootstep import RedisStateDB
+from celery_redis_statedb.install import install_redis_statedb
+from celery_redis_statedb.persistence import WorkerStatePersistence
+from celery_redis_statedb.repository import SyncStateRepository, open_sync_client
+from celery_redis_statedb.settings import SETTINGS, resolve_config
+from statedb import (
+    AccessDeniedError,
+    ConfigurationError,
+    CorruptValueError,
+    InvalidInputError,
+    RedisUnavailableError,
+    Scope,
+    StateDataError,
+    StateDBConfig,
+    StateDBError,
+    WrongKeyTypeError,
+)
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "SETTINGS",
+    "AccessDeniedError",
+    "ConfigurationError",
+    "CorruptValueError",
+    "InvalidInputError",
+    "RedisStateDB",
+    "RedisUnavailableError",
+    "Scope",
+    "StateDBConfig",
+    "StateDBError",
+    "StateDataError",
+    "SyncStateRepository",
+    "WorkerStatePersistence",
+    "WrongKeyTypeError",
+    "install_redis_statedb",
+    "open_sync_client",
+    "resolve_config",
+]

@@ -1,0 +1,96 @@
+"""Builds a :class:`statedb.StateDBConfig` from the CLI, ``app.conf`` and the environment.
+
+Precedence, for every setting: command line > ``app.conf`` > environment > default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from statedb.config import StateDBConfig
+from statedb.errors import ConfigurationError
+
+
+def _number(text: object) -> float:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    return float(str(text).strip())
+
+
+def _text(value: object) -> str:
+    return str(value).strip() if not isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user-facing setting and the config field it feeds."""
+
+    field: str
+    conf_key: str
+    env_var: str
+    option: str | None
+    parse: Callable[[object], Any]
+    help: str
+
+    @property
+    def cli_kwarg(self) -> str | None:
+        return None if self.option is None else self.option.lstrip("-").replace("-", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("key_prefix", "redis_state_key_prefix", "CELERY_REDIS_STATE_KEY_PREFIX",
+            "--redis-state-key-prefix", _text, "Prefix of every Redis key (default celery:worker:state:)."),
+    Setting("revoke_expires", "redis_state_ttl", "CELERY_REDIS_STATE_TTL",
+            "--redis-state-ttl", _number,
+            "Seconds a revoked id stays in worker memory (Celery's REVOKE_EXPIRES); Redis keeps it."),
+    Setting("scope", "redis_state_scope", "CELERY_REDIS_STATE_SCOPE",
+            "--redis-state-scope", _text, "worker: one revoked set per hostname; shared: one for the fleet."),
+    Setting("on_unavailable", "redis_state_on_unavailable", "CELERY_REDIS_STATE_ON_UNAVAILABLE",
+            "--redis-state-on-unavailable", _text, "Redis down at boot: fail (default) or degrade."),
+    Setting("boot_timeout", "redis_state_boot_timeout", "CELERY_REDIS_STATE_BOOT_TIMEOUT",
+            "--redis-state-boot-timeout", _number, "Seconds to keep retrying Redis at boot (default 30)."),
+    Setting("socket_timeout", "redis_state_socket_timeout", "CELERY_REDIS_STATE_SOCKET_TIMEOUT",
+            None, _number, "Seconds one Redis command may take (default 5)."),
+    Setting("socket_connect_timeout", "redis_state_connect_timeout", "CELERY_REDIS_STATE_CONNECT_TIMEOUT",
+            None, _number, "Seconds a connection attempt may take (default 5)."),
+    Setting("clock_interval", "redis_state_clock_interval", "CELERY_REDIS_STATE_CLOCK_INTERVAL",
+            None, _number, "Seconds between clock saves and data-loss checks (default 10)."),
+)
+
+
+def _pick(setting: Setting, cli: Mapping[str, Any], conf: Mapping[str, Any], env: Mapping[str, str]
+          ) -> tuple[Any, str] | None:
+    kwarg = setting.cli_kwarg
+    if kwarg is not None and cli.get(kwarg) is not None:
+        return cli[kwarg], setting.option or kwarg
+    if conf.get(setting.conf_key) is not None:
+        return conf[setting.conf_key], f"app.conf.{setting.conf_key}"
+    if env.get(setting.env_var, "").strip():
+        return env[setting.env_var], f"environment variable {setting.env_var}"
+    return None
+
+
+def resolve_config(
+    url: str,
+    *,
+    cli: Mapping[str, Any] | None = None,
+    conf: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> StateDBConfig:
+    """The configuration for ``url``; a bad value raises ConfigurationError naming its source."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        picked = _pick(setting, cli or {}, conf or {}, env or {})
+        if picked is None:
+            continue
+        raw, source = picked
+        try:
+            values[setting.field] = setting.parse(raw)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{source}={raw!r} is not valid: expected a number") from None
+    try:
+        return StateDBConfig(url=url, **values)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc} (check the redis_state_* settings)") from None

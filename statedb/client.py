@@ -1,0 +1,47 @@
+"""Client settings shared by the async core and the sync adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.backoff import ExponentialBackoff, NoBackoff
+
+from statedb.config import StateDBConfig
+
+
+def client_options(config: StateDBConfig) -> dict[str, Any]:
+    """Keyword arguments for ``from_url`` (sync or async), minus the Retry object.
+
+    Every command gets one immediate retry on a fresh connection, which covers a
+    pooled connection that a Redis restart left dead; longer outages surface at
+    once as errors, so a caller is never blocked beyond the socket timeouts.
+    """
+    return {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.socket_connect_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": 0,
+        "decode_responses": False,
+    }
+
+
+def command_backoff() -> NoBackoff:
+    return NoBackoff()
+
+
+COMMAND_RETRIES = 1
+
+
+def boot_backoff(config: StateDBConfig) -> ExponentialBackoff:
+    return ExponentialBackoff(cap=config.retry_backoff_cap, base=config.retry_backoff_base)
+
+
+def retries_within(budget: float, base: float, cap: float) -> int:
+    """How many retries of an exponential backoff (base*2**n, at most cap) fit in ``budget`` seconds."""
+    retries, spent = 0, 0.0
+    while True:
+        delay = min(cap, base * 2 ** (retries + 1))
+        if spent + delay > budget:
+            return retries
+        spent += delay
+        retries += 1

@@ -1,0 +1,106 @@
+"""The validated configuration shared by the async core and the Celery adapter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from statedb.errors import ConfigurationError, InvalidInputError
+from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope
+from statedb.urls import mask_url, validate_url
+
+
+class UnavailablePolicy(str, Enum):
+    """What a worker does when Redis cannot be reached at boot."""
+
+    FAIL = "fail"
+    DEGRADE = "degrade"
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise ConfigurationError(f"{name} must be finite and {bound}, got {value!r}")
+    return number
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _enum(enum_type: type[Any], name: str, value: object) -> Any:
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in enum_type)
+        raise ConfigurationError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class StateDBConfig:
+    """Everything needed to reach and lay out the stored state.
+
+    ``revoke_expires`` and ``revokes_max`` bound what a worker loads into memory
+    (``None`` keeps Celery's own limits); nothing here ever expires data in Redis.
+    """
+
+    url: str = field(repr=False)
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    scope: Scope = Scope.WORKER
+    revoke_expires: float | None = None
+    revokes_max: int | None = None
+    socket_timeout: float = 5.0
+    socket_connect_timeout: float = 5.0
+    boot_timeout: float = 30.0
+    retry_backoff_base: float = 0.25
+    retry_backoff_cap: float = 5.0
+    on_unavailable: UnavailablePolicy = UnavailablePolicy.FAIL
+    flush_interval: float = 1.0
+    clock_interval: float = 10.0
+    load_chunk_size: int = 10_000
+    write_chunk_size: int = 5_000
+
+    def __post_init__(self) -> None:
+        validate_url(self.url)
+        try:
+            KeySchema(self.key_prefix)
+        except InvalidInputError as exc:
+            raise ConfigurationError(str(exc)) from None
+        object.__setattr__(self, "scope", _enum(Scope, "scope", self.scope))
+        object.__setattr__(
+            self, "on_unavailable", _enum(UnavailablePolicy, "on_unavailable", self.on_unavailable)
+        )
+        if self.revoke_expires is not None:
+            object.__setattr__(
+                self, "revoke_expires", _positive("revoke_expires", self.revoke_expires, allow_zero=True)
+            )
+        if self.revokes_max is not None:
+            _positive_int("revokes_max", self.revokes_max)
+        for name in ("socket_timeout", "socket_connect_timeout", "retry_backoff_base",
+                     "retry_backoff_cap", "flush_interval", "clock_interval"):
+            object.__setattr__(self, name, _positive(name, getattr(self, name)))
+        object.__setattr__(self, "boot_timeout", _positive("boot_timeout", self.boot_timeout, allow_zero=True))
+        _positive_int("load_chunk_size", self.load_chunk_size)
+        _positive_int("write_chunk_size", self.write_chunk_size)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked: the only form ever logged or shown."""
+        return mask_url(self.url)
+
+    @property
+    def keys(self) -> KeySchema:
+        return KeySchema(self.key_prefix)
+
+    def __repr__(self) -> str:
+        return (
+            f"StateDBConfig(url={self.safe_url!r}, key_prefix={self.key_prefix!r}, "
+            f"scope={self.scope.value!r}, on_unavailable={self.on_unavailable.value!r})"
+        )

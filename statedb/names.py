@@ -1,0 +1,66 @@
+"""Validation of the strings that become parts of keys or members: worker names, prefixes, task ids."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+
+from statedb.errors import InvalidInputError
+
+MAX_TASK_ID_BYTES = 8192
+MAX_NAME_CHARS = 1024
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _has_control_chars(value: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
+def check_name(value: object, what: str) -> str:
+    """A worker name or key prefix: any non-empty text without control characters.
+
+    Glob characters, spaces and unicode are fine: names are data, never patterns.
+    """
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidInputError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidInputError(f"{what} is {len(value)} characters long (limit {MAX_NAME_CHARS})")
+    if _has_control_chars(value):
+        raise InvalidInputError(f"{what} {_shown(value)} contains control characters (newline, tab...)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} {_shown(value)} is not valid unicode") from None
+    return value
+
+
+def encode_task_id(task_id: object) -> bytes:
+    """The UTF-8 form stored in Redis; raises InvalidInputError naming what is wrong."""
+    if not isinstance(task_id, str):
+        raise InvalidInputError(f"task id must be a string, got {type(task_id).__name__}: {task_id!r:.80}")
+    if not task_id:
+        raise InvalidInputError("task id must not be empty")
+    try:
+        raw = task_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"task id {_shown(task_id)} is not valid unicode") from None
+    if len(raw) > MAX_TASK_ID_BYTES:
+        raise InvalidInputError(
+            f"task id {_shown(task_id)} is {len(raw)} bytes long (limit {MAX_TASK_ID_BYTES})"
+        )
+    return raw
+
+
+def check_timestamp(value: object, what: str) -> float:
+    """A finite, non-negative wall-clock time in seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result) or result < 0:
+        raise InvalidInputError(f"{what} must be finite and not negative, got {value!r}")
+    return result

@@ -1,0 +1,56 @@
+"""Shared fixtures: one real Redis for the run, isolated per test by a unique key prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.servers import PrivateServer
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of the run's server (an outside one is never flushed)."""
+    outside = os.environ.get("STATEDB_TEST_REDIS_URL", "").strip()
+    if outside:
+        redis.Redis.from_url(outside).ping()
+        yield outside
+        return
+    server = PrivateServer().start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A prefix no other test uses; its keys are deleted afterwards."""
+    prefix = f"statedb-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    """A server of our own, for tests that stop, restart or flush it."""
+    server = PrivateServer().start()
+    try:
+        yield server
+    finally:
+        server.close()

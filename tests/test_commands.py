@@ -1,0 +1,139 @@
+"""The sans-I/O layer on its own: what gets staged, and how replies are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from statedb import commands
+from statedb.client import retries_within
+from statedb.errors import CorruptValueError, InvalidInputError, StateDataError, WrongKeyTypeError
+
+
+class RecordingPipeline:
+    """Stands in for a pipeline: remembers each staged call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def stage(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args, kwargs))
+
+        return stage
+
+
+def staged(operation: commands.Operation[Any]) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    pipe = RecordingPipeline()
+    operation.stage(pipe)  # type: ignore[arg-type]
+    assert len(pipe.calls) == len(operation.keys)
+    return pipe.calls
+
+
+def test_add_revoked_is_one_zadd_lt_per_chunk_with_one_score() -> None:
+    op = commands.add_revoked("k", [f"id{i}" for i in range(12)] + ["id0"], 1700.5, chunk_size=5)
+    calls = staged(op)
+    assert [name for name, _, _ in calls] == ["zadd"] * 3
+    members = [m for _, (_, mapping), kwargs in calls for m in mapping if kwargs == {"lt": True}]
+    assert members == [f"id{i}".encode() for i in range(12)]
+    assert {score for _, (_, mapping), _ in calls for score in mapping.values()} == {1700.5}
+    assert op.result([5, 5, 1]) == 11
+
+
+def test_add_revoked_validates_every_id_before_staging_anything() -> None:
+    with pytest.raises(InvalidInputError, match="must be a string"):
+        commands.add_revoked("k", ["ok", 7], 1.0, chunk_size=10)
+    with pytest.raises(InvalidInputError, match="revocation time"):
+        commands.add_revoked("k", ["ok"], float("nan"), chunk_size=10)
+
+
+def test_add_revoked_at_keeps_the_earliest_time_per_id() -> None:
+    op = commands.add_revoked_at("k", [("a", 5.0), ("b", 1.0), ("a", 3.0)], chunk_size=10)
+    ((_, (_, mapping), kwargs),) = staged(op)
+    assert mapping == {b"a": 3.0, b"b": 1.0}
+    assert kwargs == {"lt": True}
+
+
+def test_empty_batches_stage_nothing() -> None:
+    assert staged(commands.add_revoked("k", [], 1.0, chunk_size=10)) == []
+    assert commands.add_revoked("k", [], 1.0, chunk_size=10).result([]) == 0
+
+
+def test_revoked_page_reads_newest_first_from_a_lower_bound() -> None:
+    ((name, args, kwargs),) = staged(commands.revoked_page("k", newer_than=100.0, offset=20, count=10))
+    assert (name, args) == ("zrevrangebyscore", ("k", "+inf", 100.0))
+    assert kwargs == {"start": 20, "num": 10, "withscores": True}
+    ((_, args, _),) = staged(commands.revoked_page("k", newer_than=None, offset=0, count=10))
+    assert args[2] == "-inf"
+
+
+def test_page_decoding_names_the_key_for_corrupt_rows() -> None:
+    assert commands.decode_revoked_page("k", [(b"t\xc3\xa2che", 2.0)]) == [("tâche", 2.0)]
+    with pytest.raises(CorruptValueError, match="'k' holds a member that is not UTF-8"):
+        commands.decode_revoked_page("k", [(b"\xff\xfe", 1.0)])
+    with pytest.raises(CorruptValueError, match="non-finite score"):
+        commands.decode_revoked_page("k", [(b"a", float("inf"))])
+
+
+def test_page_cursor_walks_until_a_short_page() -> None:
+    cursor = commands.PageCursor("k", newer_than=None, limit=None, chunk_size=2)
+    offsets = []
+    pages = [[("a", 3.0), ("b", 2.0)], [("c", 1.0)]]
+    while (op := cursor.next_operation()) is not None:
+        ((_, _, kwargs),) = staged(op)
+        offsets.append(kwargs["start"])
+        cursor.feed(pages.pop(0))
+    assert offsets == [0, 2]
+
+
+def test_page_cursor_stops_at_the_limit_and_asks_for_no_more() -> None:
+    cursor = commands.PageCursor("k", newer_than=None, limit=3, chunk_size=2)
+    asked = []
+    while (op := cursor.next_operation()) is not None:
+        ((_, _, kwargs),) = staged(op)
+        asked.append(kwargs["num"])
+        cursor.feed([("x", 1.0)] * kwargs["num"])
+    assert asked == [2, 1]
+    assert commands.PageCursor("k", newer_than=None, limit=0, chunk_size=2).next_operation() is None
+
+
+@pytest.mark.parametrize(("raw", "value"), [(None, 0), (b"0", 0), (b"42", 42), (b"9007199254740991", 2**53 - 1)])
+def test_parse_clock(raw: bytes | None, value: int) -> None:
+    assert commands.parse_clock("c", raw) == value
+
+
+@pytest.mark.parametrize("raw", [b"", b"-1", b"1.5", b"abc", b"9007199254740992", b"1" * 40, b"\x80"])
+def test_parse_clock_refuses_corrupt_values_naming_the_key(raw: bytes) -> None:
+    with pytest.raises(CorruptValueError, match="'c' does not hold"):
+        commands.parse_clock("c", raw)
+
+
+@pytest.mark.parametrize("value", [-1, 2**53, 1.0, True, "5"])
+def test_advance_clock_refuses_bad_values(value: object) -> None:
+    with pytest.raises(InvalidInputError):
+        commands.advance_clock("c", value)  # type: ignore[arg-type]
+
+
+def test_advance_clock_reports_whether_the_key_was_created() -> None:
+    op = commands.advance_clock("c", 7)
+    assert op.result([[b"7", 1]]) == commands.ClockAdvance(7, True)
+    assert op.result([[b"9", 0]]) == commands.ClockAdvance(9, False)
+
+
+def test_error_replies_become_library_errors_naming_the_key() -> None:
+    op = commands.count_revoked("the:key")
+    with pytest.raises(WrongKeyTypeError, match="'the:key'") as info:
+        op.result([ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")])
+    assert info.value.key == "the:key"
+    with pytest.raises(StateDataError, match="'the:key'"):
+        op.result([ResponseError("ERR something else")])
+
+
+@pytest.mark.parametrize(
+    ("budget", "base", "cap", "retries"),
+    [(0, 0.25, 5, 0), (0.4, 0.25, 5, 0), (0.5, 0.25, 5, 1), (1.5, 0.25, 5, 2), (30, 0.25, 5, 8), (10, 1, 1, 10)],
+)
+def test_retries_within_budget(budget: float, base: float, cap: float, retries: int) -> None:
+    assert retries_within(budget, base, cap) == retries

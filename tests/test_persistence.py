@@ -1,0 +1,248 @@
+"""WorkerStatePersistence against a real server: boot, write-through, outages, repair, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery.utils.collections import LimitedSet
+from kombu.clocks import LamportClock
+
+from celery_redis_statedb import WorkerStatePersistence
+from statedb import AccessDeniedError, RedisUnavailableError, StateDBConfig, WrongKeyTypeError
+from tests.servers import PrivateServer, free_port
+
+Factory = Callable[..., WorkerStatePersistence]
+
+
+@pytest.fixture
+def make(key_prefix: str, redis_url: str) -> Iterator[Factory]:
+    made: list[WorkerStatePersistence] = []
+
+    def factory(url: str = redis_url, revoked: LimitedSet | None = None, clock: Any = None,
+                **settings: Any) -> WorkerStatePersistence:
+        config = StateDBConfig(url=url, key_prefix=key_prefix, **settings)
+        persistence = WorkerStatePersistence(
+            config, "w@host", revoked=revoked if revoked is not None else LimitedSet(maxlen=50000, expires=10800),
+            clock=clock if clock is not None else LamportClock(),
+        )
+        made.append(persistence)
+        return persistence
+
+    yield factory
+    for persistence in made:
+        persistence.save()
+
+
+def stored(url: str, key: str) -> dict[str, float]:
+    client = redis.Redis.from_url(url)
+    try:
+        return {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
+    finally:
+        client.close()
+
+
+def test_boot_merges_newest_first_within_memory_limits(make: Factory, redis_client: redis.Redis,
+                                                       key_prefix: str) -> None:
+    now = time.time()
+    key = f"{key_prefix}w@host:revoked"
+    redis_client.zadd(key, {"expired": now - 7200, **{f"id{i}": now - 10 * i for i in range(1, 6)}})
+    revoked = LimitedSet(maxlen=3, expires=3600)
+    before = time.monotonic()
+    make(revoked=revoked).boot()
+    assert sorted(revoked._data) == ["id1", "id2", "id3"]
+    stamp_age = before - revoked._data["id3"][0]
+    assert 29 < stamp_age < 32  # stamped on the local monotonic clock, as old as it really is
+    assert redis_client.zcard(key) == 6  # boot reads, never trims Redis
+
+
+def test_boot_merges_and_stores_the_clock(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
+    redis_client.set(f"{key_prefix}w@host:clock", 100)
+    clock = LamportClock(initial_value=3)
+    make(clock=clock).boot()
+    assert clock.value == 101
+    assert redis_client.get(f"{key_prefix}w@host:clock") == b"101"
+
+
+def test_memory_ttl_setting_is_applied(make: Factory) -> None:
+    revoked = LimitedSet(maxlen=10, expires=10800)
+    make(revoked=revoked, revoke_expires=60).boot()
+    assert revoked.expires == 60
+
+
+def test_every_addition_is_in_redis_when_the_call_returns(make: Factory, redis_url: str, key_prefix: str) -> None:
+    revoked = LimitedSet(maxlen=100, expires=3600)
+    persistence = make(revoked=revoked)
+    persistence.boot()
+    revoked.add("one")
+    assert "one" in stored(redis_url, f"{key_prefix}w@host:revoked")
+    revoked.update(["a", "b", "c"])
+    assert {"a", "b", "c"} <= set(stored(redis_url, f"{key_prefix}w@host:revoked"))
+    assert persistence.pending == {}
+
+
+def test_many_ids_are_one_round_trip(make: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    revoked = LimitedSet(maxlen=100_000)
+    persistence = make(revoked=revoked)
+    persistence.boot()
+    calls: list[int] = []
+    original = persistence.repository.add_revoked_at
+
+    def counting(stamped: Any) -> int:
+        calls.append(len(stamped))
+        return original(stamped)
+
+    monkeypatch.setattr(persistence.repository, "add_revoked_at", counting)
+    revoked.update([f"t{i}" for i in range(20_000)])
+    assert calls == [20_000]
+
+
+def test_clear_in_a_prefork_child_deletes_nothing(make: Factory, redis_url: str, key_prefix: str) -> None:
+    revoked = LimitedSet(maxlen=100)
+    make(revoked=revoked).boot()
+    revoked.add("kept")
+    revoked.clear()
+    assert "kept" in stored(redis_url, f"{key_prefix}w@host:revoked")
+
+
+def test_ids_that_cannot_be_stored_are_honoured_in_memory(make: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(revoked=revoked)
+    persistence.boot()
+    with caplog.at_level(logging.ERROR, logger="celery_redis_statedb"):
+        revoked.add(12345)
+        revoked.add("x" * 100_000)
+    assert 12345 in revoked
+    assert persistence.pending == {}
+    assert "not storable" in caplog.text
+
+
+def test_revokes_during_an_outage_are_kept_and_written_when_redis_is_back(
+    make: Factory, private_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=private_server.url, revoked=revoked, socket_timeout=1, socket_connect_timeout=1)
+    persistence.boot()
+    revoked.add("before")
+    private_server.kill()
+    with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
+        started = time.monotonic()
+        revoked.update(["during-1", "during-2"])
+        revoked.add("during-3")
+        assert time.monotonic() - started < 3  # the consumer is not held up
+    assert {"during-1", "during-2", "during-3"} <= set(revoked._data)
+    assert set(persistence.pending) == {"during-1", "during-2", "during-3"}
+    assert "NOT yet stored in Redis" in caplog.text
+    persistence.tick()  # still down: nothing raised into Celery's timer
+    private_server.start()  # back, and empty
+    deadline = time.monotonic() + 10
+    key = persistence.repository.keys.revoked
+    while time.monotonic() < deadline and not {"before", "during-3"} <= set(stored(private_server.url, key)):
+        time.sleep(persistence.config.flush_interval)
+        persistence.tick()
+    assert {"before", "during-1", "during-2", "during-3"} <= set(stored(private_server.url, key))
+    assert persistence.pending == {}
+
+
+def test_a_redis_that_lost_its_data_is_repaired(make: Factory, private_server: PrivateServer) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=private_server.url, revoked=revoked, clock_interval=0.1)
+    persistence.boot()
+    revoked.update(["a", "b"])
+    first_time = stored(private_server.url, persistence.repository.keys.revoked)["a"]
+    redis.Redis.from_url(private_server.url).flushall()
+    time.sleep(0.15)
+    persistence.tick()  # the clock it wrote at boot is gone: data loss
+    repaired = stored(private_server.url, persistence.repository.keys.revoked)
+    assert set(repaired) == {"a", "b"}
+    assert abs(repaired["a"] - first_time) < 1.0  # times rebuilt from the monotonic stamps
+
+
+def test_a_restart_is_noticed_through_the_reconnect(make: Factory, private_server: PrivateServer) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=private_server.url, revoked=revoked)
+    persistence.boot()
+    revoked.add("a")
+    private_server.kill()
+    private_server.start()
+    revoked.add("b")  # succeeds on a fresh connection to an empty server
+    persistence.tick()
+    assert set(stored(private_server.url, persistence.repository.keys.revoked)) == {"a", "b"}
+
+
+def test_boot_gives_up_after_the_budget(make: Factory) -> None:
+    persistence = make(url=f"redis://127.0.0.1:{free_port()}/0", boot_timeout=1, retry_backoff_base=0.1,
+                       socket_connect_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailableError, match="cannot reach Redis"):
+        persistence.boot()
+    assert time.monotonic() - started < 5
+
+
+def test_degrade_starts_without_redis_and_merges_later(
+    make: Factory, private_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = private_server.port
+    private_server.kill()
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=private_server.url, revoked=revoked, boot_timeout=0, on_unavailable="degrade",
+                       socket_connect_timeout=0.5)
+    with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
+        persistence.boot()
+    assert "DEGRADED" in caplog.text
+    revoked.add("while-degraded")
+    assert "while-degraded" in revoked
+    private_server.start()
+    assert private_server.port == port
+    key = persistence.repository.keys.revoked
+    redis.Redis.from_url(private_server.url).zadd(key, {"stored-before": time.time() - 5})
+    time.sleep(persistence.config.flush_interval)
+    persistence.tick()
+    assert "stored-before" in revoked
+    assert {"stored-before", "while-degraded"} <= set(stored(private_server.url, key))
+
+
+def test_boot_stops_on_data_errors_even_when_degrading(make: Factory, redis_client: redis.Redis,
+                                                       key_prefix: str) -> None:
+    redis_client.set(f"{key_prefix}w@host:revoked", b"old blob")
+    with pytest.raises(WrongKeyTypeError):
+        make(on_unavailable="degrade").boot()
+
+
+def test_wrong_password_stops_boot_at_once(make: Factory) -> None:
+    server = PrivateServer(password="good").start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(AccessDeniedError):
+            make(url=f"redis://:bad@127.0.0.1:{server.port}/0").boot()
+        assert time.monotonic() - started < 2  # not retried: waiting cannot fix a password
+    finally:
+        server.close()
+
+
+def test_save_flushes_and_moves_the_clock_forward(make: Factory, redis_client: redis.Redis,
+                                                  key_prefix: str) -> None:
+    clock = LamportClock()
+    persistence = make(clock=clock)
+    persistence.boot()
+    at_boot = clock.value
+    persistence.save()
+    persistence.save()  # idempotent
+    assert int(redis_client.get(f"{key_prefix}w@host:clock") or 0) == at_boot + 1
+
+
+def test_save_reports_what_could_not_be_written(
+    make: Factory, private_server: PrivateServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=private_server.url, revoked=revoked, socket_timeout=0.5, socket_connect_timeout=0.5)
+    persistence.boot()
+    private_server.kill()
+    revoked.update(["x", "y"])
+    with caplog.at_level(logging.ERROR, logger="celery_redis_statedb"):
+        persistence.save()
+    assert "2 revoked ids could not be written" in caplog.text

@@ -1,0 +1,102 @@
+"""The write-through set: Celery's object, changed in place, recording additions only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery.utils.collections import LimitedSet
+
+from celery_redis_statedb.revoked_set import WriteThroughLimitedSet, add_unrecorded, attach, detach
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[object]] = []
+
+    def record(self, task_ids: Sequence[object]) -> None:
+        self.batches.append(list(task_ids))
+
+
+def make() -> tuple[LimitedSet, Recorder]:
+    revoked, recorder = LimitedSet(maxlen=100, expires=3600), Recorder()
+    attach(revoked, recorder)
+    return revoked, recorder
+
+
+def test_attach_keeps_the_same_object() -> None:
+    revoked = LimitedSet(maxlen=10)
+    revoked.add("before")
+    alias = revoked  # what celery.worker.request bound at import time
+    attach(revoked, Recorder())
+    assert alias is revoked
+    assert isinstance(alias, WriteThroughLimitedSet)
+    assert "before" in alias
+
+
+def test_add_records_one_id() -> None:
+    revoked, recorder = make()
+    revoked.add("a")
+    assert "a" in revoked
+    assert recorder.batches == [["a"]]
+
+
+def test_update_with_many_ids_records_one_batch() -> None:
+    revoked, recorder = make()
+    revoked.update(iter(["a", "b", "c"]))
+    assert recorder.batches == [["a", "b", "c"]]
+    assert all(task_id in revoked for task_id in "abc")
+
+
+def test_update_from_a_limited_set_or_dict_records_their_ids() -> None:
+    revoked, recorder = make()
+    other = LimitedSet()
+    other.add("x")
+    revoked.update(other)
+    revoked.update({"y": 1.0})
+    assert recorder.batches == [["x"], ["y"]]
+
+
+def test_empty_update_records_nothing() -> None:
+    revoked, recorder = make()
+    revoked.update([])
+    assert recorder.batches == []
+
+
+def test_clear_discard_and_purge_never_record() -> None:
+    revoked, recorder = make()
+    revoked.add("a")
+    recorder.batches.clear()
+    revoked.discard("a")
+    revoked.purge()
+    revoked.clear()  # every prefork child does this
+    assert recorder.batches == []
+
+
+def test_loaded_ids_are_not_written_back() -> None:
+    revoked, recorder = make()
+    add_unrecorded(revoked, "from-redis", 1.0)
+    assert "from-redis" in revoked
+    assert recorder.batches == []
+
+
+def test_limits_still_apply() -> None:
+    revoked, _ = make()
+    revoked.maxlen = 3
+    for task_id in "abcde":
+        revoked.add(task_id)
+    assert len(revoked) == 3
+    assert "e" in revoked
+
+
+def test_detach_restores_the_plain_class() -> None:
+    revoked, recorder = make()
+    detach(revoked)
+    revoked.add("a")
+    assert type(revoked) is LimitedSet
+    assert recorder.batches == []
+
+
+def test_a_copy_without_recorder_still_works() -> None:
+    revoked = WriteThroughLimitedSet(maxlen=5)
+    revoked.add("a")
+    assert "a" in revoked

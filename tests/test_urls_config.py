@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+
+from statedb import ConfigurationError, Scope, StateDBConfig, UnavailablePolicy
+from statedb.urls import is_redis_url, mask_url, validate_url
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "REDIS://h", "rediss://u:p@h:6380/2", "unix:///tmp/r.sock"])
+def test_redis_urls_are_recognised(url: str) -> None:
+    assert is_redis_url(url)
+    assert validate_url(url) == url
+
+
+@pytest.mark.parametrize("value", ["/var/run/celery/worker.db", "worker.db", "", None, 5, "http://h", "redis:/h"])
+def test_anything_else_is_a_file_path_or_nothing(value: object) -> None:
+    assert not is_redis_url(value)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://localhost:6379/0", "unsupported Redis URL scheme 'http'"),
+        ("localhost:6379", "unsupported Redis URL scheme"),
+        ("redis://localhost:notaport/0", "malformed Redis URL"),
+        ("redis://localhost:99999/0", "malformed Redis URL"),
+        ("redis://localhost:6379/abc", "database number 'abc'"),
+        ("redis://localhost:6379/-1", "database number '-1'"),
+        ("redis://localhost:0/0", "port 0"),
+        ("unix://", "names no socket path"),
+        ("   ", "non-empty string"),
+    ],
+)
+def test_bad_urls_name_the_fault(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        validate_url(url)
+
+
+def test_bad_url_errors_never_show_the_password() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        validate_url("redis://user:s3cret@localhost:6379/abc")
+    assert "s3cret" not in str(info.value)
+    assert "user:***@" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        ("redis://user:pw@h:1/0", "redis://user:***@h:1/0"),
+        ("redis://user@h:1/0", "redis://user@h:1/0"),
+        ("rediss://h:1/0?password=pw&ssl_cert_reqs=required", "rediss://h:1/0?password=***&ssl_cert_reqs=required"),
+        ("unix://:pw@/tmp/r.sock?db=1", "unix://:***@/tmp/r.sock?db=1"),
+        ("redis://h:1/0", "redis://h:1/0"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_mask_url_never_raises_on_garbage() -> None:
+    assert "pw" not in mask_url("redis://:pw@[::1")
+
+
+def test_config_defaults_and_repr_hide_password() -> None:
+    config = StateDBConfig(url="redis://:hunter2@localhost:6379/0")
+    assert config.key_prefix == "celery:worker:state:"
+    assert config.scope is Scope.WORKER
+    assert config.on_unavailable is UnavailablePolicy.FAIL
+    assert "hunter2" not in repr(config)
+    assert "hunter2" not in str(config)
+    assert config.safe_url == "redis://:***@localhost:6379/0"
+
+
+def test_config_takes_strings_for_enums() -> None:
+    config = StateDBConfig(url="redis://h", scope="shared", on_unavailable="degrade")  # type: ignore[arg-type]
+    assert config.scope is Scope.SHARED
+    assert config.on_unavailable is UnavailablePolicy.DEGRADE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"scope": "fleet"}, "scope must be one of 'worker', 'shared'"),
+        ({"on_unavailable": "ignore"}, "on_unavailable must be one of"),
+        ({"key_prefix": ""}, "key prefix must not be empty"),
+        ({"key_prefix": "a\nb"}, "control characters"),
+        ({"socket_timeout": 0}, "socket_timeout must be finite and greater than zero"),
+        ({"socket_timeout": float("nan")}, "socket_timeout"),
+        ({"boot_timeout": -1}, "boot_timeout must be finite and zero or more"),
+        ({"revoke_expires": float("inf")}, "revoke_expires"),
+        ({"revokes_max": 0}, "revokes_max must be a positive integer"),
+        ({"load_chunk_size": 1.5}, "load_chunk_size"),
+        ({"url": "mysql://h"}, "unsupported Redis URL scheme"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs: dict[str, object], fragment: str) -> None:
+    values: dict[str, object] = {"url": "redis://localhost:6379/0", **kwargs}
+    with pytest.raises(ConfigurationError, match=fragment):
+        StateDBConfig(**values)  # type: ignore[arg-type]
+
+
+def test_config_is_frozen() -> None:
+    config = StateDBConfig(url="redis://h")
+    with pytest.raises(AttributeError):
+        config.key_prefix = "x:"  # type: ignore[misc]
