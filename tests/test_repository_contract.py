@@ -188,7 +188,7 @@ def test_wrong_type_at_the_revoked_key_names_it(
         redis_client.set(key, zlib.compress(pickle.dumps({"a": 1.0})))
     else:
         redis_client.set(key, "x")
-    for call in (lambda: repo.add_revoked(["a"]), repo.count_revoked, lambda: repo.iter_revoked()):
+    for call in (lambda: repo.add_revoked(["a"]), repo.count_revoked, repo.iter_revoked):
         with pytest.raises(WrongKeyTypeError) as info:
             call()
         assert info.value.key == key
@@ -263,7 +263,7 @@ def test_unreachable_server_is_unavailable_and_masks_the_password(open_repo: Ope
 def test_unknown_host_is_unavailable(open_repo: Opener, key_prefix: str) -> None:
     repo = open_repo(StateDBConfig(url="redis://no-such-host.invalid:6379/0", key_prefix=key_prefix,
                                    socket_connect_timeout=2))
-    with pytest.raises(RedisUnavailableError, match="no-such-host.invalid"):
+    with pytest.raises(RedisUnavailableError, match=r"no-such-host\.invalid"):
         repo.ping()
 
 

@@ -11,7 +11,13 @@ from celery import bootsteps
 
 from celery_redis_statedb.persistence import WorkerStatePersistence
 from celery_redis_statedb.settings import SETTINGS, resolve_config
-from statedb.errors import ConfigurationError, RedisUnavailableError, StateDBError
+from statedb.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    InvalidInputError,
+    RedisUnavailableError,
+    StateDBError,
+)
 
 logger = logging.getLogger("celery_redis_statedb")
 
@@ -61,7 +67,7 @@ def _stop_worker(w: Any, exc: StateDBError) -> None:
         raise exc
     if isinstance(exc, RedisUnavailableError):
         code, hint = os.EX_UNAVAILABLE, " (set redis_state_on_unavailable=degrade to start without it)"
-    elif isinstance(exc, ConfigurationError):
+    elif isinstance(exc, (ConfigurationError, AccessDeniedError, InvalidInputError)):
         code, hint = os.EX_CONFIG, ""
     else:
         code, hint = os.EX_DATAERR, ""

@@ -149,16 +149,17 @@ class WorkerStatePersistence:
     def _resync(self) -> None:
         """Write the whole in-memory set again (idempotent: the earliest time wins)."""
         wall, mono = time.time(), time.monotonic()
-        entries = list(self.revoked._data.values())
-        stamped = [(item, wall - max(0.0, mono - inserted)) for inserted, _, item in entries
-                   if isinstance(item, str)]
-        stamped.extend(self.pending.items())
-        storable = [(task_id, when) for task_id, when in stamped if _storable(task_id)]
-        self.repository.add_revoked_at(storable)
+        earliest: dict[str, float] = {}
+        for inserted, _, item in list(self.revoked._data.values()):
+            if isinstance(item, str) and _storable(item):
+                earliest[item] = wall - max(0.0, mono - inserted)
+        for task_id, when in self.pending.items():
+            earliest[task_id] = min(when, earliest.get(task_id, when))
+        self.repository.add_revoked_at(list(earliest.items()))
         self.pending.clear()
         self._needs_resync = False
         logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s",
-                       len(storable), self.config.safe_url)
+                       len(earliest), self.config.safe_url)
 
     def _guarded(self, action: Callable[[], None]) -> bool:
         """Run an I/O action, turning a failure into pending state and a warning."""
