@@ -237,6 +237,25 @@ def test_boot_with_unreachable_redis_exits_69(harness: WorkerHarness, install: b
     assert " ready." not in log
 
 
+def test_boot_on_a_key_of_the_wrong_type_exits_65_naming_it(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
+) -> None:
+    """The 0.2 format was a pickled blob: it is never read, and the worker says which key is wrong."""
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url)
+    key = revoked_key(state_prefix, worker.name)
+    redis_client.set(key, b"x\x9c not a sorted set")
+    worker.start(wait_ready=False)
+
+    code = worker.wait_exit(20)
+    log = worker.log()
+    assert code == os.EX_DATAERR == 65, log
+    lines = [line for line in log.splitlines() if CANNOT_START in line]
+    assert len(lines) == 1 and repr(key) in lines[0], log
+    assert "Traceback" not in log
+    assert redis_client.get(key) == b"x\x9c not a sorted set"  # left as it was
+
+
 # -- a file path keeps Celery's shelve --------------------------------------------
 
 

@@ -100,3 +100,24 @@ def test_a_copy_without_recorder_still_works() -> None:
     revoked = WriteThroughLimitedSet(maxlen=5)
     revoked.add("a")
     assert "a" in revoked
+
+
+def test_celery_call_paths_reach_the_recorder_on_the_real_state_object() -> None:
+    """The identity trap: modules that bound state.revoked at import see the write-through too."""
+    from celery.worker import request, state
+
+    recorder = Recorder()
+    saved = dict(state.revoked._data)
+    attach(state.revoked, recorder)
+    try:
+        assert request.revoked_tasks is state.revoked
+        state.merge_revoked(["m1", "m2"])  # mingle
+        request.revoked_tasks.add("expired-1")  # Request.maybe_expire
+        assert recorder.batches == [["m1", "m2"], ["expired-1"]]
+        assert "m1" in request.revoked_tasks
+        state.reset_state()  # what every prefork child runs
+        assert recorder.batches == [["m1", "m2"], ["expired-1"]]
+    finally:
+        detach(state.revoked)
+        state.revoked.clear()
+        state.revoked.update(saved)
