@@ -15,6 +15,7 @@ from statedb.errors import (
     WrongKeyTypeError,
 )
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope, WorkerKeys
+from statedb.operations import StateOperations
 from statedb.repository import AsyncStateRepository, open_async_client
 from statedb.urls import is_redis_url, mask_url
 
@@ -31,6 +32,7 @@ __all__ = [
     "StateDBConfig",
     "StateDBError",
     "StateDataError",
+    "StateOperations",
     "UnavailablePolicy",
     "WorkerKeys",
     "WrongKeyTypeError",

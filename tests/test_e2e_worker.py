@@ -81,6 +81,18 @@ def assert_clean_output(worker: WorkerProcess) -> None:
     assert "redis-statedb: at shutdown" not in log, log
 
 
+def assert_revoke_survives_sigkill(
+    harness: WorkerHarness, worker: WorkerProcess, client: redis.Redis, key: str
+) -> None:
+    """Revoke (stored before the reply), SIGKILL, restart under the same name: the task is discarded."""
+    revoked = revoke_and_check_stored(harness, worker, client, key)
+    worker.kill()
+    worker.start()
+    assert "redis-statedb: restored 1 revoked ids" in worker.log()
+    assert_discarded(harness, worker, revoked)
+    assert_clean_output(worker)
+
+
 # -- revokes survive a SIGKILL ---------------------------------------------
 
 
@@ -92,14 +104,7 @@ def test_revoke_survives_sigkill_with_install(
     app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
     worker = harness.worker(app, redis_url, pool=pool, concurrency=concurrency).start()
     assert "redis-statedb: restored 0 revoked ids" in worker.log()
-
-    revoked = revoke_and_check_stored(harness, worker, redis_client, revoked_key(state_prefix, worker.name))
-    worker.kill()
-    worker.start()
-
-    assert "redis-statedb: restored 1 revoked ids" in worker.log()
-    assert_discarded(harness, worker, revoked)
-    assert_clean_output(worker)
+    assert_revoke_survives_sigkill(harness, worker, redis_client, revoked_key(state_prefix, worker.name))
 
 
 def test_revoke_survives_sigkill_without_code_change(
@@ -108,14 +113,7 @@ def test_revoke_survives_sigkill_without_code_change(
     """No install_redis_statedb in the app: the celery.commands entry point does it all."""
     app = harness.app(install=False)
     worker = harness.worker(app, redis_url, extra_args=["--redis-state-key-prefix", state_prefix]).start()
-
-    revoked = revoke_and_check_stored(harness, worker, redis_client, revoked_key(state_prefix, worker.name))
-    worker.kill()
-    worker.start()
-
-    assert "redis-statedb: restored 1 revoked ids" in worker.log()
-    assert_discarded(harness, worker, revoked)
-    assert_clean_output(worker)
+    assert_revoke_survives_sigkill(harness, worker, redis_client, revoked_key(state_prefix, worker.name))
 
 
 def test_shared_scope_another_worker_discards(

@@ -5,7 +5,6 @@ Workers use this one: no event loop and no thread of ours inside a worker.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from statedb.client import COMMAND_RETRIES, client_options, command_backoff
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
 from statedb.keys import WorkerKeys
+from statedb.operations import StateOperations
 from statedb.translate import translate_exception
 
 T = TypeVar("T")
@@ -47,30 +47,19 @@ def open_sync_client(config: StateDBConfig, *, on_connect: Callable[[Any], None]
 class SyncStateRepository:
     """Reads and writes one worker's state; every redis error leaves as a StateDBError."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: WorkerKeys,
-        *,
-        target: str,
-        load_chunk_size: int = 10_000,
-        write_chunk_size: int = 5_000,
-        owns_client: bool = False,
-    ) -> None:
-        self.client, self.keys, self.target = client, keys, target
-        self.load_chunk_size, self.write_chunk_size = load_chunk_size, write_chunk_size
-        self._owns_client = owns_client
+    def __init__(self, client: redis.Redis, operations: StateOperations, *, owns_client: bool = False) -> None:
+        self.client, self.operations, self._owns_client = client, operations, owns_client
 
     @classmethod
     def open(
         cls, config: StateDBConfig, worker: str, *, on_connect: Callable[[Any], None] | None = None
     ) -> SyncStateRepository:
-        keys = config.keys.for_worker(worker, config.scope)
-        return cls(
-            open_sync_client(config, on_connect=on_connect), keys, target=config.safe_url,
-            load_chunk_size=config.load_chunk_size, write_chunk_size=config.write_chunk_size,
-            owns_client=True,
-        )
+        return cls(open_sync_client(config, on_connect=on_connect), StateOperations.for_worker(config, worker),
+                   owns_client=True)
+
+    @property
+    def keys(self) -> WorkerKeys:
+        return self.operations.keys
 
     def close(self) -> None:
         if self._owns_client:
@@ -82,36 +71,32 @@ class SyncStateRepository:
             operation.stage(pipe)
             replies: Sequence[Any] = pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
-            raise translate_exception(exc, target=self.target) from exc
+            raise translate_exception(exc, target=self.operations.target) from exc
         return operation.result(replies)
 
     def ping(self) -> bool:
-        return self._run(commands.ping())
+        return self._run(self.operations.ping())
 
     def add_revoked(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> int:
-        when = time.time() if revoked_at is None else revoked_at
-        return self._run(commands.add_revoked(self.keys.revoked, task_ids, when, self.write_chunk_size))
+        return self._run(self.operations.add_revoked(task_ids, revoked_at))
 
     def add_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> int:
-        return self._run(commands.add_revoked_at(self.keys.revoked, stamped, self.write_chunk_size))
+        return self._run(self.operations.add_revoked_at(stamped))
 
     def remove_revoked(self, task_ids: Iterable[object]) -> int:
-        return self._run(commands.remove_revoked(self.keys.revoked, task_ids, self.write_chunk_size))
+        return self._run(self.operations.remove_revoked(task_ids))
 
     def count_revoked(self) -> int:
-        return self._run(commands.count_revoked(self.keys.revoked))
+        return self._run(self.operations.count_revoked())
 
-    def iter_revoked(
-        self, *, newer_than: float | None = None, limit: int | None = None
-    ) -> Iterator[tuple[str, float]]:
-        cursor = commands.PageCursor(
-            self.keys.revoked, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size
-        )
+    def iter_revoked(self, *, newer_than: float | None = None, limit: int | None = None
+                     ) -> Iterator[tuple[str, float]]:
+        cursor = self.operations.revoked_pages(newer_than, limit)
         while (operation := cursor.next_operation()) is not None:
             yield from cursor.feed(self._run(operation))
 
     def read_clock(self) -> int:
-        return self._run(commands.read_clock(self.keys.clock))
+        return self._run(self.operations.read_clock())
 
     def advance_clock(self, value: int) -> commands.ClockAdvance:
-        return self._run(commands.advance_clock(self.keys.clock, value))
+        return self._run(self.operations.advance_clock(value))

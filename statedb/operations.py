@@ -1,0 +1,57 @@
+"""One worker's operations, built on the command layer: what both repositories stage.
+
+The async repository and the sync twin differ only in how they execute an
+:class:`~statedb.commands.Operation`; which keys, chunk sizes and defaults they
+use lives here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from statedb import commands
+from statedb.config import StateDBConfig
+from statedb.keys import WorkerKeys
+
+
+@dataclass(frozen=True)
+class StateOperations:
+    """Builds the operations on one worker's keys; ``target`` (a masked URL) is what errors name."""
+
+    keys: WorkerKeys
+    target: str
+    load_chunk_size: int = 10_000
+    write_chunk_size: int = 5_000
+
+    @classmethod
+    def for_worker(cls, config: StateDBConfig, worker: str) -> StateOperations:
+        return cls(config.keys.for_worker(worker, config.scope), config.safe_url,
+                   config.load_chunk_size, config.write_chunk_size)
+
+    def ping(self) -> commands.Operation[bool]:
+        return commands.ping()
+
+    def add_revoked(self, task_ids: Iterable[object], revoked_at: float | None) -> commands.Operation[int]:
+        when = time.time() if revoked_at is None else revoked_at
+        return commands.add_revoked(self.keys.revoked, task_ids, when, self.write_chunk_size)
+
+    def add_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> commands.Operation[int]:
+        return commands.add_revoked_at(self.keys.revoked, stamped, self.write_chunk_size)
+
+    def remove_revoked(self, task_ids: Iterable[object]) -> commands.Operation[int]:
+        return commands.remove_revoked(self.keys.revoked, task_ids, self.write_chunk_size)
+
+    def count_revoked(self) -> commands.Operation[int]:
+        return commands.count_revoked(self.keys.revoked)
+
+    def revoked_pages(self, newer_than: float | None, limit: int | None) -> commands.PageCursor:
+        return commands.PageCursor(self.keys.revoked, newer_than=newer_than, limit=limit,
+                                   chunk_size=self.load_chunk_size)
+
+    def read_clock(self) -> commands.Operation[int]:
+        return commands.read_clock(self.keys.clock)
+
+    def advance_clock(self, value: int) -> commands.Operation[commands.ClockAdvance]:
+        return commands.advance_clock(self.keys.clock, value)
