@@ -173,12 +173,16 @@ def test_clock_never_goes_back_across_restarts(
 # -- Redis lost while the worker runs -------------------------------------------
 
 
+@pytest.mark.parametrize(("pool", "concurrency"), [("solo", 1), ("threads", 2), ("gevent", 5)])
 def test_revokes_during_outage_are_written_back_when_redis_returns(
-    harness: WorkerHarness, private_server: PrivateServer, state_prefix: str
+    harness: WorkerHarness, private_server: PrivateServer, state_prefix: str, pool: str, concurrency: int
 ) -> None:
-    """The broker stays up; the statedb server is killed and comes back empty."""
+    """The broker stays up; the statedb server is killed and comes back empty.
+
+    solo runs the retries on the event loop's timer; threads and gevent on a timer thread or greenlet.
+    """
     app = harness.app(install=True)
-    worker = harness.worker(app, private_server.url, env={
+    worker = harness.worker(app, private_server.url, pool=pool, concurrency=concurrency, env={
         "CELERY_REDIS_STATE_CLOCK_INTERVAL": "1", "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix,
     }).start()
     key, clock = revoked_key(state_prefix, worker.name), clock_key(state_prefix, worker.name)
