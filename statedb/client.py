@@ -34,14 +34,3 @@ COMMAND_RETRIES = 1
 
 def boot_backoff(config: StateDBConfig) -> ExponentialBackoff:
     return ExponentialBackoff(cap=config.retry_backoff_cap, base=config.retry_backoff_base)
-
-
-def retries_within(budget: float, base: float, cap: float) -> int:
-    """How many retries of an exponential backoff (base*2**n, at most cap) fit in ``budget`` seconds."""
-    retries, spent = 0, 0.0
-    while True:
-        delay = min(cap, base * 2 ** (retries + 1))
-        if spent + delay > budget:
-            return retries
-        spent += delay
-        retries += 1

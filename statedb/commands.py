@@ -192,6 +192,18 @@ def advance_clock(key: str, value: int) -> Operation[ClockAdvance]:
     return Operation((key,), stage, parse)
 
 
+PROBE_MEMBER = b"\x00statedb-probe"
+
+
+def check_zadd_lt(key: str) -> Operation[None]:
+    """ZADD XX LT on a member that is never there: no effect, but Redis < 6.2 rejects the syntax."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.zadd(key, {PROBE_MEMBER: 0}, xx=True, lt=True)
+
+    return Operation((key,), stage, lambda replies: None)
+
+
 def ping() -> Operation[bool]:
     return Operation(("",), lambda pipe: pipe.ping(), lambda replies: bool(replies[0]))
 

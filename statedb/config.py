@@ -56,8 +56,8 @@ class StateDBConfig:
     scope: Scope = Scope.WORKER
     revoke_expires: float | None = None
     revokes_max: int | None = None
-    socket_timeout: float = 5.0
-    socket_connect_timeout: float = 5.0
+    socket_timeout: float = 2.0
+    socket_connect_timeout: float = 2.0
     boot_timeout: float = 30.0
     retry_backoff_base: float = 0.25
     retry_backoff_cap: float = 5.0

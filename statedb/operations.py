@@ -33,6 +33,9 @@ class StateOperations:
     def ping(self) -> commands.Operation[bool]:
         return commands.ping()
 
+    def check_server(self) -> commands.Operation[None]:
+        return commands.check_zadd_lt(self.keys.revoked)
+
     def add_revoked(self, task_ids: Iterable[object], revoked_at: float | None) -> commands.Operation[int]:
         when = time.time() if revoked_at is None else revoked_at
         return commands.add_revoked(self.keys.revoked, task_ids, when, self.write_chunk_size)

@@ -71,6 +71,10 @@ class AsyncStateRepository:
     async def ping(self) -> bool:
         return await self._run(self.operations.ping())
 
+    async def check_server(self) -> None:
+        """Raise ConfigurationError if the server lacks a command this library needs."""
+        await self._run(self.operations.check_server())
+
     async def add_revoked(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> int:
         """Store ids (one round trip for any number); returns how many were new."""
         return await self._run(self.operations.add_revoked(task_ids, revoked_at))

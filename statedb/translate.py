@@ -6,6 +6,7 @@ from redis import exceptions as redis_errors
 
 from statedb.errors import (
     AccessDeniedError,
+    ConfigurationError,
     CorruptValueError,
     RedisUnavailableError,
     StateDataError,
@@ -14,6 +15,15 @@ from statedb.errors import (
 )
 
 _AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username")
+# Error replies of a server that is failing over, full, loading or read-only: wait, do not give up.
+# redis-py turns some of them into classes (and strips the code), the others keep their code.
+_TRANSIENT_MARKERS = ("READONLY", "LOADING", "OOM", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+_TRANSIENT_TYPES: tuple[type[Exception], ...] = tuple(
+    getattr(redis_errors, name)
+    for name in ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError", "ClusterDownError",
+                 "MasterDownError")
+    if hasattr(redis_errors, name)
+)
 CLOCK_CORRUPT_MARKER = "statedb-corrupt-clock"
 
 
@@ -24,7 +34,7 @@ def translate_exception(exc: BaseException, *, target: str, key: str | None = No
     text = str(exc)
     if isinstance(exc, redis_errors.AuthenticationError) or any(m in text for m in _AUTH_MARKERS):
         return AccessDeniedError(f"Redis at {target} refused access: {text}")
-    if isinstance(exc, redis_errors.BusyLoadingError):
+    if isinstance(exc, _TRANSIENT_TYPES):
         return RedisUnavailableError(f"Redis at {target} is still loading its data: {text}")
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
         return RedisUnavailableError(f"cannot reach Redis at {target}: {text or type(exc).__name__}")
@@ -36,6 +46,12 @@ def translate_exception(exc: BaseException, *, target: str, key: str | None = No
 def translate_reply_error(exc: Exception, *, key: str) -> StateDBError:
     """The library error for an error reply to a command on ``key``."""
     text = str(exc)
+    if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
+        return RedisUnavailableError(f"Redis cannot take writes to {key!r} right now: {text}")
+    if "syntax error" in text.lower():
+        return ConfigurationError(
+            f"Redis rejected a command on key {key!r} ({text}): Redis >= 6.2 or Valkey is required (ZADD ... LT)"
+        )
     if "WRONGTYPE" in text:
         return WrongKeyTypeError(
             f"Redis key {key!r} holds a value of another type than this library writes "

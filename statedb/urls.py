@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qsl, urlsplit
 
 from statedb.errors import ConfigurationError
 
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
 MASK = "***"
+_SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"(?P<key>[^&=;]+)=(?P<value>[^&;]*)")
+# Options the library sets itself: a URL must not override them behind its back.
+RESERVED_QUERY_OPTIONS = {
+    "decode_responses": "this library reads bytes",
+    "encoding": "this library reads bytes",
+    "encoding_errors": "this library reads bytes",
+    "socket_timeout": "use redis_state_socket_timeout",
+    "socket_connect_timeout": "use redis_state_connect_timeout",
+    "socket_keepalive": "this library sets it",
+    "retry_on_timeout": "this library sets its own retry policy",
+    "retry_on_error": "this library sets its own retry policy",
+    "health_check_interval": "this library sets it",
+    "single_connection_client": "this library manages its connections",
+}
 
 
 def is_redis_url(value: object) -> bool:
@@ -19,27 +35,24 @@ def is_redis_url(value: object) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password (userinfo or ``password=`` query) replaced by ``***``.
+    """The URL with its password and secret query values replaced by ``***``. Never raises.
 
-    Never raises: a URL too broken to parse is reduced to its scheme.
+    Works on the raw text, not a parse: a password may hold ``#``, ``/`` or ``?``
+    that would make a URL parser split it elsewhere and show part of it.
     """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, has_password, _ = userinfo.partition(":")
-            netloc = f"{user}:{MASK}@{hostport}" if has_password else f"{userinfo}@{hostport}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, MASK if k.lower() == "password" else v) for k, v in pairs], safe="*/"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        scheme = url.partition("://")[0] if "://" in url else "?"
-        return f"{scheme}://{MASK}"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url if "@" not in url else MASK
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        rest = f"{user}:{MASK}@{rest}" if has_password else f"{userinfo}@{rest}"
+    head, qmark, query = rest.partition("?")
+    if qmark:
+        query = _QUERY_PAIR.sub(
+            lambda m: f"{m['key']}={MASK}" if _SECRET_QUERY_KEY.search(m["key"]) else m.group(0), query
+        )
+    return f"{scheme}{sep}{head}{qmark}{query}"
 
 
 def validate_url(url: object) -> str:
@@ -50,16 +63,23 @@ def validate_url(url: object) -> str:
     if not is_redis_url(url):
         scheme = url.partition("://")[0] if "://" in url else "(none)"
         raise ConfigurationError(
-            f"unsupported Redis URL scheme {scheme!r} in {shown}: "
+            f"unsupported Redis URL scheme {mask_url(scheme)!r} in {shown}: "
             f"use one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
         )
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed Redis URL {shown}: {exc}") from None
+    except ValueError:
+        # The parser's own message may quote part of a password: never show it.
+        raise ConfigurationError(
+            f"malformed Redis URL {shown}: the port must be a number from 1 to 65535 "
+            "(a password with '#', '/', '?' or '@' must be percent-encoded)"
+        ) from None
     scheme = parts.scheme.lower()
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for option, why in RESERVED_QUERY_OPTIONS.items():
+        if option in query:
+            raise ConfigurationError(f"Redis URL {shown} sets {option!r}, which is not allowed here: {why}")
     if scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"unix:// URL {shown} names no socket path")

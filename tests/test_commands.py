@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from statedb import commands
-from statedb.client import retries_within
-from statedb.errors import CorruptValueError, InvalidInputError, StateDataError, WrongKeyTypeError
+from statedb.errors import (
+    ConfigurationError,
+    CorruptValueError,
+    InvalidInputError,
+    RedisUnavailableError,
+    StateDataError,
+    WrongKeyTypeError,
+)
 
 
 class RecordingPipeline:
@@ -132,8 +138,16 @@ def test_error_replies_become_library_errors_naming_the_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("budget", "base", "cap", "retries"),
-    [(0, 0.25, 5, 0), (0.4, 0.25, 5, 0), (0.5, 0.25, 5, 1), (1.5, 0.25, 5, 2), (30, 0.25, 5, 8), (10, 1, 1, 10)],
+    "error",
+    [ReadOnlyError("You can't write against a read only replica."), ResponseError("MASTERDOWN Link is down"),
+     ResponseError("MISCONF Errors writing to the AOF file"), OutOfMemoryError("command not allowed"),
+     ResponseError("TRYAGAIN Multiple keys request during rehashing")],
 )
-def test_retries_within_budget(budget: float, base: float, cap: float, retries: int) -> None:
-    assert retries_within(budget, base, cap) == retries
+def test_transient_server_errors_are_outages_not_data_errors(error: Exception) -> None:
+    with pytest.raises(RedisUnavailableError):
+        commands.count_revoked("k").result([error])
+
+
+def test_an_old_server_is_named_as_the_problem() -> None:
+    with pytest.raises(ConfigurationError, match=r"Redis >= 6.2 or Valkey is required"):
+        commands.check_zadd_lt("k").result([ResponseError("ERR syntax error")])

@@ -104,3 +104,9 @@ def test_statedb_check_names_a_malformed_url(app_dir: Path) -> None:
     assert done.returncode != 0
     assert "database number 'abc'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_malformed_legacy_option_is_claimed_so_the_worker_fails_clearly() -> None:
+    worker = fake_worker(None, redis_statedb="localhost:6379")
+    claim_redis_statedb(worker)
+    assert getattr(worker, CLAIMED_URL_ATTR) == "localhost:6379"  # the step then stops with exit 78

@@ -246,3 +246,72 @@ def test_save_reports_what_could_not_be_written(
     with caplog.at_level(logging.ERROR, logger="celery_redis_statedb"):
         persistence.save()
     assert "2 revoked ids could not be written" in caplog.text
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers: a stalled or unreachable Redis."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        listener.close()
+
+
+def test_while_failing_revokes_do_no_io_and_the_timer_probe_is_short(
+    make: Factory, black_hole: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=black_hole, revoked=revoked, socket_timeout=0.3, socket_connect_timeout=0.3,
+                       boot_timeout=0, on_unavailable="degrade")
+    persistence.boot()
+    assert persistence.failing
+    writes: list[object] = []
+    monkeypatch.setattr(persistence.repository, "add_revoked_at", writes.append)
+    started = time.monotonic()
+    for i in range(50):
+        revoked.add(f"t{i}")
+    assert time.monotonic() - started < 0.2
+    assert writes == []
+    assert len(persistence.pending) == 50
+    persistence._next_attempt = 0.0  # the backoff has run out: the timer probes now
+    started = time.monotonic()
+    persistence.tick()
+    assert time.monotonic() - started < 1.0  # one short PING, not the full command timeouts
+    assert persistence.failing
+    assert persistence._next_attempt > time.monotonic()  # backing off, measured from the failure
+
+
+def test_resync_reads_the_entries_of_every_celery_release(make: Factory, redis_url: str) -> None:
+    """Celery <= 5.6 keeps (stamp, item) entries, 5.7 (stamp, seq, item): only entry[0] is used."""
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(revoked=revoked)
+    persistence.boot()
+    stamp = time.monotonic() - 60
+    revoked._data = {"old-layout": (stamp, "old-layout"), "new-layout": (stamp, 7, "new-layout")}
+    persistence._resync()
+    times = stored(redis_url, persistence.repository.keys.revoked)
+    assert set(times) == {"old-layout", "new-layout"}
+    assert abs(times["old-layout"] - (time.time() - 60)) < 2
+
+
+def test_shutdown_after_data_loss_writes_everything_back(make: Factory, private_server: PrivateServer) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(url=private_server.url, revoked=revoked, clock=LamportClock())
+    persistence.boot()
+    revoked.update(["a", "b"])
+    redis.Redis.from_url(private_server.url).flushall()
+    persistence.save()  # the clock save finds its key gone: everything is written back
+    assert set(stored(private_server.url, persistence.repository.keys.revoked)) == {"a", "b"}
+
+
+def test_save_detaches_the_write_through(make: Factory) -> None:
+    revoked = LimitedSet(maxlen=100)
+    persistence = make(revoked=revoked)
+    persistence.boot()
+    persistence.save()
+    assert type(revoked) is LimitedSet

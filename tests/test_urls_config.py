@@ -104,3 +104,28 @@ def test_config_is_frozen() -> None:
     config = StateDBConfig(url="redis://h")
     with pytest.raises(AttributeError):
         config.key_prefix = "x:"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:s3cr#t@host:6379/0", "redis://:s3cr?t@host:6379/0", "redis://u:s3c/ret@host:6379/0",
+     "redis://:s3c@ret@host:6379/0", "rediss://host:6380/0?ssl_password=s3cret",
+     "rediss://host/0?ssl_keyfile_password=s3cret&db=1", "redis://host/0?token=s3cret"],
+)
+def test_passwords_with_url_metacharacters_and_secret_query_values_are_masked(url: str) -> None:
+    assert "s3c" not in mask_url(url)
+    try:
+        validate_url(url)
+    except ConfigurationError as exc:
+        assert "s3c" not in str(exc)
+
+
+@pytest.mark.parametrize("option", ["decode_responses=true", "socket_timeout=30", "retry_on_timeout=yes",
+                                    "health_check_interval=1"])
+def test_url_options_that_would_override_the_library_are_refused(option: str) -> None:
+    with pytest.raises(ConfigurationError, match="not allowed here"):
+        validate_url(f"redis://h:6379/0?{option}")
+
+
+def test_other_url_options_pass() -> None:
+    assert validate_url("rediss://h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&client_name=w1")

@@ -22,6 +22,8 @@ from statedb.errors import (
 logger = logging.getLogger("celery_redis_statedb")
 
 CLAIMED_URL_ATTR = "_redis_statedb_url"
+# sysexits.h values, spelled out: the os.EX_* names do not exist on Windows.
+EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 65, 69, 78
 
 
 class RedisStateDB(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -66,10 +68,10 @@ def _stop_worker(w: Any, exc: StateDBError) -> None:
     if not isinstance(w, Worker):
         raise exc
     if isinstance(exc, RedisUnavailableError):
-        code, hint = os.EX_UNAVAILABLE, " (set redis_state_on_unavailable=degrade to start without it)"
+        code, hint = EX_UNAVAILABLE, " (set redis_state_on_unavailable=degrade to start without it)"
     elif isinstance(exc, (ConfigurationError, AccessDeniedError, InvalidInputError)):
-        code, hint = os.EX_CONFIG, ""
+        code, hint = EX_CONFIG, ""
     else:
-        code, hint = os.EX_DATAERR, ""
+        code, hint = EX_DATAERR, ""
     logger.critical("redis-statedb: cannot start worker %s: %s%s", w.hostname, exc, hint)
     raise SystemExit(code) from exc

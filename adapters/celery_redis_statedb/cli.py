@@ -28,9 +28,11 @@ URL_ENV = "REDIS_STATEDB_URL"
 
 
 def statedb_url(app: Any, explicit: str | None) -> str | None:
-    """The URL a worker of ``app`` would use: explicit, then worker_state_db, then REDIS_STATEDB_URL."""
-    for candidate in (explicit, app.conf.get("worker_state_db"), os.environ.get(URL_ENV)):
-        if candidate:
+    """The Redis URL for ``app``: explicit, else the first Redis URL of worker_state_db and REDIS_STATEDB_URL."""
+    if explicit:
+        return explicit
+    for candidate in (app.conf.get("worker_state_db"), os.environ.get(URL_ENV)):
+        if is_redis_url(candidate):
             return str(candidate)
     return None
 

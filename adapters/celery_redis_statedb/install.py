@@ -38,10 +38,15 @@ def register_worker_options() -> None:
 
 
 def claim_redis_statedb(sender: Any, **_: Any) -> None:
-    """worker_init handler: a Redis statedb URL goes to our step, never to Celery's shelve."""
-    url = (getattr(sender, "options", None) or {}).get(LEGACY_URL_OPTION) or sender.statedb
-    if not is_redis_url(url):
-        return
+    """worker_init handler: a Redis statedb URL goes to our step, never to Celery's shelve.
+
+    A ``--redis-statedb`` value is always claimed, so that a malformed one stops the
+    worker with a clear error instead of leaving it without persistence.
+    """
+    legacy = (getattr(sender, "options", None) or {}).get(LEGACY_URL_OPTION)
+    url = legacy or sender.statedb
+    if not legacy and not is_redis_url(url):
+        return  # a file path (or nothing): Celery's own shelve statedb
     setattr(sender, CLAIMED_URL_ATTR, url)
     sender.statedb = None
     steps = sender.app.steps["worker"]

@@ -1,26 +1,29 @@
 """A worker's revoked set and clock, kept in Redis as they change.
 
 Boot merges what Redis holds into ``state.revoked``; from then on every id that
-enters the set is written before the caller (a revoke command) answers. When
-Redis cannot take a write, the id stays honoured in memory and waits in a
-pending buffer that Celery's timer retries; after any reconnect the whole
+enters the set is written before the caller (a revoke command) answers. When a
+write fails, the id stays honoured in memory and waits in a pending buffer;
+while Redis is failing nothing else blocks on it: Celery's timer probes it with
+a short timeout, backing off exponentially, and once it answers the whole
 in-memory set is written again, so a Redis that came back empty is repaired.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery.utils.collections import LimitedSet
+from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
 from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
-from celery_redis_statedb.revoked_set import add_unrecorded, attach
-from statedb.client import boot_backoff, retries_within
+from celery_redis_statedb.revoked_set import add_unrecorded, attach, detach
+from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDBError
 from statedb.names import encode_task_id
@@ -28,6 +31,15 @@ from statedb.names import encode_task_id
 logger = logging.getLogger("celery_redis_statedb")
 
 WARN_EVERY = 10.0
+PROBE_TIMEOUT = 1.0
+
+
+def _storable(task_id: object) -> bool:
+    try:
+        encode_task_id(task_id)
+    except InvalidInputError:
+        return False
+    return True
 
 
 class WorkerStatePersistence:
@@ -48,48 +60,59 @@ class WorkerStatePersistence:
         self.pending: dict[str, float] = {}
         self.loaded = False
         self._lock = threading.RLock()
+        self._probe: SyncStateRepository | None = None
+        self._backoff = EqualJitterBackoff(cap=config.retry_backoff_cap, base=config.retry_backoff_base)
         self._seen_connections = 0
         self._needs_resync = False
+        self._failures = 0
         self._failing_since: float | None = None
-        self._last_attempt = 0.0
+        self._next_attempt = 0.0
         self._last_warning = 0.0
         self._last_clock_save = 0.0
         self._timer_entry: Any = None
         self._closed = False
 
+    @property
+    def failing(self) -> bool:
+        return self._failing_since is not None
+
     # -- boot --------------------------------------------------------------
 
     def boot(self) -> None:
-        """Apply limits, merge stored state (retrying within boot_timeout), start write-through.
+        """Apply limits, merge stored state (retrying until boot_timeout), start write-through.
 
-        Raises RedisUnavailableError after the retry budget unless the policy is
-        ``degrade``; any other StateDBError (bad credentials, wrong key type) at once.
+        Raises RedisUnavailableError once the boot timeout has passed, unless the
+        policy is ``degrade``; any other StateDBError (refused credentials, a key
+        of the wrong type, a server too old) at once.
         """
         if self.config.revoke_expires is not None:
             self.revoked.expires = self.config.revoke_expires
         if self.config.revokes_max is not None:
             self.revoked.maxlen = self.config.revokes_max
-        retries = retries_within(self.config.boot_timeout, self.config.retry_backoff_base,
-                                 self.config.retry_backoff_cap)
-        retry = Retry(boot_backoff(self.config), retries, supported_errors=(RedisUnavailableError,))
+        deadline = time.monotonic() + self.config.boot_timeout
+
+        def retry_until_deadline(exc: Exception) -> None:
+            if time.monotonic() >= deadline:
+                raise exc
+            logger.warning("redis-statedb: %s; retrying (boot timeout %ss)", exc, self.config.boot_timeout)
+
+        retry = Retry(boot_backoff(self.config), -1, supported_errors=(RedisUnavailableError,))
         try:
             with self._lock:
-                retry.call_with_retry(self._load, self._on_boot_failure)
+                retry.call_with_retry(self._load, retry_until_deadline)
         except RedisUnavailableError as exc:
             if self.config.on_unavailable is not UnavailablePolicy.DEGRADE:
                 raise
-            self._mark_failing(exc)
             logger.warning(
                 "redis-statedb: starting DEGRADED without stored state (%s); revokes are kept in memory "
                 "and the stored state is merged when Redis is back", exc,
             )
+            self._mark_failing(exc, warn=False)
         attach(self.revoked, self)
-
-    def _on_boot_failure(self, exc: Exception) -> None:
-        logger.warning("redis-statedb: %s; retrying (boot timeout %ss)", exc, self.config.boot_timeout)
 
     def _load(self) -> None:
         self.repository.ping()
+        self.repository.check_server()
         merged = self._merge_revoked()
         clock = self._merge_clock()
         self.loaded = True
@@ -121,7 +144,10 @@ class WorkerStatePersistence:
     # -- write-through -----------------------------------------------------
 
     def record(self, task_ids: Sequence[object]) -> None:
-        """Called by ``state.revoked`` for ids that just entered it. Never raises."""
+        """Called by ``state.revoked`` for ids that just entered it. Never raises.
+
+        While Redis is failing this does no I/O at all: the ids wait for the timer.
+        """
         now = time.time()
         storable: list[str] = []
         for task_id in task_ids:
@@ -136,10 +162,13 @@ class WorkerStatePersistence:
         with self._lock:
             for task_id in storable:
                 self.pending.setdefault(task_id, now)
-            if self._failing_since is not None and time.monotonic() - self._last_attempt < self.config.flush_interval:
+            if self.failing:
                 self._warn_pending(None)
                 return
-            self._guarded(self._flush)
+            try:
+                self._flush()
+            except StateDBError as exc:
+                self._mark_failing(exc)
 
     def _flush(self) -> None:
         if self.pending:
@@ -148,39 +177,39 @@ class WorkerStatePersistence:
 
     def _resync(self) -> None:
         """Write the whole in-memory set again (idempotent: the earliest time wins)."""
+        seen = self.connections.count
         wall, mono = time.time(), time.monotonic()
         earliest: dict[str, float] = {}
-        for inserted, _, item in list(self.revoked._data.values()):
+        # entry[0] is the monotonic stamp in every Celery release (the entry's shape differs).
+        for item, entry in list(self.revoked._data.items()):
             if isinstance(item, str) and _storable(item):
-                earliest[item] = wall - max(0.0, mono - inserted)
+                earliest[item] = wall - max(0.0, mono - entry[0])
         for task_id, when in self.pending.items():
             earliest[task_id] = min(when, earliest.get(task_id, when))
         self.repository.add_revoked_at(list(earliest.items()))
         self.pending.clear()
         self._needs_resync = False
+        self._seen_connections = seen
         logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s",
                        len(earliest), self.config.safe_url)
 
-    def _guarded(self, action: Callable[[], None]) -> bool:
-        """Run an I/O action, turning a failure into pending state and a warning."""
-        self._last_attempt = time.monotonic()
-        try:
-            action()
-        except StateDBError as exc:
-            self._mark_failing(exc)
-            return False
+    # -- failure bookkeeping -----------------------------------------------
+
+    def _mark_failing(self, exc: StateDBError, *, warn: bool = True) -> None:
+        """Back off (measured from now, the end of the failed attempt) and warn, rate-limited."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since, self._failures, self._last_warning = now, 0, 0.0
+        self._failures += 1
+        self._next_attempt = now + self._backoff.compute(self._failures)
+        if warn:
+            self._warn_pending(exc)
+
+    def _clear_failing(self) -> None:
         if self._failing_since is not None:
             logger.warning("redis-statedb: Redis at %s is reachable again after %.1fs",
                            self.config.safe_url, time.monotonic() - self._failing_since)
-            self._failing_since = None
-            self._needs_resync = self.loaded
-        return True
-
-    def _mark_failing(self, exc: StateDBError) -> None:
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            self._last_warning = 0.0
-        self._warn_pending(exc)
+        self._failing_since, self._failures = None, 0
 
     def _warn_pending(self, exc: StateDBError | None) -> None:
         now = time.monotonic()
@@ -189,28 +218,49 @@ class WorkerStatePersistence:
         self._last_warning = now
         logger.warning(
             "redis-statedb: %d revoked ids are honoured in memory but NOT yet stored in Redis at %s%s; "
-            "retrying every %ss", len(self.pending), self.config.safe_url,
-            f" ({exc})" if exc else "", self.config.flush_interval,
+            "retrying with backoff", len(self.pending), self.config.safe_url, f" ({exc})" if exc else "",
         )
+
+    def _probe_server(self) -> None:
+        """A PING with a short timeout and no retry: cheap to fail while Redis is away."""
+        if self._probe is None:
+            quick = dataclasses.replace(
+                self.config, socket_timeout=min(PROBE_TIMEOUT, self.config.socket_timeout),
+                socket_connect_timeout=min(PROBE_TIMEOUT, self.config.socket_connect_timeout),
+            )
+            self._probe = SyncStateRepository.open(quick, self.hostname, retries=0)
+        self._probe.ping()
 
     # -- periodic work on Celery's timer -----------------------------------
 
     def tick(self) -> None:
-        """Retry pending writes, merge late (degraded boot), save the clock, repair after reconnects."""
+        """Probe and recover (late merge, resync), save the clock, flush pending. Never raises."""
         with self._lock:
-            if not self.loaded and not self._guarded(self._load):
+            try:
+                self._tick()
+            except StateDBError as exc:
+                self._mark_failing(exc)
+            except Exception as exc:  # the timer must keep running; the state stays pending
+                logger.exception("redis-statedb: unexpected error on the timer, will retry")
+                self._mark_failing(StateDBError(f"unexpected {type(exc).__name__}: {exc}"), warn=False)
+
+    def _tick(self) -> None:
+        recovering = self.failing
+        if recovering:
+            if time.monotonic() < self._next_attempt:
                 return
-            clock_due = time.monotonic() - self._last_clock_save >= self.config.clock_interval
-            if clock_due and not self._guarded(self._save_clock):
-                return
-            if self.connections.count != self._seen_connections:
-                self._needs_resync = True
-            if self._needs_resync:
-                seen = self.connections.count
-                if self._guarded(self._resync):
-                    self._seen_connections = seen
-            elif self.pending:
-                self._guarded(self._flush)
+            self._probe_server()
+        if not self.loaded:
+            self._load()
+        if time.monotonic() - self._last_clock_save >= self.config.clock_interval:
+            self._save_clock()
+        if recovering or self.connections.count != self._seen_connections:
+            self._needs_resync = True
+        if self._needs_resync:
+            self._resync()
+        else:
+            self._flush()
+        self._clear_failing()
 
     def _save_clock(self, value: int | None = None) -> None:
         if not self.clock:
@@ -225,7 +275,7 @@ class WorkerStatePersistence:
         self._timer_entry = timer.call_repeatedly(self.config.flush_interval, self.tick)
 
     def save(self) -> None:
-        """Final flush and clock save at shutdown; idempotent. Logs what could not be written."""
+        """At shutdown: the clock, then pending ids (or everything, after data loss). Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -233,23 +283,21 @@ class WorkerStatePersistence:
             if self._timer_entry is not None:
                 self._timer_entry.cancel()
             try:
-                if self._needs_resync:
-                    self._resync()
-                self._flush()
-                if self.clock:
+                if self.failing:
+                    self._probe_server()
+                if self.clock and self.loaded:
                     self._save_clock(int(self.clock.forward()))
+                if self._needs_resync or self.connections.count != self._seen_connections:
+                    self._resync()
+                else:
+                    self._flush()
             except StateDBError as exc:
                 logger.error("redis-statedb: at shutdown %d revoked ids could not be written to %s: %s",
                              len(self.pending), self.config.safe_url, exc)
             finally:
+                detach(self.revoked)
                 self.repository.close()
+                if self._probe is not None:
+                    self._probe.close()
 
     stop = save
-
-
-def _storable(task_id: object) -> bool:
-    try:
-        encode_task_id(task_id)
-    except InvalidInputError:
-        return False
-    return True

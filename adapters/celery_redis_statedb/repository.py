@@ -34,11 +34,13 @@ class ConnectionCounter:
         self.count += 1
 
 
-def open_sync_client(config: StateDBConfig, *, on_connect: Callable[[Any], None] | None = None) -> redis.Redis:
+def open_sync_client(
+    config: StateDBConfig, *, on_connect: Callable[[Any], None] | None = None, retries: int = COMMAND_RETRIES
+) -> redis.Redis:
     extra: dict[str, Any] = {} if on_connect is None else {"redis_connect_func": on_connect}
     try:
         return redis.Redis.from_url(
-            config.url, retry=Retry(command_backoff(), COMMAND_RETRIES), **client_options(config), **extra
+            config.url, retry=Retry(command_backoff(), retries), **client_options(config), **extra
         )
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"Redis URL {config.safe_url} is not usable: {exc}") from None
@@ -52,10 +54,11 @@ class SyncStateRepository:
 
     @classmethod
     def open(
-        cls, config: StateDBConfig, worker: str, *, on_connect: Callable[[Any], None] | None = None
+        cls, config: StateDBConfig, worker: str, *, on_connect: Callable[[Any], None] | None = None,
+        retries: int = COMMAND_RETRIES,
     ) -> SyncStateRepository:
-        return cls(open_sync_client(config, on_connect=on_connect), StateOperations.for_worker(config, worker),
-                   owns_client=True)
+        client = open_sync_client(config, on_connect=on_connect, retries=retries)
+        return cls(client, StateOperations.for_worker(config, worker), owns_client=True)
 
     @property
     def keys(self) -> WorkerKeys:
@@ -76,6 +79,10 @@ class SyncStateRepository:
 
     def ping(self) -> bool:
         return self._run(self.operations.ping())
+
+    def check_server(self) -> None:
+        """Raise ConfigurationError if the server lacks a command this library needs."""
+        self._run(self.operations.check_server())
 
     def add_revoked(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> int:
         return self._run(self.operations.add_revoked(task_ids, revoked_at))

@@ -20,7 +20,7 @@ def _number(text: object) -> float:
 
 
 def _text(value: object) -> str:
-    return str(value).strip() if not isinstance(value, str) else value
+    return str(value).strip()
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot_timeout", "redis_state_boot_timeout", "CELERY_REDIS_STATE_BOOT_TIMEOUT",
             "--redis-state-boot-timeout", _number, "Seconds to keep retrying Redis at boot (default 30)."),
     Setting("socket_timeout", "redis_state_socket_timeout", "CELERY_REDIS_STATE_SOCKET_TIMEOUT",
-            None, _number, "Seconds one Redis command may take (default 5)."),
+            None, _number, "Seconds one Redis command may take (default 2)."),
     Setting("socket_connect_timeout", "redis_state_connect_timeout", "CELERY_REDIS_STATE_CONNECT_TIMEOUT",
-            None, _number, "Seconds a connection attempt may take (default 5)."),
+            None, _number, "Seconds a connection attempt may take (default 2)."),
     Setting("clock_interval", "redis_state_clock_interval", "CELERY_REDIS_STATE_CLOCK_INTERVAL",
             None, _number, "Seconds between clock saves and data-loss checks (default 10)."),
 )
@@ -90,7 +90,4 @@ def resolve_config(
             values[setting.field] = setting.parse(raw)
         except (TypeError, ValueError):
             raise ConfigurationError(f"{source}={raw!r} is not valid: expected a number") from None
-    try:
-        return StateDBConfig(url=url, **values)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{exc} (check the redis_state_* settings)") from None
+    return StateDBConfig(url=url, **values)
