@@ -3,6 +3,18 @@
 This package never imports Celery; the Celery adapter is ``celery_redis_statedb``.
 """
 
+from statedb.admin import (
+    Revocation,
+    RevokedSetState,
+    inspect_worker,
+    inspect_workers,
+    iter_revoked,
+    list_workers,
+    purge_old_revoked,
+    restore,
+    revoke,
+    where_revoked,
+)
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import (
     AccessDeniedError,
@@ -28,6 +40,8 @@ __all__ = [
     "InvalidInputError",
     "KeySchema",
     "RedisUnavailableError",
+    "Revocation",
+    "RevokedSetState",
     "Scope",
     "StateDBConfig",
     "StateDBError",
@@ -36,7 +50,15 @@ __all__ = [
     "UnavailablePolicy",
     "WorkerKeys",
     "WrongKeyTypeError",
+    "inspect_worker",
+    "inspect_workers",
     "is_redis_url",
+    "iter_revoked",
+    "list_workers",
     "mask_url",
     "open_async_client",
+    "purge_old_revoked",
+    "restore",
+    "revoke",
+    "where_revoked",
 ]

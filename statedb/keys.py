@@ -28,11 +28,17 @@ class Scope(str, Enum):
 
 @dataclass(frozen=True)
 class WorkerKeys:
-    """The two keys one worker uses."""
+    """The keys one worker uses: its revoked set (or the fleet's), its clock, and the fleet's set."""
 
     worker: str
     revoked: str
     clock: str
+    shared: str
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis MATCH pattern (worker names are data, never patterns)."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 @dataclass(frozen=True)
@@ -55,5 +61,21 @@ class KeySchema:
         return f"{self.prefix}{SHARED_REVOKED_NAME}"
 
     def for_worker(self, worker: str, scope: Scope = Scope.WORKER) -> WorkerKeys:
-        revoked = self.shared_revoked_key if scope is Scope.SHARED else self.revoked_key(worker)
-        return WorkerKeys(worker=worker, revoked=revoked, clock=self.clock_key(worker))
+        shared = self.shared_revoked_key
+        revoked = shared if scope is Scope.SHARED else self.revoked_key(worker)
+        return WorkerKeys(worker=worker, revoked=revoked, clock=self.clock_key(worker), shared=shared)
+
+    @property
+    def match_all(self) -> str:
+        """A SCAN MATCH pattern for every key under the prefix (the prefix taken literally)."""
+        return glob_escape(self.prefix) + "*"
+
+    def parse(self, key: str) -> tuple[str, str] | None:
+        """(worker, 'revoked' or 'clock') for a worker key of this prefix; None for anything else."""
+        if not key.startswith(self.prefix) or key == self.shared_revoked_key:
+            return None
+        rest = key[len(self.prefix):]
+        for suffix, kind in ((REVOKED_SUFFIX, "revoked"), (CLOCK_SUFFIX, "clock")):
+            if rest.endswith(suffix) and len(rest) > len(suffix):
+                return rest[: -len(suffix)], kind
+        return None

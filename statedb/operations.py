@@ -49,9 +49,10 @@ class StateOperations:
     def count_revoked(self) -> commands.Operation[int]:
         return commands.count_revoked(self.keys.revoked)
 
-    def revoked_pages(self, newer_than: float | None, limit: int | None) -> commands.PageCursor:
-        return commands.PageCursor(self.keys.revoked, newer_than=newer_than, limit=limit,
-                                   chunk_size=self.load_chunk_size)
+    def revoked_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False
+                      ) -> commands.PageCursor:
+        key = self.keys.shared if shared else self.keys.revoked
+        return commands.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size)
 
     def read_clock(self) -> commands.Operation[int]:
         return commands.read_clock(self.keys.clock)

@@ -90,10 +90,10 @@ class AsyncStateRepository:
         return await self._run(self.operations.count_revoked())
 
     async def iter_revoked(
-        self, *, newer_than: float | None = None, limit: int | None = None
+        self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
     ) -> AsyncIterator[tuple[str, float]]:
-        """(task id, revocation time) pairs, newest first, streamed in chunks."""
-        cursor = self.operations.revoked_pages(newer_than, limit)
+        """(task id, revocation time) pairs, newest first, streamed in chunks (of the fleet set if shared)."""
+        cursor = self.operations.revoked_pages(newer_than, limit, shared=shared)
         while (operation := cursor.next_operation()) is not None:
             for row in cursor.feed(await self._run(operation)):
                 yield row

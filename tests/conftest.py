@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from tests.servers import PrivateServer
+from tests.workers import WorkerHarness
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,13 @@ def private_server() -> Iterator[PrivateServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[WorkerHarness]:
+    """Real ``celery worker`` subprocesses; broker keys live under the test's key prefix."""
+    workers = WorkerHarness(tmp_path, redis_url, broker_prefix=f"{key_prefix}broker:")
+    try:
+        yield workers
+    finally:
+        workers.close()

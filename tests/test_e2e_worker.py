@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +41,6 @@ def shared_key(prefix: str) -> str:
 def state_prefix(key_prefix: str) -> str:
     """The statedb key prefix of the test (under ``key_prefix``, so its keys are deleted)."""
     return f"{key_prefix}state:"
-
-
-@pytest.fixture
-def harness(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[WorkerHarness]:
-    workers = WorkerHarness(tmp_path, redis_url, broker_prefix=f"{key_prefix}broker:")
-    try:
-        yield workers
-    finally:
-        workers.close()
 
 
 def revoke_and_check_stored(harness: WorkerHarness, worker: WorkerProcess, client: redis.Redis, key: str) -> str:

@@ -84,7 +84,7 @@ def test_statedb_check_through_the_real_celery_command(
 ) -> None:
     redis_client.zadd(f"{key_prefix}w@h:revoked", {"a": 1.0, "b": 2.0})
     env = {**os.environ, "CELERY_REDIS_STATE_KEY_PREFIX": key_prefix}
-    done = run_celery(app_dir, "statedb", "check", "--url", redis_url, "--worker", "w@h", "--json", env=env)
+    done = run_celery(app_dir, "statedb", "--url", redis_url, "check", "--worker", "w@h", "--json", env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["revoked_count"] == 2
@@ -92,7 +92,7 @@ def test_statedb_check_through_the_real_celery_command(
 
 
 def test_statedb_check_errors_are_one_clear_line_without_secrets(app_dir: Path) -> None:
-    done = run_celery(app_dir, "statedb", "check", "--url", "redis://:s3cret@127.0.0.1:1/0", "--worker", "w@h")
+    done = run_celery(app_dir, "statedb", "--url", "redis://:s3cret@127.0.0.1:1/0", "check", "--worker", "w@h")
     assert done.returncode != 0
     assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in done.stderr
     assert "s3cret" not in done.stdout + done.stderr
@@ -100,7 +100,7 @@ def test_statedb_check_errors_are_one_clear_line_without_secrets(app_dir: Path) 
 
 
 def test_statedb_check_names_a_malformed_url(app_dir: Path) -> None:
-    done = run_celery(app_dir, "statedb", "check", "--url", "redis://h:6379/abc")
+    done = run_celery(app_dir, "statedb", "--url", "redis://h:6379/abc", "check")
     assert done.returncode != 0
     assert "database number 'abc'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -4,6 +4,18 @@
 package is installed; ``install_redis_statedb(app)`` does the same from code.
 """
 
+from celery_redis_statedb.admin import (
+    RestoreResult,
+    inspect_worker,
+    inspect_workers,
+    list_workers,
+    purge_old_revoked_tasks,
+    restore_tasks,
+    revoke_tasks,
+    revoked_ids,
+    statedb_url,
+    where_revoked,
+)
 from celery_redis_statedb.bootstep import RedisStateDB
 from celery_redis_statedb.install import install_redis_statedb
 from celery_redis_statedb.persistence import WorkerStatePersistence
@@ -32,6 +44,7 @@ __all__ = [
     "InvalidInputError",
     "RedisStateDB",
     "RedisUnavailableError",
+    "RestoreResult",
     "Scope",
     "StateDBConfig",
     "StateDBError",
@@ -39,7 +52,16 @@ __all__ = [
     "SyncStateRepository",
     "WorkerStatePersistence",
     "WrongKeyTypeError",
+    "inspect_worker",
+    "inspect_workers",
     "install_redis_statedb",
+    "list_workers",
     "open_sync_client",
+    "purge_old_revoked_tasks",
     "resolve_config",
+    "restore_tasks",
+    "revoke_tasks",
+    "revoked_ids",
+    "statedb_url",
+    "where_revoked",
 ]

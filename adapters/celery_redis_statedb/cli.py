@@ -1,81 +1,269 @@
-"""``celery statedb ...``: the ``celery.commands`` entry point.
+"""``celery -A app statedb ...``: the ``celery.commands`` entry point.
 
 Celery imports this module while building its command line, before ``-A``
 loads the app; importing it is what makes ``--statedb=redis://...`` work with
-no code change (the worker options and the worker_init hook are registered
-here). Keep the import cheap and free of failures.
+no code change (the worker options, the worker_init hook and the restore
+control command are registered here). Keep the import cheap and free of failures.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
+import sys
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 import click
 
+from celery_redis_statedb import admin
 from celery_redis_statedb.install import connect_worker_hook, register_worker_options
 from celery_redis_statedb.repository import SyncStateRepository
-from celery_redis_statedb.settings import resolve_config
+from statedb.admin import Progress
 from statedb.errors import StateDBError
-from statedb.urls import is_redis_url
+from statedb.timeframes import parse_duration
 
 register_worker_options()
 connect_worker_hook()
 
-URL_ENV = "REDIS_STATEDB_URL"
+F = TypeVar("F", bound=Callable[..., Any])
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+fleet_option = click.option("--fleet", is_flag=True, help="The fleet-wide set (shared scope, producer revokes).")
 
 
-def statedb_url(app: Any, explicit: str | None) -> str | None:
-    """The Redis URL for ``app``: explicit, else the first Redis URL of worker_state_db and REDIS_STATEDB_URL."""
-    if explicit:
-        return explicit
-    for candidate in (app.conf.get("worker_state_db"), os.environ.get(URL_ENV)):
-        if is_redis_url(candidate):
-            return str(candidate)
-    return None
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def handles_errors(command: F) -> F:
+    """Library errors become one clear line and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except StateDBError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool = True) -> Iterator[Progress | None]:
+    """A progress(done, total) callback drawing a bar on stderr when it is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
+        def update(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield update
+
+
+def _app(ctx: click.Context) -> Any:
+    return ctx.obj.app
+
+
+def _url(ctx: click.Context) -> str | None:
+    return ctx.find_root().meta.get("statedb_url")
 
 
 @click.group(name="statedb")
-def statedb() -> None:
-    """Inspect the Redis statedb of the workers (celery-redis-statedb)."""
+@click.option("--url", default=None, help="Redis URL (default: worker_state_db, $REDIS_STATEDB_URL, the broker).")
+@click.pass_context
+def statedb(ctx: click.Context, url: str | None) -> None:
+    """Inspect and manage the workers' revoked tasks in Redis (celery-redis-statedb)."""
+    ctx.find_root().meta["statedb_url"] = url
 
 
 @statedb.command()
-@click.option("--url", "url", default=None, help=f"Redis URL (default: worker_state_db, then ${URL_ENV}).")
-@click.option("--worker", "worker", default=None, help="Worker hostname (default: this host's celery@host).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--worker", default=None, help="Worker hostname (default: this host's celery@host).")
+@json_option
 @click.pass_context
-def check(ctx: click.Context, url: str | None, worker: str | None, as_json: bool) -> None:
+@handles_errors
+def check(ctx: click.Context, worker: str | None, as_json: bool) -> None:
     """Resolve the configuration, reach Redis, and show one worker's keys and state."""
     from celery.utils.nodenames import default_nodename
 
-    app = ctx.obj.app
-    resolved = statedb_url(app, url)
-    if not is_redis_url(resolved):
-        raise click.UsageError(f"no Redis statedb URL: pass --url, set worker_state_db or ${URL_ENV}")
-    assert resolved is not None
+    config = admin.app_config(_app(ctx), _url(ctx))
     name = worker or default_nodename(None)
+    repository = SyncStateRepository.open(config, name)
     try:
-        config = resolve_config(resolved, conf=app.conf, env=os.environ)
-        repository = SyncStateRepository.open(config, name)
-        try:
-            started = time.perf_counter()
-            repository.ping()
-            latency_ms = (time.perf_counter() - started) * 1000
-            report = {
-                "url": config.safe_url, "worker": name, "scope": config.scope.value,
-                "revoked_key": repository.keys.revoked, "clock_key": repository.keys.clock,
-                "revoked_count": repository.count_revoked(), "clock": repository.read_clock(),
-                "ping_ms": round(latency_ms, 2),
-            }
-        finally:
-            repository.close()
-    except StateDBError as exc:
-        raise click.ClickException(str(exc)) from None
+        started = time.perf_counter()
+        repository.ping()
+        latency_ms = (time.perf_counter() - started) * 1000
+        report = {
+            "url": config.safe_url, "worker": name, "scope": config.scope.value,
+            "revoked_key": repository.keys.revoked, "clock_key": repository.keys.clock,
+            "revoked_count": repository.count_revoked(), "clock": repository.read_clock(),
+            "ping_ms": round(latency_ms, 2),
+        }
+    finally:
+        repository.close()
     if as_json:
         click.echo(json.dumps(report))
     else:
         for key, value in report.items():
             click.echo(f"{key:>14}: {value}")
+
+
+@statedb.command()
+@json_option
+@click.pass_context
+@handles_errors
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """Every revoked set under the prefix: count, oldest and newest revocation, clock, memory."""
+    with progress_bar("reading workers", not as_json) as progress:
+        states = admin.inspect_workers(_app(ctx), redis_url=_url(ctx), progress=progress)
+    if as_json:
+        click.echo(json.dumps([state.as_dict() for state in states]))
+        return
+    rows = [[state.worker if state.worker is not None else "(fleet)", str(state.revoked_count),
+             _when(state.oldest), _when(state.newest), "-" if state.clock is None else str(state.clock),
+             _size(state.memory_bytes)] for state in states]
+    _table(["WORKER", "REVOKED", "OLDEST (UTC)", "NEWEST (UTC)", "CLOCK", "MEMORY"], rows)
+    click.echo(f"{len(states)} revoked sets, {sum(s.revoked_count for s in states)} ids")
+
+
+@statedb.command(name="inspect")
+@click.argument("worker", required=False)
+@fleet_option
+@json_option
+@click.pass_context
+@handles_errors
+def inspect_command(ctx: click.Context, worker: str | None, fleet: bool, as_json: bool) -> None:
+    """One worker's revoked set and clock (or the fleet set with --fleet)."""
+    state = admin.inspect_worker(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx))
+    if as_json:
+        click.echo(json.dumps(state.as_dict()))
+        return
+    for label, value in (("worker", state.worker or "(fleet)"), ("key", state.key),
+                         ("revoked", state.revoked_count), ("oldest", _when(state.oldest)),
+                         ("newest", _when(state.newest)), ("clock", state.clock),
+                         ("memory", _size(state.memory_bytes))):
+        click.echo(f"{label:>8}: {value if value is not None else '-'}")
+
+
+def _pick(worker: str | None, fleet: bool) -> str | None:
+    if fleet == (worker is not None):
+        raise click.UsageError("name a WORKER, or pass --fleet")
+    return worker
+
+
+@statedb.command(name="ls")
+@click.argument("worker", required=False)
+@fleet_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many, newest first.")
+@json_option
+@click.pass_context
+@handles_errors
+def ls_command(ctx: click.Context, worker: str | None, fleet: bool, limit: int | None, as_json: bool) -> None:
+    """The revoked ids of a worker (or the fleet set), newest first, with their revocation times."""
+    rows = admin.revoked_ids(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx), limit=limit)
+    if as_json:
+        click.echo(json.dumps([{"task_id": task_id, "revoked_at": when} for task_id, when in rows]))
+        return
+    for task_id, when in rows:
+        click.echo(f"{_when(when)}  {task_id}")
+
+
+@statedb.command()
+@click.argument("task_id")
+@json_option
+@click.pass_context
+@handles_errors
+def where(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Which revoked sets hold TASK_ID, and since when."""
+    places = admin.where_revoked(_app(ctx), task_id, redis_url=_url(ctx))
+    if as_json:
+        click.echo(json.dumps([{"worker": p.worker, "key": p.key, "revoked_at": p.revoked_at} for p in places]))
+        return
+    if not places:
+        click.echo(f"{task_id} is not revoked anywhere")
+    for place in places:
+        click.echo(f"{_when(place.revoked_at)}  {place.worker or '(fleet)'}")
+
+
+@statedb.command()
+@click.option("--older-than", "older_than", required=True, help="Age, e.g. 90s, 15m, 12h, 30d, 2w.")
+@click.option("--worker", default=None, help="Only this worker's set (default: every set).")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+@handles_errors
+def purge(ctx: click.Context, older_than: str, worker: str | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Remove revoked ids older than a duration, from every worker or one."""
+    try:
+        seconds = parse_duration(older_than)
+    except StateDBError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    app, url = _app(ctx), _url(ctx)
+    where_text = f"worker {worker}" if worker else "every worker and the fleet set"
+    if not dry_run and not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("purge removes data: confirm with --yes (or look first with --dry-run)")
+        click.confirm(f"Remove revoked ids older than {older_than} from {where_text}?", abort=True)
+    with progress_bar("purging", not as_json) as progress:
+        count = admin.purge_old_revoked_tasks(app, seconds, worker, url, dry_run=dry_run, progress=progress)
+    if as_json:
+        click.echo(json.dumps({"removed": 0 if dry_run else count, "would_remove": count if dry_run else None}))
+    else:
+        verb = "would remove" if dry_run else "removed"
+        click.echo(f"{verb} {count} revoked ids older than {older_than} from {where_text}")
+
+
+@statedb.command(name="revoke")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--no-broadcast", is_flag=True, help="Only store the revoke; do not tell live workers now.")
+@click.option("--terminate", is_flag=True, help="Also terminate the tasks if they are running.")
+@click.option("--signal", default=None, help="Signal for --terminate (default TERM).")
+@click.pass_context
+@handles_errors
+def revoke_command(ctx: click.Context, task_ids: tuple[str, ...], no_broadcast: bool, terminate: bool,
+                   signal: str | None) -> None:
+    """Durable revoke: stored in the fleet set (honoured at every boot), then broadcast to live workers."""
+    added = admin.revoke_tasks(_app(ctx), task_ids, broadcast=not no_broadcast, terminate=terminate,
+                               signal=signal, redis_url=_url(ctx))
+    click.echo(f"stored {len(task_ids)} ids ({added} new) in the fleet set"
+               + ("" if no_broadcast else "; revoke broadcast to live workers"))
+
+
+@statedb.command(name="restore")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--worker", default=None, help="Only this worker's set (default: every set).")
+@click.option("--no-broadcast", is_flag=True, help="Only remove from Redis; do not tell live workers.")
+@click.pass_context
+@handles_errors
+def restore_command(ctx: click.Context, task_ids: tuple[str, ...], worker: str | None, no_broadcast: bool) -> None:
+    """Un-revoke: remove ids from Redis and from live workers' memory, so the tasks can run again."""
+    result = admin.restore_tasks(_app(ctx), task_ids, worker_name=worker, broadcast=not no_broadcast,
+                                 redis_url=_url(ctx))
+    click.echo(f"removed {result.removed} stored revocations")
+    for reply in result.replies:
+        for node, answer in reply.items():
+            click.echo(f"  {node}: {answer.get('ok') or answer.get('error')}")

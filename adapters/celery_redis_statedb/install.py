@@ -7,6 +7,7 @@ from typing import Any
 import click
 from celery import Celery, signals
 
+from celery_redis_statedb import control  # noqa: F401  (registers the statedb_restore command)
 from celery_redis_statedb.bootstep import CLAIMED_URL_ATTR, RedisStateDB
 from celery_redis_statedb.settings import SETTINGS
 from statedb.urls import is_redis_url

@@ -124,15 +124,22 @@ class WorkerStatePersistence:
         )
 
     def _merge_revoked(self) -> int:
-        """Newest first, within the in-memory limits, stamped on the local monotonic clock."""
+        """Newest first, within the in-memory limits, stamped on the local monotonic clock.
+
+        A worker-scope worker also reads the fleet set, where producers write revokes
+        for workers that are offline or not started yet; when both hold more than fits,
+        the set's own limit keeps the newest.
+        """
         expires, maxlen = self.revoked.expires, self.revoked.maxlen
         wall, mono = time.time(), time.monotonic()
+        keys = self.repository.keys
         merged = 0
-        rows = self.repository.iter_revoked(newer_than=wall - expires if expires else None,
-                                            limit=maxlen or None)
-        for task_id, revoked_at in rows:
-            add_unrecorded(self.revoked, task_id, mono - max(0.0, wall - revoked_at))
-            merged += 1
+        for shared in (False, True) if keys.revoked != keys.shared else (False,):
+            rows = self.repository.iter_revoked(newer_than=wall - expires if expires else None,
+                                                limit=maxlen or None, shared=shared)
+            for task_id, revoked_at in rows:
+                add_unrecorded(self.revoked, task_id, mono - max(0.0, wall - revoked_at))
+                merged += 1
         return merged
 
     def _merge_clock(self) -> int | None:

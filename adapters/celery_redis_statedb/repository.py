@@ -96,9 +96,9 @@ class SyncStateRepository:
     def count_revoked(self) -> int:
         return self._run(self.operations.count_revoked())
 
-    def iter_revoked(self, *, newer_than: float | None = None, limit: int | None = None
-                     ) -> Iterator[tuple[str, float]]:
-        cursor = self.operations.revoked_pages(newer_than, limit)
+    def iter_revoked(self, *, newer_than: float | None = None, limit: int | None = None,
+                     shared: bool = False) -> Iterator[tuple[str, float]]:
+        cursor = self.operations.revoked_pages(newer_than, limit, shared=shared)
         while (operation := cursor.next_operation()) is not None:
             yield from cursor.feed(self._run(operation))
 

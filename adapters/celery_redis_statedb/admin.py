@@ -1,0 +1,148 @@
+"""Synchronous twins of the async admin APIs, for scripts, cron, Celery beat and Django admin.
+
+Each resolves the Redis URL the way a worker of ``app`` would (see :func:`statedb_url`)
+and the key prefix and scope from ``app.conf`` and the environment, then runs the
+async API once with ``anyio.run``. Do not call them from inside a running event loop:
+use :mod:`statedb.admin` there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+from celery import Celery
+
+from celery_redis_statedb.control import COMMAND as RESTORE_COMMAND
+from celery_redis_statedb.settings import resolve_config
+from statedb import admin
+from statedb.admin import Progress, Revocation, RevokedSetState
+from statedb.config import StateDBConfig
+from statedb.errors import ConfigurationError
+from statedb.urls import is_redis_url
+
+T = TypeVar("T")
+URL_ENV = "REDIS_STATEDB_URL"
+
+
+def statedb_url(app: Celery, redis_url: str | None = None) -> str:
+    """Explicit URL, else worker_state_db, REDIS_STATEDB_URL, then the broker: the first Redis URL."""
+    if redis_url:
+        return redis_url
+    candidates = (app.conf.get("worker_state_db"), os.environ.get(URL_ENV), app.conf.get("broker_url"))
+    for candidate in candidates:
+        if is_redis_url(candidate):
+            return str(candidate)
+    raise ConfigurationError(
+        f"no Redis URL for the statedb: pass redis_url, or set worker_state_db or ${URL_ENV} "
+        "(the broker is used only when it is Redis)"
+    )
+
+
+def app_config(app: Celery, redis_url: str | None = None) -> StateDBConfig:
+    """The configuration a worker of ``app`` would use (prefix, scope), for ``redis_url``."""
+    return resolve_config(statedb_url(app, redis_url), conf=app.conf, env=os.environ)
+
+
+def _run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return anyio.run(partial(function, *args, **kwargs))
+
+
+def _target(config: StateDBConfig) -> dict[str, Any]:
+    return {"key_prefix": config.key_prefix}
+
+
+def purge_old_revoked_tasks(
+    app: Celery, older_than: timedelta | float | int | str, worker_name: str | None = None,
+    redis_url: str | None = None, *, dry_run: bool = False, progress: Progress | None = None,
+) -> int:
+    """Remove revoked ids older than ``older_than`` from every worker (or one); returns how many."""
+    config = app_config(app, redis_url)
+    result: int = _run(admin.purge_old_revoked, config.url, older_than=older_than, worker_name=worker_name,
+                       scope=config.scope, dry_run=dry_run, progress=progress, **_target(config))
+    return result
+
+
+def list_workers(app: Celery, redis_url: str | None = None) -> list[str]:
+    config = app_config(app, redis_url)
+    result: list[str] = _run(admin.list_workers, config.url, **_target(config))
+    return result
+
+
+def inspect_workers(
+    app: Celery, workers: Iterable[str | None] | None = None, redis_url: str | None = None,
+    *, progress: Progress | None = None,
+) -> list[RevokedSetState]:
+    config = app_config(app, redis_url)
+    result: list[RevokedSetState] = _run(admin.inspect_workers, config.url, workers, scope=config.scope,
+                                         progress=progress, **_target(config))
+    return result
+
+
+def inspect_worker(app: Celery, worker: str | None, redis_url: str | None = None) -> RevokedSetState:
+    config = app_config(app, redis_url)
+    result: RevokedSetState = _run(admin.inspect_worker, config.url, worker, scope=config.scope,
+                                   **_target(config))
+    return result
+
+
+def revoked_ids(
+    app: Celery, worker: str | None, redis_url: str | None = None, *, limit: int | None = None
+) -> list[tuple[str, float]]:
+    """(task id, revocation time) of a worker's set (None: the fleet set), newest first."""
+    config = app_config(app, redis_url)
+
+    async def collect() -> list[tuple[str, float]]:
+        rows: AsyncIterator[tuple[str, float]] = admin.iter_revoked(
+            config.url, worker, scope=config.scope, limit=limit, **_target(config))
+        return [row async for row in rows]
+
+    result: list[tuple[str, float]] = anyio.run(collect)
+    return result
+
+
+def where_revoked(app: Celery, task_id: str, redis_url: str | None = None) -> list[Revocation]:
+    config = app_config(app, redis_url)
+    result: list[Revocation] = _run(admin.where_revoked, config.url, task_id, **_target(config))
+    return result
+
+
+def revoke_tasks(
+    app: Celery, task_ids: Iterable[str], *, broadcast: bool = True, terminate: bool = False,
+    signal: str | None = None, redis_url: str | None = None,
+) -> int:
+    """Durable revoke: into the fleet set first (read at every boot), then Celery's own broadcast."""
+    ids = list(task_ids)
+    config = app_config(app, redis_url)
+    added: int = _run(admin.revoke, config.url, ids, **_target(config))
+    if broadcast and ids:
+        app.control.revoke(ids, terminate=terminate, signal=signal)
+    return added
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    removed: int
+    replies: list[dict[str, Any]]
+
+
+def restore_tasks(
+    app: Celery, task_ids: Iterable[str], *, worker_name: str | None = None, broadcast: bool = True,
+    redis_url: str | None = None, reply_timeout: float = 1.0,
+) -> RestoreResult:
+    """Un-revoke: remove the ids from Redis, then tell live workers to forget them."""
+    ids = list(task_ids)
+    config = app_config(app, redis_url)
+    removed: int = _run(admin.restore, config.url, ids, worker_name=worker_name, scope=config.scope,
+                        **_target(config))
+    replies: list[dict[str, Any]] = []
+    if broadcast and ids:
+        destination = [worker_name] if worker_name else None
+        replies = app.control.broadcast(RESTORE_COMMAND, arguments={"task_id": ids}, destination=destination,
+                                        reply=True, timeout=reply_timeout) or []
+    return RestoreResult(removed, replies)

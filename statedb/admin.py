@@ -1,0 +1,326 @@
+"""Async admin APIs over every worker's stored state: list, inspect, purge, revoke, restore.
+
+For asyncio services and admin backends; no Celery needed. Each function takes a
+Redis URL or an existing ``redis.asyncio`` client (a client passed in is never
+closed here), and the key prefix and scope of the workers' configuration. Work
+across many workers runs in pipelined batches with bounded concurrency and can
+report progress as ``progress(done, total)``. Worker names are data: they are
+never put in a SCAN pattern, so glob characters match nothing but themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from statedb import commands
+from statedb.config import StateDBConfig
+from statedb.errors import StateDBError
+from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope
+from statedb.operations import StateOperations
+from statedb.repository import AsyncStateRepository, open_async_client
+from statedb.timeframes import cutoff, purge_range
+from statedb.translate import translate_exception, translate_reply_error
+
+T = TypeVar("T")
+R = TypeVar("R")
+RedisTarget = str | aioredis.Redis
+Progress = Callable[[int, int], None]
+
+BATCH_SIZE = 200
+CONCURRENCY = 8
+SHARED = None  # the worker of the fleet-wide set, in results
+
+
+@dataclass(frozen=True)
+class RevokedSetState:
+    """One revoked set (a worker's, or the fleet's when ``worker`` is None) and its worker's clock."""
+
+    worker: str | None
+    key: str
+    revoked_count: int
+    oldest: float | None
+    newest: float | None
+    clock: int | None
+    memory_bytes: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Where a task id is revoked, and since when (wall-clock seconds)."""
+
+    task_id: str
+    worker: str | None
+    key: str
+    revoked_at: float
+
+
+class _Session:
+    """A client, the key schema, and error translation naming ``target`` (a masked URL)."""
+
+    def __init__(self, client: aioredis.Redis, schema: KeySchema, scope: Scope, target: str) -> None:
+        self.client, self.schema, self.scope, self.target = client, schema, scope, target
+
+    async def pipeline(self, stage: Callable[[Any], None]) -> list[Any]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            stage(pipe)
+            return list(await pipe.execute(raise_on_error=False))
+        except (RedisError, OSError) as exc:
+            raise translate_exception(exc, target=self.target) from exc
+
+    def checked(self, replies: Sequence[Any], keys: Sequence[str]) -> list[Any]:
+        for reply, key in zip(replies, keys, strict=True):
+            if isinstance(reply, Exception):
+                raise translate_reply_error(reply, key=key) from reply
+        return list(replies)
+
+    async def revoked_keys(self) -> list[tuple[str | None, str]]:
+        """(worker, key) of every revoked set under the prefix, the fleet set (if any) last."""
+        found: list[tuple[str | None, str]] = []
+        shared_exists = False
+        try:
+            async for raw in self.client.scan_iter(match=self.schema.match_all, count=1000):
+                key = raw.decode("utf-8", "replace")
+                if key == self.schema.shared_revoked_key:
+                    shared_exists = True
+                parsed = self.schema.parse(key)
+                if parsed is not None and parsed[1] == "revoked":
+                    found.append((parsed[0], key))
+        except (RedisError, OSError) as exc:
+            raise translate_exception(exc, target=self.target) from exc
+        found.sort(key=lambda pair: pair[1])
+        if shared_exists:
+            found.append((SHARED, self.schema.shared_revoked_key))
+        return found
+
+    def worker_revoked_key(self, worker: str | None) -> str:
+        if worker is None:
+            return self.schema.shared_revoked_key
+        return self.schema.for_worker(worker, self.scope).revoked
+
+
+@asynccontextmanager
+async def _session(redis: RedisTarget, key_prefix: str, scope: Scope | str) -> AsyncIterator[_Session]:
+    schema, chosen = KeySchema(key_prefix), Scope(scope)
+    if isinstance(redis, str):
+        config = StateDBConfig(url=redis, key_prefix=key_prefix, scope=chosen)
+        client = open_async_client(config)
+        try:
+            yield _Session(client, schema, chosen, config.safe_url)
+        finally:
+            await client.aclose()
+    else:
+        yield _Session(redis, schema, chosen, "the Redis client passed in")
+
+
+async def _in_batches(
+    items: Sequence[T], work: Callable[[Sequence[T]], Awaitable[list[R]]], *,
+    concurrency: int, progress: Progress | None, batch_size: int = BATCH_SIZE,
+) -> list[R]:
+    """Run ``work`` over pipelined batches, at most ``concurrency`` at a time, results in order."""
+    if concurrency < 1:
+        raise StateDBError(f"concurrency must be at least 1, got {concurrency}")
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    limiter = asyncio.Semaphore(concurrency)
+    done = 0
+    if progress:
+        progress(0, len(items))
+
+    async def run(batch: Sequence[T]) -> list[R]:
+        nonlocal done
+        async with limiter:
+            result = await work(batch)
+        done += len(batch)
+        if progress:
+            progress(done, len(items))
+        return result
+
+    results = await asyncio.gather(*(run(batch) for batch in batches))
+    return [item for batch in results for item in batch]
+
+
+async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> list[str]:
+    """Names of the workers with a revoked set or a clock under the prefix, sorted."""
+    async with _session(redis, key_prefix, Scope.WORKER) as session:
+        names: set[str] = set()
+        try:
+            async for raw in session.client.scan_iter(match=session.schema.match_all, count=1000):
+                parsed = session.schema.parse(raw.decode("utf-8", "replace"))
+                if parsed is not None:
+                    names.add(parsed[0])
+        except (RedisError, OSError) as exc:
+            raise translate_exception(exc, target=session.target) from exc
+        return sorted(names)
+
+
+async def _describe(session: _Session, pairs: Sequence[tuple[str | None, str]]) -> list[RevokedSetState]:
+    """Counts, oldest/newest, clock and memory of each (worker, key), in one pipeline."""
+
+    def stage(pipe: Any) -> None:
+        for worker, key in pairs:
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.zrange(key, -1, -1, withscores=True)
+            pipe.memory_usage(key)
+            if worker is not None:
+                pipe.get(session.schema.clock_key(worker))
+
+    replies = iter(await session.pipeline(stage))
+    states = []
+    for worker, key in pairs:
+        count, first, last = session.checked([next(replies), next(replies), next(replies)], [key] * 3)
+        memory = next(replies)
+        clock = None
+        if worker is not None:
+            clock_key = session.schema.clock_key(worker)
+            raw = session.checked([next(replies)], [clock_key])[0]
+            clock = None if raw is None else commands.parse_clock(clock_key, raw)
+        states.append(RevokedSetState(
+            worker=worker, key=key, revoked_count=int(count),
+            oldest=first[0][1] if first else None, newest=last[0][1] if last else None, clock=clock,
+            # MEMORY USAGE may be refused by an ACL or a managed Redis: then it is unknown.
+            memory_bytes=memory if isinstance(memory, int) else None,
+        ))
+    return states
+
+
+async def inspect_workers(
+    redis: RedisTarget, workers: Iterable[str | None] | None = None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+    scope: Scope | str = Scope.WORKER, concurrency: int = CONCURRENCY, progress: Progress | None = None,
+) -> list[RevokedSetState]:
+    """The state of the given workers (None: the fleet set), or of every revoked set under the prefix."""
+    async with _session(redis, key_prefix, scope) as session:
+        if workers is None:
+            pairs = await session.revoked_keys()
+        else:
+            pairs = [(worker, session.worker_revoked_key(worker)) for worker in workers]
+        return await _in_batches(pairs, lambda batch: _describe(session, batch),
+                                 concurrency=concurrency, progress=progress, batch_size=50)
+
+
+async def inspect_worker(
+    redis: RedisTarget, worker: str | None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+    scope: Scope | str = Scope.WORKER,
+) -> RevokedSetState:
+    """One worker's revoked set and clock (``worker=None``: the fleet set)."""
+    (state,) = await inspect_workers(redis, [worker], key_prefix=key_prefix, scope=scope)
+    return state
+
+
+async def iter_revoked(
+    redis: RedisTarget, worker: str | None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+    scope: Scope | str = Scope.WORKER, newer_than: float | None = None, limit: int | None = None,
+) -> AsyncIterator[tuple[str, float]]:
+    """(task id, revocation time) of a worker's set (None: the fleet set), newest first, in chunks."""
+    async with _session(redis, key_prefix, scope) as session:
+        # Any name gives the fleet key; shared=True below reads it when worker is None.
+        keys = session.schema.for_worker(worker or "fleet", session.scope)
+        operations = StateOperations(keys, session.target)
+        repository = AsyncStateRepository(session.client, operations)
+        async for row in repository.iter_revoked(newer_than=newer_than, limit=limit, shared=worker is None):
+            yield row
+
+
+async def where_revoked(
+    redis: RedisTarget, task_id: str, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+    concurrency: int = CONCURRENCY, progress: Progress | None = None,
+) -> list[Revocation]:
+    """Every revoked set holding ``task_id``, with the time it was revoked there."""
+    member = commands.encode_task_ids([task_id])[0]
+    async with _session(redis, key_prefix, Scope.WORKER) as session:
+        pairs = await session.revoked_keys()
+
+        async def look(batch: Sequence[tuple[str | None, str]]) -> list[Revocation]:
+            def stage(pipe: Any) -> None:
+                for _, key in batch:
+                    pipe.zscore(key, member)
+
+            replies = session.checked(await session.pipeline(stage), [key for _, key in batch])
+            return [Revocation(task_id, worker, key, float(score))
+                    for (worker, key), score in zip(batch, replies, strict=True) if score is not None]
+
+        return await _in_batches(pairs, look, concurrency=concurrency, progress=progress)
+
+
+async def purge_old_revoked(
+    redis: RedisTarget, *, older_than: timedelta | float | int | str, worker_name: str | None = None,
+    key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER, dry_run: bool = False,
+    now: float | None = None, concurrency: int = CONCURRENCY, progress: Progress | None = None,
+) -> int:
+    """Remove ids revoked more than ``older_than`` ago; returns how many (would be, on dry_run).
+
+    From every worker's set and the fleet set, or from ``worker_name``'s set only.
+    An id revoked exactly at the cutoff is kept.
+    """
+    low, high = purge_range(cutoff(time.time() if now is None else now, older_than))
+    async with _session(redis, key_prefix, scope) as session:
+        if worker_name is None:
+            keys = [key for _, key in await session.revoked_keys()]
+        else:
+            keys = [session.worker_revoked_key(worker_name)]
+
+        async def purge(batch: Sequence[str]) -> list[int]:
+            def stage(pipe: Any) -> None:
+                for key in batch:
+                    (pipe.zcount if dry_run else pipe.zremrangebyscore)(key, low, high)
+
+            return [int(n) for n in session.checked(await session.pipeline(stage), batch)]
+
+        return sum(await _in_batches(keys, purge, concurrency=concurrency, progress=progress))
+
+
+async def revoke(
+    redis: RedisTarget, task_ids: Iterable[object], *, key_prefix: str = DEFAULT_KEY_PREFIX,
+    revoked_at: float | None = None,
+) -> int:
+    """Producer-side durable revoke: write ids to the fleet set, which every worker reads at boot.
+
+    Returns how many were new there. Live workers also need Celery's own revoke broadcast
+    (``celery_redis_statedb.revoke_tasks`` does both).
+    """
+    async with _session(redis, key_prefix, Scope.WORKER) as session:
+        key = session.schema.shared_revoked_key
+        operation = commands.add_revoked(key, task_ids, time.time() if revoked_at is None else revoked_at,
+                                         chunk_size=5_000)
+        return operation.result(await session.pipeline(operation.stage))
+
+
+async def restore(
+    redis: RedisTarget, task_ids: Iterable[object], *, worker_name: str | None = None,
+    key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER,
+    concurrency: int = CONCURRENCY, progress: Progress | None = None,
+) -> int:
+    """Un-revoke: remove ids from every revoked set (or ``worker_name``'s); returns how many removals.
+
+    Live workers keep the ids in memory until told: ``celery_redis_statedb.restore_tasks``
+    also broadcasts the library's ``statedb_restore`` control command.
+    """
+    members = commands.encode_task_ids(task_ids)
+    if not members:
+        return 0
+    async with _session(redis, key_prefix, scope) as session:
+        if worker_name is None:
+            keys = [key for _, key in await session.revoked_keys()]
+        else:
+            keys = [session.worker_revoked_key(worker_name)]
+
+        async def remove(batch: Sequence[str]) -> list[int]:
+            def stage(pipe: Any) -> None:
+                for key in batch:
+                    pipe.zrem(key, *members)
+
+            return [int(n) for n in session.checked(await session.pipeline(stage), batch)]
+
+        return sum(await _in_batches(keys, remove, concurrency=concurrency, progress=progress))

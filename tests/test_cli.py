@@ -1,0 +1,118 @@
+"""``celery -A app statedb ...`` through click's runner, against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery.bin.celery import celery
+from click.testing import CliRunner, Result
+
+from statedb.keys import KeySchema
+
+
+@pytest.fixture
+def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    module = f"cliapp_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery('cliapp', broker={redis_url!r}, set_as_current=False)\n"
+        f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
+        "app.conf.broker_transport_options = {'global_keyprefix': "
+        f"{key_prefix + 'broker:'!r}}}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CLI_TEST_APP", module)
+    yield CliRunner()
+
+
+def run(cli: CliRunner, redis_url: str, *args: str, input: str | None = None) -> Result:
+    return cli.invoke(celery, ["-A", os.environ["CLI_TEST_APP"], "statedb", "--url", redis_url, *args],
+                      input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def seeded(redis_client: redis.Redis, key_prefix: str) -> dict[str, str]:
+    schema, now = KeySchema(key_prefix), time.time()
+    keys = {"a": schema.revoked_key("a@h"), "b": schema.revoked_key("b@h"), "fleet": schema.shared_revoked_key}
+    redis_client.zadd(keys["a"], {"old-1": now - 40 * 86400, "new-1": now - 60})
+    redis_client.zadd(keys["b"], {"old-2": now - 31 * 86400})
+    redis_client.zadd(keys["fleet"], {"new-2": now - 5})
+    redis_client.set(schema.clock_key("a@h"), 7)
+    return keys
+
+
+def test_workers_table_and_json(cli: CliRunner, redis_url: str, seeded: dict[str, str]) -> None:
+    table = run(cli, redis_url, "workers")
+    assert table.exit_code == 0, table.output
+    assert "a@h" in table.output and "b@h" in table.output and "(fleet)" in table.output
+    assert "3 revoked sets, 4 ids" in table.output
+    data = json.loads(run(cli, redis_url, "workers", "--json").output)
+    by_worker = {row["worker"]: row for row in data}
+    assert by_worker["a@h"]["revoked_count"] == 2 and by_worker["a@h"]["clock"] == 7
+    assert by_worker[None]["revoked_count"] == 1
+
+
+def test_inspect_ls_and_where(cli: CliRunner, redis_url: str, seeded: dict[str, str]) -> None:
+    state = json.loads(run(cli, redis_url, "inspect", "a@h", "--json").output)
+    assert state["revoked_count"] == 2 and state["key"] == seeded["a"]
+    rows = json.loads(run(cli, redis_url, "ls", "a@h", "--json").output)
+    assert [row["task_id"] for row in rows] == ["new-1", "old-1"]
+    assert json.loads(run(cli, redis_url, "ls", "--fleet", "--json").output)[0]["task_id"] == "new-2"
+    assert run(cli, redis_url, "ls", "a@h", "--limit", "1").output.strip().endswith("new-1")
+    places = json.loads(run(cli, redis_url, "where", "old-2", "--json").output)
+    assert [p["worker"] for p in places] == ["b@h"]
+    assert "not revoked anywhere" in run(cli, redis_url, "where", "nope").output
+
+
+def test_purge_dry_run_then_yes(cli: CliRunner, redis_url: str, seeded: dict[str, str],
+                                redis_client: redis.Redis) -> None:
+    dry = run(cli, redis_url, "purge", "--older-than", "30d", "--dry-run")
+    assert dry.exit_code == 0 and "would remove 2 revoked ids" in dry.output
+    assert redis_client.zcard(seeded["a"]) == 2
+    refused = run(cli, redis_url, "purge", "--older-than", "30d")
+    assert refused.exit_code != 0 and "--yes" in refused.output
+    done = run(cli, redis_url, "purge", "--older-than", "30d", "--yes", "--json")
+    assert json.loads(done.output)["removed"] == 2
+    assert redis_client.zcard(seeded["a"]) == 1 and not redis_client.exists(seeded["b"])
+
+
+def test_purge_one_worker(cli: CliRunner, redis_url: str, seeded: dict[str, str], redis_client: redis.Redis) -> None:
+    result = run(cli, redis_url, "purge", "--older-than", "30d", "--worker", "b@h", "--yes")
+    assert "removed 1 revoked ids" in result.output
+    assert redis_client.zcard(seeded["a"]) == 2
+
+
+def test_revoke_and_restore_without_live_workers(cli: CliRunner, redis_url: str, seeded: dict[str, str],
+                                                 redis_client: redis.Redis) -> None:
+    stored = run(cli, redis_url, "revoke", "t-1", "t-2", "--no-broadcast")
+    assert stored.exit_code == 0 and "(2 new)" in stored.output
+    assert redis_client.zscore(seeded["fleet"], "t-1") is not None
+    restored = run(cli, redis_url, "restore", "t-1", "old-1", "--no-broadcast")
+    assert "removed 2 stored revocations" in restored.output
+    assert redis_client.zscore(seeded["a"], "old-1") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["purge", "--older-than", "soon", "--yes"], "not understood"),
+     (["inspect"], "name a WORKER, or pass --fleet"),
+     (["ls", "a@h", "--fleet"], "name a WORKER, or pass --fleet")],
+)
+def test_bad_input_is_one_clear_line(cli: CliRunner, redis_url: str, args: list[str], message: str) -> None:
+    result = run(cli, redis_url, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_redis_is_one_line_without_password(cli: CliRunner) -> None:
+    result = run(cli, "redis://:hunter2@127.0.0.1:1/0", "workers")
+    assert result.exit_code == 1
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in result.output
+    assert "hunter2" not in result.output
