@@ -17,6 +17,8 @@ DEFAULT_KEY_PREFIX = "celery:worker:state:"
 REVOKED_SUFFIX = ":revoked"
 CLOCK_SUFFIX = ":clock"
 SHARED_REVOKED_NAME = "shared:fleet-revoked"
+# celery-redis-statedb 0.2 kept a zlib+pickle blob at <prefix><worker>:zrevoked; only an explicit migration reads it.
+LEGACY_BLOB_SUFFIX = ":zrevoked"
 
 
 class Scope(str, Enum):

@@ -87,3 +87,21 @@ def test_a_producer_revoke_reaches_a_worker_that_was_not_running(
     app_dir = harness.app(install=True, conf={"redis_state_key_prefix": key_prefix})
     worker = harness.worker(app_dir, redis_url).start()  # worker scope: reads the fleet set too
     assert_discarded(harness, worker, task_id)
+
+
+@pytest.mark.e2e
+def test_worker_option_migrates_a_file_statedb_at_boot(
+    harness: WorkerHarness, redis_url: str, key_prefix: str, redis_client: redis.Redis, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from tests.test_cli import _celery_file_statedb
+
+    task_id = new_task_id()
+    db = Path(str(tmp_path)) / "old-worker.db"
+    _celery_file_statedb(db, [task_id], 5)
+    app_dir = harness.app(install=False, conf={"redis_state_key_prefix": key_prefix})
+    worker = harness.worker(app_dir, redis_url, extra_args=["--migrate-statedb", str(db)]).start()
+    assert "redis-statedb: migrated" in worker.log()
+    assert redis_client.zscore(revoked_key(key_prefix, worker.name), task_id) is not None
+    assert_discarded(harness, worker, task_id)  # in memory at this very boot

@@ -116,3 +116,45 @@ def test_unreachable_redis_is_one_line_without_password(cli: CliRunner) -> None:
     assert result.exit_code == 1
     assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in result.output
     assert "hunter2" not in result.output
+
+
+def _celery_file_statedb(path: Path, ids: list[str], clock_value: int) -> None:
+    """A statedb file written by Celery's own Persistent (v3 layout, this Python's dbm)."""
+    from types import SimpleNamespace
+
+    from celery.utils.collections import LimitedSet
+    from celery.worker.state import Persistent
+    from kombu.clocks import LamportClock
+
+    revoked = LimitedSet(maxlen=1000)
+    for task_id in ids:
+        revoked.add(task_id)
+    Persistent(SimpleNamespace(revoked=revoked, merge_revoked=revoked.update), str(path),
+               LamportClock(initial_value=clock_value)).save()
+
+
+def test_migrate_a_celery_file_statedb_twice(cli: CliRunner, redis_url: str, key_prefix: str, tmp_path: Path,
+                                             redis_client: redis.Redis) -> None:
+    db = tmp_path / "worker.db"
+    _celery_file_statedb(db, ["m-1", "m-2"], 41)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    dry = run(cli, redis_url, "migrate", str(db), "--worker", "w@h", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would add 2" in dry.output
+    assert not redis_client.exists(KeySchema(key_prefix).revoked_key("w@h"))
+    first = json.loads(run(cli, redis_url, "migrate", str(db), "--worker", "w@h", "--json").output)
+    assert first["ids_added"] == 2 and first["clock_after"] >= 42
+    again = json.loads(run(cli, redis_url, "migrate", str(db), "--worker", "w@h", "--json").output)
+    assert again["ids_added"] == 0 and again["clock_after"] == first["clock_after"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the source is never renamed or removed
+
+
+def test_migrate_needs_a_path_or_legacy_blob(cli: CliRunner, redis_url: str) -> None:
+    result = run(cli, redis_url, "migrate", "--worker", "w@h")
+    assert result.exit_code != 0 and "give the PATH" in result.output
+
+
+def test_migrate_a_missing_file_is_one_line(cli: CliRunner, redis_url: str, tmp_path: Path) -> None:
+    result = run(cli, redis_url, "migrate", str(tmp_path / "nope.db"), "--worker", "w@h")
+    assert result.exit_code == 1
+    assert "nope.db" in result.output and "Traceback" not in result.output

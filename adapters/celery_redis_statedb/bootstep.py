@@ -36,6 +36,7 @@ class RedisStateDB(bootsteps.StartStopStep):  # type: ignore[misc]
         self.url: str | None = getattr(w, CLAIMED_URL_ATTR, None)
         self.enabled = bool(self.url)
         self.cli = {s.cli_kwarg: kwargs.get(s.cli_kwarg) for s in SETTINGS if s.cli_kwarg}
+        self.migrate_path: str | None = kwargs.get("migrate_statedb")
         super().__init__(w, **kwargs)
 
     def create(self, w: Any) -> WorkerStatePersistence:
@@ -44,6 +45,8 @@ class RedisStateDB(bootsteps.StartStopStep):  # type: ignore[misc]
             config = resolve_config(self.url, cli=self.cli, conf=w.app.conf, env=os.environ)
             persistence = WorkerStatePersistence(config, w.hostname, revoked=w.state.revoked, clock=w.app.clock)
             persistence.boot()
+            if self.migrate_path:
+                _migrate_at_boot(persistence, self.migrate_path)
         except StateDBError as exc:
             _stop_worker(w, exc)
         w._persistence = persistence
@@ -59,6 +62,19 @@ class RedisStateDB(bootsteps.StartStopStep):  # type: ignore[misc]
             self.obj.save()
 
     terminate = stop
+
+
+def _migrate_at_boot(persistence: WorkerStatePersistence, path: str) -> None:
+    """--migrate-statedb: merge the file into Redis, then into memory. Needs Redis now."""
+    from celery_redis_statedb.migration import migrate_file_statedb
+
+    if not persistence.loaded:
+        raise RedisUnavailableError(f"cannot migrate {path}: Redis is not reachable yet")
+    report = migrate_file_statedb(path, persistence.repository)
+    logger.info("redis-statedb: migrated %s (%s): %d ids found, %d new, clock %s -> %s",
+                report.source, report.layout, report.ids_found, report.ids_added,
+                report.clock_before, report.clock_after)
+    persistence.reload()
 
 
 def _stop_worker(w: Any, exc: StateDBError) -> None:

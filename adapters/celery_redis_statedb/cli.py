@@ -8,6 +8,7 @@ control command are registered here). Keep the import cheap and free of failures
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -267,3 +268,46 @@ def restore_command(ctx: click.Context, task_ids: tuple[str, ...], worker: str |
     for reply in result.replies:
         for node, answer in reply.items():
             click.echo(f"  {node}: {answer.get('ok') or answer.get('error')}")
+
+
+@statedb.command()
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--worker", required=True, help="Hostname of the worker whose keys receive the state.")
+@click.option("--legacy-blob", is_flag=True,
+              help="Read the celery-redis-statedb 0.2 blob at <prefix><worker>:zrevoked instead (it unpickles).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@json_option
+@click.pass_context
+@handles_errors
+def migrate(ctx: click.Context, path: str | None, worker: str, legacy_blob: bool, dry_run: bool,
+            as_json: bool) -> None:
+    """Merge a Celery file statedb at PATH (any layout, any dbm) into WORKER's keys; idempotent.
+
+    The source is only read: never changed, deleted or renamed.
+    """
+    from celery_redis_statedb.migration import legacy_blob_key, migrate_file_statedb, migrate_legacy_blob
+
+    if (path is None) == (not legacy_blob):
+        raise click.UsageError("give the PATH of a file statedb, or --legacy-blob")
+    config = admin.app_config(_app(ctx), _url(ctx))
+    repository = SyncStateRepository.open(config, worker)
+    try:
+        with progress_bar("migrating", not as_json) as progress:
+            if legacy_blob:
+                click.echo("warning: --legacy-blob unpickles data read from Redis (restricted to "
+                           "Celery's LimitedSet); use it only on a Redis you trust", err=True)
+                report = migrate_legacy_blob(repository, key=legacy_blob_key(repository),
+                                             dry_run=dry_run, progress=progress)
+            else:
+                assert path is not None
+                report = migrate_file_statedb(path, repository, dry_run=dry_run, progress=progress)
+    finally:
+        repository.close()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report)))
+        return
+    verb = "would add" if dry_run else "added"
+    click.echo(f"{report.source} ({report.layout}{', ' + report.dbm_flavour if report.dbm_flavour else ''}): "
+               f"{report.ids_found} ids found, {verb} {report.ids_added} to {repository.keys.revoked}"
+               + (f", {report.ids_skipped} not storable" if report.ids_skipped else ""))
+    click.echo(f"clock: found {report.clock_found}, stored {report.clock_before} -> {report.clock_after}")

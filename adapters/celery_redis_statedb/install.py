@@ -13,6 +13,7 @@ from celery_redis_statedb.settings import SETTINGS
 from statedb.urls import is_redis_url
 
 LEGACY_URL_OPTION = "redis_statedb"
+MIGRATE_OPTION = "migrate_statedb"
 
 
 def worker_options() -> list[click.Option]:
@@ -23,6 +24,10 @@ def worker_options() -> list[click.Option]:
             help="Redis URL of the statedb (same as --statedb=redis://...; kept from 0.2).",
         )
     ]
+    options.append(click.Option(
+        ["--migrate-statedb", MIGRATE_OPTION], default=None, allow_from_autoenv=False,
+        help="Merge this Celery file statedb into Redis at boot (idempotent; the file is left as it is).",
+    ))
     for setting in SETTINGS:
         if setting.option is not None and setting.cli_kwarg is not None:
             options.append(click.Option([setting.option, setting.cli_kwarg], default=None,

@@ -110,6 +110,11 @@ class WorkerStatePersistence:
             self._mark_failing(exc, warn=False)
         attach(self.revoked, self)
 
+    def reload(self) -> None:
+        """Merge what Redis holds into memory again (after a migration wrote to it)."""
+        with self._lock:
+            self._load()
+
     def _load(self) -> None:
         self.repository.ping()
         self.repository.check_server()
