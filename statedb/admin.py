@@ -151,6 +151,26 @@ async def _in_batches(
     return [item for batch in results for item in batch]
 
 
+async def _sum_per_set(
+    session: _Session, worker_name: str | None, command: Callable[[Any, str], Any], *,
+    concurrency: int, progress: Progress | None,
+) -> int:
+    """Stage ``command(pipe, key)`` on every revoked set (or ``worker_name``'s); sum the integer replies."""
+    if worker_name is None:
+        keys = [key for _, key in await session.revoked_keys()]
+    else:
+        keys = [session.worker_revoked_key(worker_name)]
+
+    async def run(batch: Sequence[str]) -> list[int]:
+        def stage(pipe: Any) -> None:
+            for key in batch:
+                command(pipe, key)
+
+        return [int(n) for n in session.checked(await session.pipeline(stage), batch)]
+
+    return sum(await _in_batches(keys, run, concurrency=concurrency, progress=progress))
+
+
 async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> list[str]:
     """Names of the workers with a revoked set or a clock under the prefix, sorted."""
     async with _session(redis, key_prefix, Scope.WORKER) as session:
@@ -265,20 +285,10 @@ async def purge_old_revoked(
     An id revoked exactly at the cutoff is kept.
     """
     low, high = purge_range(cutoff(time.time() if now is None else now, older_than))
+    command = "zcount" if dry_run else "zremrangebyscore"
     async with _session(redis, key_prefix, scope) as session:
-        if worker_name is None:
-            keys = [key for _, key in await session.revoked_keys()]
-        else:
-            keys = [session.worker_revoked_key(worker_name)]
-
-        async def purge(batch: Sequence[str]) -> list[int]:
-            def stage(pipe: Any) -> None:
-                for key in batch:
-                    (pipe.zcount if dry_run else pipe.zremrangebyscore)(key, low, high)
-
-            return [int(n) for n in session.checked(await session.pipeline(stage), batch)]
-
-        return sum(await _in_batches(keys, purge, concurrency=concurrency, progress=progress))
+        return await _sum_per_set(session, worker_name, lambda pipe, key: getattr(pipe, command)(key, low, high),
+                                  concurrency=concurrency, progress=progress)
 
 
 async def revoke(
@@ -311,16 +321,5 @@ async def restore(
     if not members:
         return 0
     async with _session(redis, key_prefix, scope) as session:
-        if worker_name is None:
-            keys = [key for _, key in await session.revoked_keys()]
-        else:
-            keys = [session.worker_revoked_key(worker_name)]
-
-        async def remove(batch: Sequence[str]) -> list[int]:
-            def stage(pipe: Any) -> None:
-                for key in batch:
-                    pipe.zrem(key, *members)
-
-            return [int(n) for n in session.checked(await session.pipeline(stage), batch)]
-
-        return sum(await _in_batches(keys, remove, concurrency=concurrency, progress=progress))
+        return await _sum_per_set(session, worker_name, lambda pipe, key: pipe.zrem(key, *members),
+                                  concurrency=concurrency, progress=progress)

@@ -56,6 +56,14 @@ def encode_task_id(task_id: object) -> bytes:
     return raw
 
 
+def is_storable_task_id(task_id: object) -> bool:
+    try:
+        encode_task_id(task_id)
+    except InvalidInputError:
+        return False
+    return True
+
+
 def check_timestamp(value: object, what: str) -> float:
     """A finite, non-negative wall-clock time in seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -41,7 +41,7 @@ from statedb.errors import (
     WrongKeyTypeError,
 )
 from statedb.keys import CLOCK_SUFFIX, LEGACY_BLOB_SUFFIX
-from statedb.names import encode_task_id
+from statedb.names import is_storable_task_id
 from statedb.translate import translate_exception
 
 __all__ = [
@@ -411,19 +411,11 @@ def storable_ids(task_ids: Sequence[object]) -> tuple[list[str], int]:
     kept: dict[str, None] = {}
     skipped = 0
     for task_id in task_ids:
-        if isinstance(task_id, str) and _storable(task_id):
+        if isinstance(task_id, str) and is_storable_task_id(task_id):
             kept[task_id] = None
         else:
             skipped += 1
     return list(kept), skipped
-
-
-def _storable(task_id: str) -> bool:
-    try:
-        encode_task_id(task_id)
-    except InvalidInputError:
-        return False
-    return True
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

@@ -26,20 +26,12 @@ from celery_redis_statedb.revoked_set import add_unrecorded, attach, detach
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDBError
-from statedb.names import encode_task_id
+from statedb.names import encode_task_id, is_storable_task_id
 
 logger = logging.getLogger("celery_redis_statedb")
 
 WARN_EVERY = 10.0
 PROBE_TIMEOUT = 1.0
-
-
-def _storable(task_id: object) -> bool:
-    try:
-        encode_task_id(task_id)
-    except InvalidInputError:
-        return False
-    return True
 
 
 class WorkerStatePersistence:
@@ -194,7 +186,7 @@ class WorkerStatePersistence:
         earliest: dict[str, float] = {}
         # entry[0] is the monotonic stamp in every Celery release (the entry's shape differs).
         for item, entry in list(self.revoked._data.items()):
-            if isinstance(item, str) and _storable(item):
+            if isinstance(item, str) and is_storable_task_id(item):
                 earliest[item] = wall - max(0.0, mono - entry[0])
         for task_id, when in self.pending.items():
             earliest[task_id] = min(when, earliest.get(task_id, when))
