@@ -20,6 +20,8 @@ from statedb.translate import CLOCK_CORRUPT_MARKER, translate_reply_error
 
 T = TypeVar("T")
 MAX_CLOCK = 2**53 - 1
+# A stored clock this close to the limit cannot be real (one tick per event); treat it as corrupt.
+MAX_STORED_CLOCK = MAX_CLOCK - 2**32
 _DIGITS = re.compile(rb"\d{1,16}")
 
 # Moves the clock forward only, so concurrent writers can never make it go back.
@@ -161,7 +163,7 @@ def revoked_page(key: str, *, newer_than: float | None, offset: int, count: int)
 def parse_clock(key: str, raw: object) -> int:
     if raw is None:
         return 0
-    if isinstance(raw, bytes) and _DIGITS.fullmatch(raw) and int(raw) <= MAX_CLOCK:
+    if isinstance(raw, bytes) and _DIGITS.fullmatch(raw) and int(raw) <= MAX_STORED_CLOCK:
         return int(raw)
     raise CorruptValueError(
         f"Redis key {key!r} does not hold a non-negative integer clock: {raw!r:.60}", key=key

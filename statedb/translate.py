@@ -24,20 +24,36 @@ _TRANSIENT_TYPES: tuple[type[Exception], ...] = tuple(
                  "MasterDownError")
     if hasattr(redis_errors, name)
 )
+# redis-py strips the NOPERM/WRONGPASS codes from these classes: match the types too.
+_ACCESS_TYPES: tuple[type[Exception], ...] = tuple(
+    getattr(redis_errors, name)
+    for name in ("AuthenticationError", "AuthenticationWrongNumberOfArgsError", "NoPermissionError",
+                 "AuthorizationError")
+    if hasattr(redis_errors, name)
+)
 CLOCK_CORRUPT_MARKER = "statedb-corrupt-clock"
 
 
-def translate_exception(exc: BaseException, *, target: str, key: str | None = None) -> StateDBError:
+def _is_access_error(exc: BaseException, text: str) -> bool:
+    return isinstance(exc, _ACCESS_TYPES) or any(m in text for m in _AUTH_MARKERS)
+
+
+def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
+    exc: BaseException, *, target: str, key: str | None = None
+) -> StateDBError:
     """The library error for ``exc``, raised while talking to ``target`` (a masked URL)."""
     if isinstance(exc, StateDBError):
         return exc
     text = str(exc)
-    if isinstance(exc, redis_errors.AuthenticationError) or any(m in text for m in _AUTH_MARKERS):
+    if _is_access_error(exc, text):
         return AccessDeniedError(f"Redis at {target} refused access: {text}")
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return RedisUnavailableError(f"Redis at {target} is still loading its data: {text}")
+    if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
+        return RedisUnavailableError(f"Redis at {target} cannot serve us right now: {text}")
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
         return RedisUnavailableError(f"cannot reach Redis at {target}: {text or type(exc).__name__}")
+    if key is None and isinstance(exc, redis_errors.ResponseError):
+        # Raised, not replied: the connection setup (AUTH, SELECT, HELLO) was refused.
+        return ConfigurationError(f"Redis at {target} refused the connection setup: {text}")
     if key is not None and isinstance(exc, redis_errors.ResponseError):
         return translate_reply_error(exc, key=key)
     return StateDBError(f"Redis at {target} failed: {type(exc).__name__}: {text}")
@@ -60,6 +76,7 @@ def translate_reply_error(exc: Exception, *, key: str) -> StateDBError:
         )
     if CLOCK_CORRUPT_MARKER in text:
         return CorruptValueError(f"Redis key {key!r} does not hold a non-negative integer clock", key=key)
-    if any(m in text for m in _AUTH_MARKERS):
-        return AccessDeniedError(f"Redis refused access to key {key!r}: {text}")
+    if _is_access_error(exc, text):
+        return AccessDeniedError(f"Redis refused access to key {key!r} (check the ACL user's key pattern "
+                                 f"and commands): {text}")
     return StateDataError(f"Redis rejected a command on key {key!r}: {text}", key=key)

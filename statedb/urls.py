@@ -80,6 +80,10 @@ def validate_url(url: object) -> str:
     for option, why in RESERVED_QUERY_OPTIONS.items():
         if option in query:
             raise ConfigurationError(f"Redis URL {shown} sets {option!r}, which is not allowed here: {why}")
+    if scheme != "rediss" and any(option.startswith("ssl_") for option in query):
+        raise ConfigurationError(f"Redis URL {shown} sets ssl_* options but is not rediss://: use rediss:// for TLS")
+    if query.get("protocol", "2") not in ("2", "3"):
+        raise ConfigurationError(f"Redis URL {shown} sets protocol={query['protocol']!r}: it must be 2 or 3")
     if scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"unix:// URL {shown} names no socket path")

@@ -105,12 +105,14 @@ def test_page_cursor_stops_at_the_limit_and_asks_for_no_more() -> None:
     assert commands.PageCursor("k", newer_than=None, limit=0, chunk_size=2).next_operation() is None
 
 
-@pytest.mark.parametrize(("raw", "value"), [(None, 0), (b"0", 0), (b"42", 42), (b"9007199254740991", 2**53 - 1)])
+@pytest.mark.parametrize(("raw", "value"), [(None, 0), (b"0", 0), (b"42", 42),
+                                            (str(commands.MAX_STORED_CLOCK).encode(), commands.MAX_STORED_CLOCK)])
 def test_parse_clock(raw: bytes | None, value: int) -> None:
     assert commands.parse_clock("c", raw) == value
 
 
-@pytest.mark.parametrize("raw", [b"", b"-1", b"1.5", b"abc", b"9007199254740992", b"1" * 40, b"\x80"])
+@pytest.mark.parametrize("raw", [b"", b"-1", b"1.5", b"abc", b"9007199254740991", b"9007199254740992", b"1" * 40,
+                                 b"\x80", str(commands.MAX_STORED_CLOCK + 1).encode()])
 def test_parse_clock_refuses_corrupt_values_naming_the_key(raw: bytes) -> None:
     with pytest.raises(CorruptValueError, match="'c' does not hold"):
         commands.parse_clock("c", raw)

@@ -89,5 +89,6 @@ def _stop_worker(w: Any, exc: StateDBError) -> None:
         code, hint = EX_CONFIG, ""
     else:
         code, hint = EX_DATAERR, ""
-    logger.critical("redis-statedb: cannot start worker %s: %s%s", w.hostname, exc, hint)
+    name = w.hostname if str(w.hostname).isprintable() else repr(w.hostname)
+    logger.critical("redis-statedb: cannot start worker %s: %s%s", name, str(exc).replace("\n", " "), hint)
     raise SystemExit(code) from exc

@@ -25,7 +25,7 @@ from celery_redis_statedb.repository import ConnectionCounter, SyncStateReposito
 from celery_redis_statedb.revoked_set import add_unrecorded, attach, detach
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
-from statedb.errors import InvalidInputError, RedisUnavailableError, StateDBError
+from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
 from statedb.names import encode_task_id, is_storable_task_id
 
 logger = logging.getLogger("celery_redis_statedb")
@@ -257,7 +257,12 @@ class WorkerStatePersistence:
         if not self.loaded:
             self._load()
         if time.monotonic() - self._last_clock_save >= self.config.clock_interval:
-            self._save_clock()
+            try:
+                self._save_clock()
+            except (StateDataError, InvalidInputError) as exc:
+                # A bad clock key must not hold back the revoked ids: report it and go on.
+                self._last_clock_save = time.monotonic()
+                logger.error("redis-statedb: the clock cannot be saved (%s); revoked ids are still stored", exc)
         if recovering or self.connections.count != self._seen_connections:
             self._needs_resync = True
         if self._needs_resync:
