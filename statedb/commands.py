@@ -174,15 +174,20 @@ def read_clock(key: str) -> Operation[int]:
     return Operation((key,), lambda pipe: pipe.get(key), lambda replies: parse_clock(key, replies[0]))
 
 
-def check_clock_value(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CLOCK:
-        raise InvalidInputError(f"clock value must be an integer in 0..{MAX_CLOCK}, got {value!r:.60}")
+def check_clock_value(value: object, key: str) -> int:
+    """A clock value to store: what can be written can also be read back (same bound as parse_clock)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"clock value must be a non-negative integer, got {value!r:.60}")
+    if value > MAX_STORED_CLOCK:
+        # Only a corrupt stored clock, adjusted, gets here: a real one ticks once per event.
+        raise CorruptValueError(f"the clock for Redis key {key!r} would exceed {MAX_STORED_CLOCK}: "
+                                f"the stored clock is not a real one", key=key)
     return value
 
 
 def advance_clock(key: str, value: int) -> Operation[ClockAdvance]:
     """Store ``value`` unless the stored clock is already ahead."""
-    checked = check_clock_value(value)
+    checked = check_clock_value(value, key)
 
     def stage(pipe: PipelineLike) -> None:
         pipe.eval(ADVANCE_CLOCK_SCRIPT, 1, key, checked)

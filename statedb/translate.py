@@ -49,6 +49,9 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
         return AccessDeniedError(f"Redis at {target} refused access: {text}")
     if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
         return RedisUnavailableError(f"Redis at {target} cannot serve us right now: {text}")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
+        # Waiting cannot fix a certificate or a TLS/plain mismatch.
+        return ConfigurationError(f"TLS with Redis at {target} failed (check ssl_ca_certs and the scheme): {text}")
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
         return RedisUnavailableError(f"cannot reach Redis at {target}: {text or type(exc).__name__}")
     if key is None and isinstance(exc, redis_errors.ResponseError):

@@ -55,6 +55,21 @@ def mask_url(url: str) -> str:
     return f"{scheme}{sep}{head}{qmark}{query}"
 
 
+def _check_query(query: dict[str, str], scheme: str, shown: str) -> None:
+    """Options a URL may not set, or may only set to sensible values."""
+    for option, why in RESERVED_QUERY_OPTIONS.items():
+        if option in query:
+            raise ConfigurationError(f"Redis URL {shown} sets {option!r}, which is not allowed here: {why}")
+    if scheme != "rediss" and any(option.startswith("ssl_") for option in query):
+        raise ConfigurationError(f"Redis URL {shown} sets ssl_* options but is not rediss://: use rediss:// for TLS")
+    if query.get("ssl_cert_reqs", "required").lower() not in ("none", "optional", "required"):
+        raise ConfigurationError(
+            f"Redis URL {shown} sets ssl_cert_reqs={query['ssl_cert_reqs']!r}: use none, optional or required"
+        )
+    if query.get("protocol", "2") not in ("2", "3"):
+        raise ConfigurationError(f"Redis URL {shown} sets protocol={query['protocol']!r}: it must be 2 or 3")
+
+
 def validate_url(url: object) -> str:
     """Return ``url`` if redis-py can use it, else raise ConfigurationError naming the fault."""
     if not isinstance(url, str) or not url.strip():
@@ -77,13 +92,7 @@ def validate_url(url: object) -> str:
         ) from None
     scheme = parts.scheme.lower()
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for option, why in RESERVED_QUERY_OPTIONS.items():
-        if option in query:
-            raise ConfigurationError(f"Redis URL {shown} sets {option!r}, which is not allowed here: {why}")
-    if scheme != "rediss" and any(option.startswith("ssl_") for option in query):
-        raise ConfigurationError(f"Redis URL {shown} sets ssl_* options but is not rediss://: use rediss:// for TLS")
-    if query.get("protocol", "2") not in ("2", "3"):
-        raise ConfigurationError(f"Redis URL {shown} sets protocol={query['protocol']!r}: it must be 2 or 3")
+    _check_query(query, scheme, shown)
     if scheme == "unix":
         if not parts.path:
             raise ConfigurationError(f"unix:// URL {shown} names no socket path")

@@ -130,20 +130,29 @@ class WorkerProcess:
     app: AppDir
     name: str
     queue: str
-    statedb: str
+    statedb: str | None  # None: no --statedb on the command line (e.g. CELERY_WORKER_STATEDB in env)
     pool: str = "solo"
     concurrency: int = 1
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    # Run the ``celery`` console script instead of ``python -m celery``: Celery's SIGHUP restart
+    # re-executes ``sys.argv``, which only works for the script.
+    script: bool = False
+
+    @property
+    def launcher(self) -> list[str]:
+        if self.script:
+            return [str(Path(sys.executable).with_name("celery"))]
+        return [sys.executable, "-m", "celery"]
 
     @property
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "celery", "-A", MODULE, "worker",
+            *self.launcher, "-A", MODULE, "worker",
             "-n", self.name, "-P", self.pool, "-c", str(self.concurrency),
-            "--statedb", self.statedb, "-Q", self.queue,
+            *(["--statedb", self.statedb] if self.statedb is not None else []), "-Q", self.queue,
             "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info",
             *self.extra_args,
         ]
@@ -206,6 +215,32 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         self.wait_for_log(f"{self.name} ready.", timeout)
 
+    def log_count(self, text: str) -> int:
+        """How many lines of this run's output hold ``text``."""
+        return sum(text in line for line in self.log().splitlines())
+
+    def wait_for_log_count(self, text: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` lines of this run's output hold ``text`` (e.g. a second ``ready.``)."""
+
+        def enough() -> bool:
+            if self.log_count(text) >= count:
+                return True
+            if not self.running:
+                raise AssertionError(f"worker {self.name} exited ({self.returncode}) before logging "
+                                     f"{text!r} {count} times:\n{self.log()}")
+            return False
+
+        try:
+            wait_until(enough, timeout, f"{count} x {text!r} in the log of {self.name}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; log so far:\n{self.log()}") from None
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        """Send ``signum`` to the worker's main process only (as a process supervisor would)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
     def _signal_group(self, signum: signal.Signals) -> None:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError):
@@ -263,20 +298,21 @@ class WorkerHarness:
     def worker(
         self,
         app: AppDir,
-        statedb: str,
+        statedb: str | None,
         *,
         name: str | None = None,
         pool: str = "solo",
         concurrency: int = 1,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        script: bool = False,
     ) -> WorkerProcess:
         """A worker (not started yet) with a unique hostname and queue unless told."""
         token = uuid.uuid4().hex[:12]
         worker = WorkerProcess(
             app=app, name=name or f"e2e-{token}@statedb-test", queue=f"statedb-e2e-{token}",
             statedb=statedb, pool=pool, concurrency=concurrency, extra_args=tuple(extra_args),
-            env=dict(env or {}),
+            env=dict(env or {}), script=script,
         )
         self.workers.append(worker)
         return worker
@@ -315,6 +351,35 @@ class WorkerHarness:
         ) or []
         assert any(worker.name in reply for reply in replies), f"no reply to revoke from {worker.name}: {replies}"
         return replies
+
+    def try_revoke(self, worker: WorkerProcess, task_ids: Iterable[object], timeout: float = 1.0,
+                   app: Celery | None = None) -> bool:
+        """Revoke without waiting for the worker first; True when its reply came (the revoke was acked).
+
+        ``app`` is a control app of the caller's own (one per thread: kombu connections are not
+        thread-safe); by default the harness's.
+        """
+        control = (app or self.control_app).control
+        replies = control.revoke(list(task_ids), destination=[worker.name], reply=True, timeout=timeout) or []
+        return any(worker.name in reply for reply in replies)
+
+    def new_control_app(self) -> Celery:
+        """Another control app on the same broker (for a second thread); the caller closes it."""
+        app = Celery("statedb-e2e-control-extra", broker=self.broker_url, set_as_current=False)
+        app.conf.update(
+            broker_transport_options={"global_keyprefix": self.broker_prefix} if self.broker_prefix else {},
+            broker_connection_retry_on_startup=True,
+            broker_connection_timeout=5,
+        )
+        return app
+
+    def revoked_in_memory(self, worker: WorkerProcess, timeout: float = 5.0) -> set[str]:
+        """The ids in the worker's ``state.revoked`` (Celery's ``inspect revoked``)."""
+        self.wait_reachable(worker)
+        replies = self.control_app.control.inspect(destination=[worker.name], timeout=timeout).revoked() or {}
+        if worker.name not in replies:
+            raise AssertionError(f"no reply to inspect revoked from {worker.name}: {replies}")
+        return set(replies[worker.name])
 
     def send(self, worker: WorkerProcess, task_id: str, marker: str | None = None) -> None:
         """Send ``appmod.record(marker)`` with ``task_id`` to the worker's queue (marker = task id)."""

@@ -1,0 +1,573 @@
+"""Bad input, end to end: each gets one clear error naming the problem, and nothing stored changes.
+
+URLs and settings, keys of the wrong type or with corrupt values at our names, task ids that
+cannot be stored, and worker hostnames with glob characters, unicode or control characters.
+The repository-level cases live in test_repository_contract.py; these add what a real
+``celery worker`` does with them (exit code, one log line, no traceback) and the API surface.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import redis
+from celery.utils.collections import LimitedSet
+
+from celery_redis_statedb import WorkerStatePersistence
+from statedb import (
+    ConfigurationError,
+    CorruptValueError,
+    InvalidInputError,
+    StateDBConfig,
+    commands,
+)
+from statedb import admin as async_admin
+from statedb.commands import MAX_CLOCK
+from tests.servers import PrivateServer, free_port
+from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, wait_until
+
+CANNOT_START = "redis-statedb: cannot start worker"
+PASSWORD = "p@ss"  # the '@' must be percent-encoded in a URL: p%40ss
+# A second user of the password server, whose password needs no encoding (no '%' for Celery to expand).
+PLAIN_USER, PLAIN_PASSWORD = "plain", "Plain-pw-1"
+PLAIN = f"redis://{PLAIN_USER}:{PLAIN_PASSWORD}"
+FAST_ENV = {
+    "CELERY_REDIS_STATE_BOOT_TIMEOUT": "1",
+    "CELERY_REDIS_STATE_SOCKET_TIMEOUT": "0.5",
+    "CELERY_REDIS_STATE_CONNECT_TIMEOUT": "0.5",
+}
+
+
+def revoked_key(prefix: str, worker: str) -> str:
+    return f"{prefix}{worker}:revoked"
+
+
+def clock_key(prefix: str, worker: str) -> str:
+    return f"{prefix}{worker}:clock"
+
+
+def shared_key(prefix: str) -> str:
+    return f"{prefix}shared:fleet-revoked"
+
+
+def celery_arg(url: str) -> str:
+    """``url`` as a ``--statedb`` value: Celery expands ``%`` (``%n``, ``%h``...), so ``%`` is written ``%%``."""
+    return url.replace("%", "%%")
+
+
+def snapshot(client: redis.Redis, pattern: str = "*") -> dict[bytes, tuple[bytes, Any]]:
+    """Type and serialized value (DUMP) of every key matching ``pattern``: compare before and after."""
+    keys: list[bytes] = sorted(client.scan_iter(match=pattern, count=1000))
+    return {key: (client.type(key), client.dump(key)) for key in keys}  # type: ignore[misc]
+
+
+def one_critical_line(worker: WorkerProcess) -> str:
+    """The worker's single ``cannot start worker`` line; no traceback anywhere."""
+    log = worker.log()
+    lines = [line for line in log.splitlines() if CANNOT_START in line]
+    assert len(lines) == 1, log
+    assert "CRITICAL" in lines[0], log
+    assert "Traceback" not in log, log
+    assert " ready." not in log, log
+    return lines[0]
+
+
+def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: list[str]) -> None:
+    """Send the revoked ids as tasks (short marker files), then a control task: only the control runs."""
+    control = new_task_id()
+    markers = [f"revoked-{uuid.uuid4().hex}" for _ in revoked]
+    for task_id, marker in zip(revoked, markers, strict=True):
+        harness.send(worker, task_id, marker)
+    harness.send(worker, control)
+    harness.wait_ran(worker, control)
+    log = worker.log()
+    for task_id, marker in zip(revoked, markers, strict=True):
+        assert not worker.app.ran(marker), f"revoked task {task_id[:60]} ran:\n{log[-3000:]}"
+        assert f"Discarding revoked task: {TASK_NAME}[{task_id}]" in log
+
+
+@pytest.fixture
+def state_prefix(key_prefix: str) -> str:
+    return f"{key_prefix}state:"
+
+
+@pytest.fixture(scope="module")
+def password_server() -> Iterator[PrivateServer]:
+    """A password-protected private server (password ``p@ss``), shared by this module's tests."""
+    server = PrivateServer(password=PASSWORD).start()
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", PLAIN_USER, "on", f">{PLAIN_PASSWORD}", "~*", "&*", "+@all")
+    admin.close()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def admin_client(password_server: PrivateServer) -> Iterator[redis.Redis]:
+    client = password_server.client()
+    yield client
+    client.close()
+
+
+# -- URLs and settings: the library's error, before any I/O -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "fragment"),
+    [
+        ("redis://:Sekr1t@127.0.0.1:99999/0", ConfigurationError, "port must be a number"),
+        ("redis://:Sekr1t@127.0.0.1:port/0", ConfigurationError, "port must be a number"),
+        ("redis://:Sekr1t@[::1/0", ConfigurationError, "malformed Redis URL"),
+        ("http://:Sekr1t@127.0.0.1:6379/0", ConfigurationError, "unsupported Redis URL scheme 'http'"),
+        ("redis+sentinel://:Sekr1t@127.0.0.1:26379/0", ConfigurationError, "unsupported Redis URL scheme"),
+        ("127.0.0.1:6379", ConfigurationError, "unsupported Redis URL scheme '(none)'"),
+        ("redis://:Sekr1t@127.0.0.1:6379/zero", ConfigurationError, "database number 'zero'"),
+        ("redis://:Sekr1t@127.0.0.1:6379/0?db=1x", ConfigurationError, "database number '1x'"),
+        ("redis://:Sekr1t@127.0.0.1:6379/0?decode_responses=true", ConfigurationError, "decode_responses"),
+        ("unix://:Sekr1t@", ConfigurationError, "names no socket path"),
+        ("", ConfigurationError, "non-empty string"),
+    ],
+)
+def test_bad_urls_are_refused_naming_the_fault_without_the_password(
+    url: str, error: type[Exception], fragment: str
+) -> None:
+    with pytest.raises(error) as info:
+        StateDBConfig(url=url)
+    assert fragment in str(info.value)
+    assert "Sekr1t" not in str(info.value) and "Sekr1t" not in repr(info.value)
+    assert info.value.__cause__ is None or "Sekr1t" not in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"key_prefix": ""}, "key prefix must not be empty"),
+        ({"key_prefix": "a\nb:"}, "control characters"),
+        ({"scope": "everyone"}, "scope must be one of"),
+        ({"on_unavailable": "ignore"}, "on_unavailable must be one of"),
+        ({"socket_timeout": float("nan")}, "socket_timeout must be finite"),
+        ({"boot_timeout": -1}, "boot_timeout must be finite"),
+    ],
+)
+def test_bad_settings_are_refused_naming_them(settings: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        StateDBConfig(url="redis://:Sekr1t@127.0.0.1:6379/0", **settings)
+
+
+# -- URLs through a real worker: exit code, one line, data untouched ---------------------------
+
+
+def bad_url_cases(server: PrivateServer) -> dict[str, tuple[str, list[str], int, str]]:
+    """label -> (--statedb value, other worker args, exit code, fragment of the critical line)."""
+    port = server.port
+    return {
+        "malformed-port": (f"{PLAIN}@127.0.0.1:99999/0", [], 78, "port must be a number"),
+        "bad-db-number": (f"{PLAIN}@127.0.0.1:{port}/abc", [], 78, "database number 'abc'"),
+        # --statedb with another scheme is a file path (Celery's shelve); --redis-statedb is always ours.
+        "unknown-scheme": ("unused.db", ["--redis-statedb", f"http://127.0.0.1:{port}/0"], 78,
+                           "unsupported Redis URL scheme 'http'"),
+        "wrong-password": (f"redis://:wrong-pw@127.0.0.1:{port}/0", [], 78, "refused access"),
+        "unreachable-host": (f"{PLAIN}@127.0.0.1:{free_port()}/0", [], 69, "cannot reach Redis"),
+        "dns-failure": (f"{PLAIN}@no-such-host.invalid:6379/0", [], 69, "no-such-host.invalid"),
+    }
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", ["malformed-port", "bad-db-number", "unknown-scheme", "wrong-password",
+                                  "unreachable-host", "dns-failure"])
+def test_a_worker_with_a_bad_url_stops_with_one_line_and_changes_nothing(
+    harness: WorkerHarness, password_server: PrivateServer, admin_client: redis.Redis, state_prefix: str, case: str
+) -> None:
+    statedb, extra, code, fragment = bad_url_cases(password_server)[case]
+    app = harness.app(install=True)
+    worker = harness.worker(app, statedb, extra_args=extra,
+                            env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
+    admin_client.zadd(revoked_key(state_prefix, worker.name), {"kept": 1.0})
+    admin_client.set(clock_key(state_prefix, worker.name), 5)
+    before = snapshot(admin_client, f"{state_prefix}*")
+
+    worker.start(wait_ready=False)
+    assert worker.wait_exit(30) == code, worker.log()
+    line = one_critical_line(worker)
+    assert fragment in line
+    assert worker.name in line
+    for secret in ("p@ss", "p%40ss", "wrong-pw", PLAIN_PASSWORD):
+        assert secret not in worker.log()
+    assert snapshot(admin_client, f"{state_prefix}*") == before
+
+
+@pytest.mark.e2e
+def test_a_database_number_out_of_range_is_a_configuration_error(
+    harness: WorkerHarness, password_server: PrivateServer
+) -> None:
+    app = harness.app(install=True)
+    worker = harness.worker(app, f"{PLAIN}@127.0.0.1:{password_server.port}/99", env=FAST_ENV)
+    worker.start(wait_ready=False)
+    code = worker.wait_exit(30)
+    line = one_critical_line(worker)
+    assert "99" in line
+    assert code == 78, line
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("query", "fragment"), [
+    pytest.param("ssl_cert_reqs=required", "ssl_cert_reqs", id="tls-option-on-redis-scheme"),
+    pytest.param("protocol=9", "protocol", id="bad-protocol"),
+])
+def test_url_options_redis_py_rejects_at_connect_are_configuration_errors(
+    harness: WorkerHarness, password_server: PrivateServer, query: str, fragment: str
+) -> None:
+    app = harness.app(install=True)
+    worker = harness.worker(app, f"{PLAIN}@127.0.0.1:{password_server.port}/0?{query}", env=FAST_ENV)
+    worker.start(wait_ready=False)
+    code = worker.wait_exit(30)
+    line = one_critical_line(worker)
+    assert fragment in line and PLAIN_PASSWORD not in worker.log()
+    assert code == 78, line
+
+
+@pytest.mark.e2e
+def test_an_invalid_tls_option_value_is_a_configuration_error(harness: WorkerHarness) -> None:
+    app = harness.app(install=True)
+    worker = harness.worker(app, f"rediss://127.0.0.1:{free_port()}/0?ssl_cert_reqs=bogus", env=FAST_ENV)
+    worker.start(wait_ready=False)
+    code = worker.wait_exit(30)
+    line = one_critical_line(worker)
+    assert "ssl_cert_reqs" in line or "bogus" in line, line
+    assert code == 78, line
+
+
+# -- '%' in a password: Celery's node_format expansion ------------------------------------------
+
+
+def celery_expands_double_percent() -> bool:
+    """Whether this Celery's node_format turns ``%%`` into ``%`` (Celery 5.3 does not: it has no escape)."""
+    from celery.utils.text import simple_format
+
+    try:
+        return simple_format("a%%b", {}) == "a%b"
+    except ValueError:
+        return False
+
+
+@pytest.mark.e2e
+def test_a_percent_encoded_password_through_celerys_expansion(
+    harness: WorkerHarness, password_server: PrivateServer, admin_client: redis.Redis, state_prefix: str
+) -> None:
+    app = harness.app(install=True)
+    env = {**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix}
+    encoded = f"redis://:p%40ss@127.0.0.1:{password_server.port}/0"  # p@ss, percent-encoded
+
+    # Unescaped: Celery's own node_format refuses '%4' before this library runs (exit 1).
+    unescaped = harness.worker(app, encoded, env=env)
+    before = snapshot(admin_client, f"{state_prefix}*")
+    unescaped.start(wait_ready=False)
+    assert unescaped.wait_exit(30) == 1
+    log = unescaped.log()
+    assert "Unknown format %4" in log, log
+    assert "redis-statedb" not in log
+    assert snapshot(admin_client, f"{state_prefix}*") == before
+
+    # The documented fix, '%%40', where this Celery knows the '%%' escape (not 5.3: it has none).
+    escaped = harness.worker(app, celery_arg(encoded), env=env)
+    if celery_expands_double_percent():
+        escaped.start()
+        revoked = new_task_id()
+        harness.revoke(escaped, [revoked])
+        assert admin_client.zscore(revoked_key(state_prefix, escaped.name), revoked) is not None
+        assert "p@ss" not in escaped.log() and "p%40ss" not in escaped.log()
+    else:
+        escaped.start(wait_ready=False)
+        assert escaped.wait_exit(30) == 1
+        assert "Unknown format %4" in escaped.log()
+
+    # --redis-statedb (this library's own option) is not expanded by Celery: one '%' works everywhere.
+    legacy = harness.worker(app, "unused.db", extra_args=["--redis-statedb", encoded], env=env).start()
+    revoked = new_task_id()
+    harness.revoke(legacy, [revoked])
+    assert admin_client.zscore(revoked_key(state_prefix, legacy.name), revoked) is not None
+    assert "p@ss" not in legacy.log() and "p%40ss" not in legacy.log()
+
+
+# -- keys of the wrong type and corrupt values at our names --------------------------------------
+
+
+def plant_revoked_string(client: redis.Redis, prefix: str, worker: str) -> str:
+    client.set(revoked_key(prefix, worker), "not a sorted set")
+    return revoked_key(prefix, worker)
+
+
+def _planter(kind: str, target: str, value: Any = None) -> Callable[[redis.Redis, str, str], str]:
+    def plant(client: redis.Redis, prefix: str, worker: str) -> str:
+        key = {"revoked": revoked_key(prefix, worker), "clock": clock_key(prefix, worker),
+               "shared": shared_key(prefix)}[target]
+        if kind == "string":
+            client.set(key, value)
+        elif kind == "list":
+            client.rpush(key, "a", "b")
+        elif kind == "hash":
+            client.hset(key, "a", "1")
+        elif kind == "zset":
+            client.zadd(key, value)
+        return key
+
+    return plant
+
+
+PLANTS: dict[str, tuple[Callable[[redis.Redis, str, str], str], str]] = {
+    "revoked-string": (_planter("string", "revoked", "x"), "holds a value of another type"),
+    "revoked-list": (_planter("list", "revoked"), "holds a value of another type"),
+    "revoked-hash": (_planter("hash", "revoked"), "holds a value of another type"),
+    "revoked-0.2-pickled-blob": (_planter("string", "revoked", zlib.compress(pickle.dumps({"t": 1.0}))),
+                                 "holds a value of another type"),
+    "revoked-inf-score": (_planter("zset", "revoked", {"t": float("inf")}), "non-finite score"),
+    "revoked-non-utf8-member": (_planter("zset", "revoked", {b"\xff\xfe": 4e9}), "not UTF-8 text"),  # 2096
+    "clock-zset": (_planter("zset", "clock", {"a": 1.0}), "holds a value of another type"),
+    "clock-list": (_planter("list", "clock"), "holds a value of another type"),
+    "clock-not-a-number": (_planter("string", "clock", "abc"), "non-negative integer clock"),
+    "clock-negative": (_planter("string", "clock", "-3"), "non-negative integer clock"),
+    "clock-float": (_planter("string", "clock", "1.5"), "non-negative integer clock"),
+    "clock-huge": (_planter("string", "clock", "99999999999999999999"), "non-negative integer clock"),
+    "shared-string": (_planter("string", "shared", "x"), "holds a value of another type"),
+    "shared-list": (_planter("list", "shared"), "holds a value of another type"),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+def test_a_worker_on_a_bad_key_exits_65_naming_it_and_leaves_it_alone(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, plant: str
+) -> None:
+    planter, fragment = PLANTS[plant]
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url)
+    key = planter(redis_client, state_prefix, worker.name)
+    before = snapshot(redis_client, f"{state_prefix}*")
+
+    worker.start(wait_ready=False)
+    code = worker.wait_exit(30)
+    line = one_critical_line(worker)
+    assert code == 65, line
+    assert repr(key) in line
+    assert fragment in line
+    assert snapshot(redis_client, f"{state_prefix}*") == before
+
+
+@pytest.mark.e2e
+def test_a_clock_at_the_limit_is_reported_as_corrupt_naming_the_key(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url)
+    key = clock_key(state_prefix, worker.name)
+    redis_client.set(key, MAX_CLOCK)
+    worker.start(wait_ready=False)
+    code = worker.wait_exit(30)
+    line = one_critical_line(worker)
+    assert redis_client.get(key) == str(MAX_CLOCK).encode()
+    assert repr(key) in line, line
+    assert code == 65, line
+
+
+def largest_accepted_clock() -> int:
+    """The largest stored clock ``parse_clock`` accepts (found by bisection: no assumption on the limit)."""
+    low, high = 0, MAX_CLOCK + 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            commands.parse_clock("k", str(middle).encode())
+        except CorruptValueError:
+            high = middle
+        else:
+            low = middle
+    return low
+
+
+def worker_with_live_clock_trouble(
+    harness: WorkerHarness, redis_url: str, state_prefix: str
+) -> WorkerProcess:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    return harness.worker(app, redis_url, env={"CELERY_REDIS_STATE_CLOCK_INTERVAL": "0.2"})
+
+
+@pytest.mark.e2e
+def test_a_clock_corrupted_at_runtime_does_not_stop_revokes_being_stored(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
+) -> None:
+    worker = worker_with_live_clock_trouble(harness, redis_url, state_prefix)
+    worker.start()
+    redis_client.set(clock_key(state_prefix, worker.name), "garbage")
+    time.sleep(1.5)
+    revoked = new_task_id()
+    harness.revoke(worker, [revoked])
+    key = revoked_key(state_prefix, worker.name)
+    try:
+        wait_until(lambda: redis_client.zscore(key, revoked), 5, "the revoke in Redis", interval=0.1)
+    except TimeoutError:
+        raise AssertionError(f"an acknowledged revoke is only in memory:\n{worker.log()[-3000:]}") from None
+    assert redis_client.get(clock_key(state_prefix, worker.name)) == b"garbage"  # never overwritten
+
+
+@pytest.mark.e2e
+def test_a_revoked_key_replaced_at_runtime_is_left_alone_and_the_ids_wait(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url).start()
+    key = revoked_key(state_prefix, worker.name)
+    first = new_task_id()
+    harness.revoke(worker, [first])
+    redis_client.delete(key)
+    redis_client.set(key, "someone else's string")
+
+    during = new_task_id()
+    harness.revoke(worker, [during])  # answered: honoured in memory
+    warning = worker.wait_for_log("NOT yet stored in Redis")
+    assert repr(key) in warning and "another type" in warning
+    assert redis_client.get(key) == b"someone else's string"  # never overwritten
+    assert_discarded(harness, worker, [during])
+
+    redis_client.delete(key)  # the operator repairs it: everything in memory is written back
+    try:
+        wait_until(lambda: redis_client.zscore(key, during) and redis_client.zscore(key, first), 15,
+                   "the ids written back", interval=0.2)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}:\n{worker.log()}") from None
+    assert "Traceback" not in worker.log()
+
+
+# -- task ids --------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_unstorable_task_ids_are_honoured_in_memory_and_store_nothing(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url).start()
+    key = revoked_key(state_prefix, worker.name)
+    good, too_long = new_task_id(), "z" * 8193
+    bad = ["", "y" * 1_000_000, "\ud800", too_long]
+    harness.revoke(worker, [good, *bad])  # one command: the good id is stored, the others are refused
+
+    assert [m.decode() for m in redis_client.zrange(key, 0, -1)] == [good]  # type: ignore[union-attr]
+    errors = [line for line in worker.log().splitlines() if "not storable" in line]
+    assert len(errors) == len(bad), worker.log()[-3000:]
+    assert all("ERROR" in line and len(line) < 400 for line in errors)
+    assert any("1000000 bytes long (limit 8192)" in line for line in errors)
+    assert any("not valid unicode" in line for line in errors)
+    assert any("must not be empty" in line for line in errors)
+    assert_discarded(harness, worker, [good, too_long])  # honoured in memory all the same
+
+    later = new_task_id()
+    harness.revoke(worker, [later])  # write-through still works
+    assert redis_client.zscore(key, later) is not None
+    worker.kill()
+    worker.start()  # nothing corrupt was stored: the restart loads cleanly
+    assert "redis-statedb: restored 2 revoked ids" in worker.log()
+    assert "Traceback" not in worker.all_logs()
+
+
+@pytest.mark.parametrize("task_id", [123, None, b"bytes-id", ("a",), 1.5])
+def test_non_string_ids_reaching_the_revoked_set_are_honoured_in_memory_only(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str, task_id: object
+) -> None:
+    """Celery itself fails on some of these after adding them (``', '.join``); the set must cope."""
+    revoked = LimitedSet(maxlen=100, expires=100)
+    persistence = WorkerStatePersistence(StateDBConfig(url=redis_url, key_prefix=key_prefix), "w@h",
+                                         revoked=revoked, clock=None)
+    persistence.boot()
+    try:
+        revoked.update([task_id, "fine"])
+        revoked.add(task_id)
+        assert task_id in revoked
+        assert not persistence.failing and not persistence.pending
+        members: list[bytes] = redis_client.zrange(f"{key_prefix}w@h:revoked", 0, -1)  # type: ignore[assignment]
+        assert members == [b"fine"]
+    finally:
+        persistence.save()
+
+
+@pytest.mark.parametrize("bad", [["ok", 7], ["ok", ""], ["ok", "x" * 9000], ["ok", "\udcff"], ["ok", None]])
+def test_admin_revoke_and_restore_refuse_bad_ids_and_store_nothing(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str, bad: list[object]
+) -> None:
+    fleet = shared_key(key_prefix)
+    redis_client.zadd(fleet, {"kept": 1.0})
+    before = snapshot(redis_client, f"{key_prefix}*")
+    with pytest.raises(InvalidInputError):
+        anyio.run(lambda: async_admin.revoke(redis_url, bad, key_prefix=key_prefix))
+    with pytest.raises(InvalidInputError):
+        anyio.run(lambda: async_admin.restore(redis_url, [*bad, "kept"], key_prefix=key_prefix))
+    assert snapshot(redis_client, f"{key_prefix}*") == before
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf"), -1.0, "yesterday", True])
+def test_bad_revocation_times_are_refused(redis_url: str, key_prefix: str, when: object) -> None:
+    with pytest.raises(InvalidInputError, match="revocation time"):
+        anyio.run(lambda: async_admin.revoke(redis_url, ["a"], key_prefix=key_prefix,
+                                             revoked_at=when))  # type: ignore[arg-type]
+
+
+# -- worker hostnames -----------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("name", "neighbour"), [("w*[x]@h", "wzzx@h"), ("wörker@höst", "worker@host"),
+                                              ("w ?x\\@h", "w qx\\@h")])
+def test_odd_worker_hostnames_are_data(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, name: str, neighbour: str
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    # A neighbour that the name would match as a glob pattern (or once unicode is folded): never touched.
+    neighbour_key = revoked_key(state_prefix, neighbour)
+    redis_client.zadd(neighbour_key, {"neighbour-id": time.time()})
+    worker = harness.worker(app, redis_url, name=name).start()
+    key = revoked_key(state_prefix, name)
+    revoked = new_task_id()
+    harness.revoke(worker, [revoked])
+    assert redis_client.zscore(key, revoked) is not None
+    worker.kill()
+    worker.start()
+    assert "redis-statedb: restored 1 revoked ids" in worker.log()  # its own id, not the neighbour's
+    assert_discarded(harness, worker, [revoked])
+    assert [m.decode() for m in redis_client.zrange(neighbour_key, 0, -1)] == ["neighbour-id"]  # type: ignore[union-attr]
+    state = anyio.run(lambda: async_admin.inspect_worker(redis_url, name, key_prefix=state_prefix))
+    assert state.revoked_count == 1 and state.key == key
+    assert "Traceback" not in worker.all_logs()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["w\tx@h", "w\x1bx@h"])
+def test_a_hostname_with_control_characters_is_refused_clearly(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, name: str
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url, name=name)
+    worker.start(wait_ready=False)
+    assert worker.wait_exit(30) == 78, worker.log()
+    line = one_critical_line(worker)
+    assert "worker name" in line and "control characters" in line
+    assert not list(redis_client.scan_iter(match=f"{state_prefix}*"))
+
+
+@pytest.mark.e2e
+def test_a_hostname_with_a_newline_is_refused_in_one_line(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url, name="w\nx@h")
+    worker.start(wait_ready=False)
+    assert worker.wait_exit(30) == 78, worker.log()
+    assert not list(redis_client.scan_iter(match=f"{state_prefix}*"))
+    line = one_critical_line(worker)
+    assert "worker name" in line and "control characters" in line, line
