@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from celery.utils.collections import LimitedSet
 
-from celery_redis_statedb.revoked_set import WriteThroughLimitedSet, add_unrecorded, attach, detach
+from celery_redis_statedb.revoked_set import WriteThroughLimitedSet, attach, detach, merge_unrecorded
 
 
 class Recorder:
@@ -74,9 +74,16 @@ def test_clear_discard_and_purge_never_record() -> None:
 
 def test_loaded_ids_are_not_written_back() -> None:
     revoked, recorder = make()
-    add_unrecorded(revoked, "from-redis", 1.0)
+    assert merge_unrecorded(revoked, [("older", 90.0), ("from-redis", 99.0)], wall=100.0, mono=1000.0) == 2
     assert "from-redis" in revoked
     assert recorder.batches == []
+    assert revoked._data["older"][0] == 990.0  # stamped as old as it really is
+
+
+def test_loaded_stamps_are_never_in_the_future() -> None:
+    revoked, _ = make()
+    merge_unrecorded(revoked, [("skewed", 150.0)], wall=100.0, mono=1000.0)
+    assert revoked._data["skewed"][0] == 1000.0
 
 
 def test_limits_still_apply() -> None:

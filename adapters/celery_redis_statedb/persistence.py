@@ -11,10 +11,12 @@ in-memory set is written again, so a Redis that came back empty is repaired.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from celery.utils.collections import LimitedSet
@@ -22,7 +24,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
 from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
-from celery_redis_statedb.revoked_set import add_unrecorded, attach, detach
+from celery_redis_statedb.revoked_set import attach, detach, merge_unrecorded
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
@@ -32,6 +34,20 @@ logger = logging.getLogger("celery_redis_statedb")
 
 WARN_EVERY = 10.0
 PROBE_TIMEOUT = 1.0
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Boot builds up to a million objects that all stay alive: meanwhile every pass of
+    the cyclic garbage collector walks them again for nothing (40% of the merge at 50 000
+    ids). Paused for the merge only, then restored as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class WorkerStatePersistence:
@@ -131,12 +147,14 @@ class WorkerStatePersistence:
         wall, mono = time.time(), time.monotonic()
         keys = self.repository.keys
         merged = 0
-        for shared in (False, True) if keys.revoked != keys.shared else (False,):
-            rows = self.repository.iter_revoked(newer_than=wall - expires if expires else None,
-                                                limit=maxlen or None, shared=shared)
-            for task_id, revoked_at in rows:
-                add_unrecorded(self.revoked, task_id, mono - max(0.0, wall - revoked_at))
-                merged += 1
+        with _gc_paused():
+            for shared in (False, True) if keys.revoked != keys.shared else (False,):
+                # Read newest first (the limit keeps the newest, and ids added meanwhile are
+                # read twice, never skipped), then insert oldest first: O(1) heap pushes.
+                rows = list(self.repository.iter_revoked(newer_than=wall - expires if expires else None,
+                                                         limit=maxlen or None, shared=shared))
+                rows.reverse()
+                merged += merge_unrecorded(self.revoked, rows, wall=wall, mono=mono)
         return merged
 
     def _merge_clock(self) -> int | None:

@@ -9,7 +9,7 @@ every id entering it to a recorder. ``clear()`` (run by every prefork child),
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -69,6 +69,19 @@ def detach(revoked: LimitedSet) -> None:
         revoked.__class__ = LimitedSet
 
 
-def add_unrecorded(revoked: LimitedSet, task_id: str, stamp: float) -> None:
-    """Put an id loaded from Redis into memory without writing it back."""
-    LimitedSet.add(revoked, task_id, stamp)
+def merge_unrecorded(revoked: LimitedSet, rows: Iterable[tuple[str, float]], *, wall: float, mono: float) -> int:
+    """Put ids loaded from Redis into memory without writing them back; returns how many.
+
+    ``rows`` are (task id, wall-clock revocation time); each id is stamped on the
+    local monotonic clock as old as it really is (never in the future). Give them
+    oldest first: each insertion into the set's heap is then O(1), where newest
+    first sifts every one up to the root.
+    """
+    add = LimitedSet.add
+    offset = mono - wall
+    merged = 0
+    for task_id, revoked_at in rows:
+        stamp = offset + revoked_at
+        add(revoked, task_id, stamp if stamp < mono else mono)
+        merged += 1
+    return merged
