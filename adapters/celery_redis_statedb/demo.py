@@ -21,9 +21,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
-import pickle
 import re
-import shelve
 import shutil
 import signal
 import socket
@@ -33,7 +31,6 @@ import tempfile
 import textwrap
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +40,7 @@ from typing import cast
 import redis
 from celery import Celery
 
-from statedb.errors import ConfigurationError
+from statedb.errors import ConfigurationError, StateDBError
 from statedb.urls import mask_url, validate_url
 
 READY_TIMEOUT = 30.0
@@ -403,15 +400,14 @@ def show_redis_state(url: str, revoked_key: str, clock_key: str, indent: int = 8
 
 
 def shelve_revoked(path: Path) -> list[str] | None:
-    """The revoked ids in Celery's shelve file (its own ``zrevoked`` format); None if unreadable."""
+    """The revoked ids in Celery's shelve file, read as a migration reads it; None if unreadable."""
+    from celery_redis_statedb.migration import read_file_statedb
+
     try:
-        with shelve.open(str(path), flag="r") as db:
-            if "zrevoked" not in db:
-                return []
-            revoked = pickle.loads(zlib.decompress(db["zrevoked"]))  # our own file, written just now
-            return [str(item) for item in revoked]
-    except Exception:
+        _, state = read_file_statedb(path)
+    except StateDBError:
         return None
+    return [str(task_id) for task_id in state.task_ids]
 
 
 # -- the demo --------------------------------------------------------------------
