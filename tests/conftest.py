@@ -66,3 +66,9 @@ def harness(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[WorkerH
         yield workers
     finally:
         workers.close()
+
+
+@pytest.fixture
+def state_prefix(key_prefix: str) -> str:
+    """The statedb key prefix of a worker test (under ``key_prefix``, so its keys are deleted)."""
+    return f"{key_prefix}state:"

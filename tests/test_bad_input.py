@@ -31,9 +31,18 @@ from statedb import (
 from statedb import admin as async_admin
 from statedb.commands import MAX_CLOCK
 from tests.servers import PrivateServer, free_port
-from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, wait_until
+from tests.workers import (
+    CANNOT_START,
+    TASK_NAME,
+    WorkerHarness,
+    WorkerProcess,
+    clock_key,
+    new_task_id,
+    revoked_key,
+    shared_key,
+    wait_until,
+)
 
-CANNOT_START = "redis-statedb: cannot start worker"
 PASSWORD = "p@ss"  # the '@' must be percent-encoded in a URL: p%40ss
 # A second user of the password server, whose password needs no encoding (no '%' for Celery to expand).
 PLAIN_USER, PLAIN_PASSWORD = "plain", "Plain-pw-1"
@@ -45,16 +54,7 @@ FAST_ENV = {
 }
 
 
-def revoked_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:revoked"
 
-
-def clock_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:clock"
-
-
-def shared_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
 
 
 def celery_arg(url: str) -> str:
@@ -92,10 +92,6 @@ def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: lis
         assert not worker.app.ran(marker), f"revoked task {task_id[:60]} ran:\n{log[-3000:]}"
         assert f"Discarding revoked task: {TASK_NAME}[{task_id}]" in log
 
-
-@pytest.fixture
-def state_prefix(key_prefix: str) -> str:
-    return f"{key_prefix}state:"
 
 
 @pytest.fixture(scope="module")

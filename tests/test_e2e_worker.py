@@ -17,30 +17,25 @@ import pytest
 import redis
 
 from tests.servers import PrivateServer, free_port
-from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, wait_until
+from tests.workers import (
+    CANNOT_START,
+    TASK_NAME,
+    WorkerHarness,
+    WorkerProcess,
+    clock_key,
+    new_task_id,
+    revoked_key,
+    shared_key,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
 DEFAULT_PREFIX = "celery:worker:state:"
-CANNOT_START = "redis-statedb: cannot start worker"
 
 
-def revoked_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:revoked"
 
 
-def clock_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:clock"
-
-
-def shared_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
-
-
-@pytest.fixture
-def state_prefix(key_prefix: str) -> str:
-    """The statedb key prefix of the test (under ``key_prefix``, so its keys are deleted)."""
-    return f"{key_prefix}state:"
 
 
 def revoke_and_check_stored(harness: WorkerHarness, worker: WorkerProcess, client: redis.Redis, key: str) -> str:

@@ -28,11 +28,20 @@ from celery.utils.collections import LimitedSet
 from celery_redis_statedb import WorkerStatePersistence
 from statedb import Scope, StateDBConfig
 from tests.servers import PrivateServer, free_port
-from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, wait_until
+from tests.workers import (
+    CANNOT_START,
+    TASK_NAME,
+    WorkerHarness,
+    WorkerProcess,
+    clock_key,
+    new_task_id,
+    revoked_key,
+    shared_key,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
-CANNOT_START = "redis-statedb: cannot start worker"
 SOCKET_TIMEOUT = 0.5
 FAST_ENV = {
     "CELERY_REDIS_STATE_SOCKET_TIMEOUT": str(SOCKET_TIMEOUT),
@@ -41,21 +50,8 @@ FAST_ENV = {
 }
 
 
-def revoked_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:revoked"
 
 
-def clock_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:clock"
-
-
-def shared_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
-
-
-@pytest.fixture
-def state_prefix(key_prefix: str) -> str:
-    return f"{key_prefix}state:"
 
 
 def guarantee(capsys: pytest.CaptureFixture[str], scenario: str, **figures: object) -> None:

@@ -48,9 +48,18 @@ from tests.servers import (
     server_binary,
     server_version,
 )
-from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, wait_until
+from tests.workers import (
+    CANNOT_START,
+    TASK_NAME,
+    WorkerHarness,
+    WorkerProcess,
+    clock_key,
+    new_task_id,
+    revoked_key,
+    shared_key,
+    wait_until,
+)
 
-CANNOT_START = "redis-statedb: cannot start worker"
 SECRET = "Zq7-s3cr3t-pw"
 FAST_ENV = {
     "CELERY_REDIS_STATE_BOOT_TIMEOUT": "1",
@@ -59,21 +68,8 @@ FAST_ENV = {
 }
 
 
-def revoked_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:revoked"
 
 
-def clock_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:clock"
-
-
-def shared_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
-
-
-@pytest.fixture
-def state_prefix(key_prefix: str) -> str:
-    return f"{key_prefix}state:"
 
 
 def one_critical_line(worker: WorkerProcess) -> str:

@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 MODULE = "appmod"
 TASK_NAME = f"{MODULE}.record"
+CANNOT_START = "redis-statedb: cannot start worker"
 READY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 20.0
 
@@ -403,3 +404,16 @@ class WorkerHarness:
 
 def new_task_id() -> str:
     return str(uuid.uuid4())
+
+
+# The documented key layout, spelled out independently of statedb.keys (the tests' oracle).
+def revoked_key(prefix: str, worker: str) -> str:
+    return f"{prefix}{worker}:revoked"
+
+
+def clock_key(prefix: str, worker: str) -> str:
+    return f"{prefix}{worker}:clock"
+
+
+def shared_key(prefix: str) -> str:
+    return f"{prefix}shared:fleet-revoked"
