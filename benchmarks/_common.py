@@ -12,6 +12,7 @@ import gc
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -84,10 +85,13 @@ def server(url: str | None, kind: str = "auto") -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     started = f"redis://127.0.0.1:{port}/0"
+    # A SIGTERM to the benchmark must still stop the server it started (finally runs on SystemExit).
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         _wait_ready(started)
         yield started
     finally:
+        signal.signal(signal.SIGTERM, previous)
         process.terminate()
         try:
             process.wait(10)
