@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -35,6 +34,7 @@ from statedb.errors import CorruptValueError, StateDataError, WrongKeyTypeError
 from statedb.keys import CLOCK_SUFFIX, REVOKED_SUFFIX, glob_escape
 from statedb.names import MAX_NAME_CHARS, MAX_TASK_ID_BYTES, check_name, encode_task_id
 from tests.servers import PrivateServer
+from tests.test_commands import staged
 
 PURE = settings(max_examples=300, deadline=None)
 SERVER = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -49,26 +49,6 @@ task_ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
 anything = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=20),
                      st.text(max_size=20), st.lists(st.integers(), max_size=3))
-
-
-class RecordingPipeline:
-    """Stands in for a pipeline: remembers each staged call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def stage(*args: Any, **kwargs: Any) -> None:
-            self.calls.append((name, args, kwargs))
-
-        return stage
-
-
-def staged(operation: commands.Operation[Any]) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    pipe = RecordingPipeline()
-    operation.stage(pipe)
-    assert len(pipe.calls) == len(operation.keys), "one key per staged command"
-    return pipe.calls
 
 
 # -- names and keys ------------------------------------------------------------------------------
