@@ -1,6 +1,6 @@
 """Every benchmark of issue 5, side by side with Celery's file statedb and the raw redis-py floor.
 
-    .venv/bin/python benchmarks/run_all.py                     # full run (~10 min), private server
+    .venv/bin/python benchmarks/run_all.py                     # full run (~3-10 min), private server
     .venv/bin/python benchmarks/run_all.py --quick             # smoke run (< 1 min)
     .venv/bin/python benchmarks/run_all.py --only boot,revoke  # some tables
     .venv/bin/python benchmarks/run_all.py --redis-url redis://host:6379/5   # a given server, never flushed

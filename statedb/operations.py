@@ -54,6 +54,12 @@ class StateOperations:
         key = self.keys.shared if shared else self.keys.revoked
         return commands.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size)
 
+    def revoked_windows(self, now: float, newer_than: float, width: float, limit: int | None, *,
+                        shared: bool = False) -> commands.WindowCursor:
+        key = self.keys.shared if shared else self.keys.revoked
+        return commands.WindowCursor(key, now=now, newer_than=newer_than, width=width, limit=limit,
+                                     chunk_size=self.load_chunk_size)
+
     def read_clock(self) -> commands.Operation[int]:
         return commands.read_clock(self.keys.clock)
 

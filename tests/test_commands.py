@@ -85,13 +85,14 @@ def test_page_decoding_names_the_key_for_corrupt_rows() -> None:
 
 def test_page_cursor_walks_until_a_short_page() -> None:
     cursor = commands.PageCursor("k", newer_than=None, limit=None, chunk_size=2)
-    offsets = []
-    pages = [[("a", 3.0), ("b", 2.0)], [("c", 1.0)]]
+    starts = []
+    pages = [[("a", 3.0), ("b", 2.0)], [("c", 2.0), ("d", 2.0)], [("e", 1.0)]]
     while (op := cursor.next_operation()) is not None:
-        ((_, _, kwargs),) = staged(op)
-        offsets.append(kwargs["start"])
+        ((_, (_, high, _), kwargs),) = staged(op)
+        starts.append((high, kwargs["start"]))
         cursor.feed(pages.pop(0))
-    assert offsets == [0, 2]
+    # each page starts where the last ended, skipping only the ids read at that score
+    assert starts == [("+inf", 0), (2.0, 1), (2.0, 3)]
 
 
 def test_page_cursor_stops_at_the_limit_and_asks_for_no_more() -> None:

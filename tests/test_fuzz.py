@@ -6,6 +6,7 @@ between examples) run a bounded number, so the file stays fast in CI.
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 from collections.abc import Iterator
@@ -254,11 +255,20 @@ def test_advance_clock_takes_only_integers_in_range(value: object) -> None:
     assert calls == [("eval", (commands.ADVANCE_CLOCK_SCRIPT, 1, "c", value), {})]
 
 
-def model_zrevrangebyscore(rows: dict[bytes, float], low: float | str, start: int, num: int
-                           ) -> list[tuple[bytes, float]]:
-    """What Redis replies: by score then member, descending; scores >= low; LIMIT start num."""
-    floor = -math.inf if low == "-inf" else float(low)
-    ordered = sorted(((m, s) for m, s in rows.items() if s >= floor), key=lambda r: (r[1], r[0]), reverse=True)
+def _score_bound(bound: float | str) -> tuple[float, bool]:
+    """A ZRANGE BYSCORE bound as (value, exclusive): 3.5, "+inf", "(3.5"."""
+    text = str(bound)
+    exclusive = text.startswith("(")
+    return float(text[1:] if exclusive else text), exclusive
+
+
+def model_zrevrangebyscore(rows: dict[bytes, float], low: float | str, start: int, num: int,
+                           high: float | str = "+inf") -> list[tuple[bytes, float]]:
+    """What Redis replies: by score then member, descending; low <= scores <= high; LIMIT start num."""
+    (floor, above), (ceiling, below) = _score_bound(low), _score_bound(high)
+    ordered = sorted(((m, s) for m, s in rows.items()
+                      if (s > floor if above else s >= floor) and (s < ceiling if below else s <= ceiling)),
+                     key=lambda r: (r[1], r[0]), reverse=True)
     return ordered[start:start + num]
 
 
@@ -277,9 +287,9 @@ def test_the_page_cursor_reads_newest_first_up_to_the_limit(
         if operation is None:
             break
         ((name, (key, high, low), kwargs),) = staged(operation)
-        assert (name, key, high) == ("zrevrangebyscore", "k", "+inf") and kwargs["withscores"] is True
+        assert (name, key) == ("zrevrangebyscore", "k") and kwargs["withscores"] is True
         assert 0 < kwargs["num"] <= chunk
-        replies = [model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"])]
+        replies = [model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"], high)]
         read.extend(cursor.feed(operation.result(replies)))
     else:
         pytest.fail("the cursor never finished")
@@ -401,3 +411,60 @@ def test_a_real_server_round_trip(
             repository.keys.revoked, repository.keys.clock}
     finally:
         repository.close()
+
+
+@PURE
+@given(rows=st.dictionaries(st.text(min_size=1, max_size=6).map(str.encode),
+                            st.one_of(st.integers(0, 40).map(float), st.floats(0, 40)), max_size=40),
+       now=st.floats(0, 40), span=st.floats(0.5, 40), share=st.floats(0.01, 1.5),
+       limit=st.one_of(st.none(), st.integers(0, 45)), chunk=st.integers(1, 6), per_trip=st.integers(1, 4))
+def test_the_window_cursor_reads_newest_first_and_stamps_within_one_window(
+    rows: dict[bytes, float], now: float, span: float, share: float, limit: int | None, chunk: int, per_trip: int
+) -> None:
+    width = span * share
+    cursor = commands.WindowCursor("k", now=now, newer_than=now - span, width=width, limit=limit,
+                                   chunk_size=chunk, per_trip=per_trip)
+    read: list[tuple[float, str]] = []
+    for _ in range(500):
+        operation = cursor.next_operation()
+        if operation is None:
+            break
+        replies = []
+        for name, (key, high, low), kwargs in staged(operation):
+            assert (name, key) == ("zrevrangebyscore", "k") and 0 < kwargs["num"] <= chunk
+            page = model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"], high)
+            replies.append(page if kwargs["withscores"] else [member for member, _ in page])
+        read.extend((stamp, task_id) for stamp, ids in cursor.feed(operation.result(replies)) for task_id in ids)
+    else:
+        pytest.fail("the cursor never finished")
+    expected = model_zrevrangebyscore(rows, now - span, 0, len(rows))
+    expected = expected if limit is None else expected[:limit]
+    assert [task_id for _, task_id in read] == [member.decode() for member, _ in expected]
+    for (stamp, _), (_, score) in zip(read, expected, strict=True):
+        # never older than it is; at most one window younger; the future is stamped now
+        assert stamp == now if score > now else 0 <= stamp - score <= width * (1 + 1e-9)
+
+
+def test_windows_cover_the_span_once_and_end_for_any_width() -> None:
+    windows = commands.revoked_windows(1_700_000_000.25, 1_699_989_200.25, 108.0)
+    assert len(windows) == 1 + 100
+    assert windows[0] == ("+inf", "(1700000000.25", 1_700_000_000.25)
+    assert windows[-1][1] == "1699989200.25"  # the oldest bound is inclusive, the others exclusive
+    assert all(low.startswith("(") and float(low[1:]) == float(nxt_high)
+               for (_, low, _), (nxt_high, _, _) in itertools.pairwise(windows[1:]))
+    # A width below the float precision of the times still ends, with wider windows.
+    assert len(commands.revoked_windows(1_700_000_000.0, 1_699_999_000.0, 1e-12)) == 1 + commands.MAX_WINDOWS
+    assert len(commands.revoked_windows(5.0, 10.0, 1.0)) == 1  # nothing is old enough to be kept
+    for width in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(InvalidInputError, match="window width"):
+            commands.revoked_windows(10.0, 0.0, width)
+
+
+def test_the_window_cursor_names_the_key_of_a_member_that_is_not_text() -> None:
+    cursor = commands.WindowCursor("k", now=10.0, newer_than=0.0, width=5.0, limit=None, chunk_size=4)
+    operation = cursor.next_operation()
+    assert operation is not None
+    with pytest.raises(CorruptValueError, match="'k'"):
+        operation.result([[(b"future", 11.0)], [b"ok", b"\xff\xfe"], []])
+    with pytest.raises(CorruptValueError, match="non-finite"):
+        operation.result([[(b"inf", math.inf)], [], []])

@@ -56,8 +56,53 @@ def test_boot_merges_newest_first_within_memory_limits(make: Factory, redis_clie
     make(revoked=revoked).boot()
     assert sorted(revoked._data) == ["id1", "id2", "id3"]
     stamp_age = before - revoked._data["id3"][0]
-    assert 29 < stamp_age < 32  # stamped on the local monotonic clock, as old as it really is
+    # Stamped on the local monotonic clock, as old as it really is to within one window
+    # (1% of the expiry, 36 s here), younger never older: id3 (30 s old) may look new.
+    assert 30 - 0.01 * 3600 - 1 < stamp_age < 32
     assert redis_client.zcard(key) == 6  # boot reads, never trims Redis
+
+
+def test_boot_reads_every_window_and_page_and_stamps_within_one_window(
+    make: Factory, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Three hours of revokes, several pages per window (chunk 7), a fleet set beside the
+    # worker's own, ids sharing one time, and a limit below what is stored.
+    now = time.time()
+    own = {f"own{i}": now - 3 * i for i in range(3000)}  # 0 .. 9000 s old
+    own.update({f"batch{i}": now - 500 for i in range(40)})
+    fleet = {f"fleet{i}": now - 7 * i for i in range(400)}
+    redis_client.zadd(f"{key_prefix}w@host:revoked", own)
+    redis_client.zadd(f"{key_prefix}shared:fleet-revoked", fleet)
+    revoked = LimitedSet(maxlen=2500, expires=10800)
+    before = time.monotonic()
+    make(revoked=revoked, load_chunk_size=7).boot()
+    after = time.monotonic()
+    newest = sorted({**own, **fleet}.items(), key=lambda row: row[1], reverse=True)
+    # The limit keeps the newest, to within one window at the boundary (about 50 ids here).
+    assert set(revoked._data) >= {task_id for task_id, _ in newest[:2400]}
+    assert len(revoked) == 2500
+    width = 0.01 * 10800
+    for task_id, (stamp, *_) in revoked._data.items():
+        age = now - {**own, **fleet}[task_id]
+        # never older than it is, at most one window younger
+        assert before - stamp <= age + (after - before) + 0.01 and age - width - 1 <= after - stamp
+
+
+@pytest.mark.parametrize("expires", [3600.0, 0.0], ids=["id-windows", "exact-scores"])
+@pytest.mark.parametrize("protocol", [None, 3], ids=["default-resp2", "resp3-from-url"])
+def test_boot_reads_the_same_over_resp2_and_resp3(make: Factory, redis_client: redis.Redis, key_prefix: str,
+                                                  redis_url: str, protocol: int | None, expires: float) -> None:
+    now = time.time()
+    redis_client.zadd(f"{key_prefix}w@host:revoked", {"future": now + 60, **{f"id{i}": now - i for i in range(50)}})
+    url = redis_url if protocol is None else f"{redis_url}{'&' if '?' in redis_url else '?'}protocol={protocol}"
+    revoked = LimitedSet(maxlen=100, expires=expires)
+    persistence = make(url=url, revoked=revoked, load_chunk_size=7)
+    persistence.boot()
+    client = persistence.repository.client
+    assert client.connection_pool.connection_kwargs["protocol"] in ((2,) if protocol is None else (3, "3"))
+    assert sorted(revoked._data) == sorted(["future", *(f"id{i}" for i in range(50))])
+    revoked.add("live")  # and the write-through works over it
+    assert "live" in stored(redis_url, f"{key_prefix}w@host:revoked")
 
 
 def test_boot_merges_and_stores_the_clock(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
@@ -90,13 +135,13 @@ def test_many_ids_are_one_round_trip(make: Factory, monkeypatch: pytest.MonkeyPa
     persistence = make(revoked=revoked)
     persistence.boot()
     calls: list[int] = []
-    original = persistence.repository.add_revoked_at
+    original = persistence.repository.add_revoked
 
-    def counting(stamped: Any) -> int:
-        calls.append(len(stamped))
-        return original(stamped)
+    def counting(task_ids: Any, **kwargs: Any) -> int:
+        calls.append(len(task_ids))
+        return original(task_ids, **kwargs)
 
-    monkeypatch.setattr(persistence.repository, "add_revoked_at", counting)
+    monkeypatch.setattr(persistence.repository, "add_revoked", counting)
     revoked.update([f"t{i}" for i in range(20_000)])
     assert calls == [20_000]
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
+import pytest
 from celery.utils.collections import LimitedSet
 
-from celery_redis_statedb.revoked_set import WriteThroughLimitedSet, attach, detach, merge_unrecorded
+from celery_redis_statedb import revoked_set
+from celery_redis_statedb.revoked_set import (
+    WriteThroughLimitedSet,
+    attach,
+    detach,
+    merge_unrecorded,
+    merge_unrecorded_pages,
+)
 
 
 class Recorder:
@@ -129,3 +138,58 @@ def test_celery_call_paths_reach_the_recorder_on_the_real_state_object() -> None
         detach(state.revoked)
         state.revoked.clear()
         state.revoked.update(saved)
+
+
+# (wall-clock time, ids newest first), oldest page first: what boot hands over.
+PAGES = [(40.0, ["c", "b", "a"]), (70.0, ["f", "e", "d"]), (100.0, ["h", "g"]), (100.0, ["i"])]
+
+
+def drained(revoked: LimitedSet) -> list[tuple[object, float]]:
+    """Every id with its stamp, in the order the set lets them go (oldest first)."""
+    stamps = {item: entry[0] for item, entry in revoked._data.items()}
+    order = []
+    while (item := revoked.pop()) is not None:
+        order.append((item, stamps[item]))
+    return order
+
+
+def loaded(pages: list[tuple[float, list[str]]], *, bulk: bool, monkeypatch: pytest.MonkeyPatch,
+           mono: float = 1000.0, **limits: float) -> LimitedSet:
+    revoked = LimitedSet(**limits)
+    with monkeypatch.context() as patch:
+        if not bulk:
+            patch.setattr(revoked_set, "_entry_shape", lambda: None)  # a shape it does not know: add()
+        merge_unrecorded_pages(revoked, pages, wall=100.0, mono=mono)
+    return revoked
+
+
+@pytest.mark.parametrize("limits", [{}, {"maxlen": 4}, {"expires": 45.0}, {"maxlen": 7, "expires": 100.0}])
+def test_the_bulk_load_builds_the_set_add_would_build(monkeypatch: pytest.MonkeyPatch,
+                                                       limits: dict[str, float]) -> None:
+    mono = time.monotonic()  # expiry is checked against the real clock
+    bulk = loaded(PAGES, bulk=True, monkeypatch=monkeypatch, mono=mono, **limits)
+    added = loaded(PAGES, bulk=False, monkeypatch=monkeypatch, mono=mono, **limits)
+    assert bulk._data.keys() == added._data.keys()
+    bulk.add("new", mono)  # and it goes on working as a LimitedSet
+    added.add("new", mono)
+    assert drained(bulk) == drained(added)
+
+
+def test_the_bulk_load_stamps_each_page_as_old_as_its_time() -> None:
+    revoked = LimitedSet()
+    assert merge_unrecorded_pages(revoked, PAGES, wall=100.0, mono=1000.0) == 9
+    assert drained(revoked)[:4] == [("a", 940.0), ("b", 940.0), ("c", 940.0), ("d", 970.0)]
+
+
+def test_an_id_in_two_pages_falls_back_to_add_and_keeps_the_newest_stamp(monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = [(40.0, ["b", "a"]), (70.0, ["a"])]
+    bulk = loaded(pages, bulk=True, monkeypatch=monkeypatch)
+    assert drained(bulk) == drained(loaded(pages, bulk=False, monkeypatch=monkeypatch)) == [("b", 940.0),
+                                                                                            ("a", 970.0)]
+
+
+def test_a_set_that_holds_ids_is_merged_into_with_add() -> None:
+    revoked = LimitedSet()
+    revoked.add("kept", 999.0)
+    assert merge_unrecorded_pages(revoked, PAGES, wall=100.0, mono=1000.0) == 9
+    assert len(revoked) == 10 and drained(revoked)[6] == ("kept", 999.0)

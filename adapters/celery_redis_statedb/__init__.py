@@ -34,7 +34,7 @@ from statedb import (
     WrongKeyTypeError,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "SETTINGS",

@@ -24,7 +24,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
 from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
-from celery_redis_statedb.revoked_set import attach, detach, merge_unrecorded
+from celery_redis_statedb.revoked_set import attach, detach, merge_unrecorded, merge_unrecorded_pages
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
@@ -33,6 +33,8 @@ from statedb.names import encode_task_id, is_storable_task_id
 logger = logging.getLogger("celery_redis_statedb")
 
 WARN_EVERY = 10.0
+# Boot stamps ids by windows of this share of the revoke expiry (see commands.WindowCursor).
+STAMP_WINDOW = 0.01
 PROBE_TIMEOUT = 1.0
 
 
@@ -149,12 +151,20 @@ class WorkerStatePersistence:
         merged = 0
         with _gc_paused():
             for shared in (False, True) if keys.revoked != keys.shared else (False,):
-                # Read newest first (the limit keeps the newest, and ids added meanwhile are
-                # read twice, never skipped), then insert oldest first: O(1) heap pushes.
-                rows = list(self.repository.iter_revoked(newer_than=wall - expires if expires else None,
-                                                         limit=maxlen or None, shared=shared))
-                rows.reverse()
-                merged += merge_unrecorded(self.revoked, rows, wall=wall, mono=mono)
+                # Read newest first (the limit keeps the newest), insert oldest first: O(1) heap pushes.
+                if expires:
+                    # Ids only, by windows of 1% of the expiry: each id is taken to be at most
+                    # that much younger than it is (kept that much longer, never less).
+                    pages = list(self.repository.iter_revoked_windows(
+                        now=wall, newer_than=wall - expires, width=expires * STAMP_WINDOW,
+                        limit=maxlen or None, shared=shared))
+                    pages.reverse()
+                    merged += merge_unrecorded_pages(self.revoked, pages, wall=wall, mono=mono)
+                else:
+                    rows = list(self.repository.iter_revoked(newer_than=None, limit=maxlen or None,
+                                                             shared=shared))
+                    rows.reverse()
+                    merged += merge_unrecorded(self.revoked, rows, wall=wall, mono=mono)
         return merged
 
     def _merge_clock(self) -> int | None:
@@ -171,6 +181,19 @@ class WorkerStatePersistence:
         While Redis is failing this does no I/O at all: the ids wait for the timer.
         """
         now = time.time()
+        with self._lock:
+            if not self.pending and not self.failing:
+                # The usual case: one ZADD, each id checked as it is encoded.
+                try:
+                    self.repository.add_revoked(task_ids, revoked_at=now)
+                    return
+                except InvalidInputError:
+                    pass  # an id that cannot be stored: sorted out, and logged, below
+                except StateDBError as exc:
+                    # Every id was checked before any I/O: they all wait for the timer.
+                    self.pending.update(dict.fromkeys(task_ids, now))  # type: ignore[arg-type]
+                    self._mark_failing(exc)
+                    return
         storable: list[str] = []
         for task_id in task_ids:
             try:

@@ -102,6 +102,13 @@ class SyncStateRepository:
         while (operation := cursor.next_operation()) is not None:
             yield from cursor.feed(self._run(operation))
 
+    def iter_revoked_windows(self, *, now: float, newer_than: float, width: float, limit: int | None = None,
+                             shared: bool = False) -> Iterator[tuple[float, list[str]]]:
+        """(wall-clock stamp, ids newest first) pages, newest first: see commands.WindowCursor."""
+        cursor = self.operations.revoked_windows(now, newer_than, width, limit, shared=shared)
+        while (operation := cursor.next_operation()) is not None:
+            yield from cursor.feed(self._run(operation))
+
     def read_clock(self) -> int:
         return self._run(self.operations.read_clock())
 

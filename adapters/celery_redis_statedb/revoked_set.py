@@ -8,6 +8,8 @@ every id entering it to a recorder. ``clear()`` (run by every prefork child),
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,10 +52,15 @@ class WriteThroughLimitedSet(LimitedSet):  # type: ignore[misc]
             return
         if isinstance(other, (LimitedSet, dict)):
             ids = list(other._data if isinstance(other, LimitedSet) else other)
+            with _recording_paused():
+                super().update(other)
         else:
-            other = ids = list(other)
-        with _recording_paused():
-            super().update(other)
+            # What LimitedSet.update does with an iterable (the revoke command's list),
+            # without going through our add() and _record() once per id.
+            ids = list(other)
+            add = LimitedSet.add
+            for item in ids:
+                add(self, item)
         self._record(ids)
 
 
@@ -61,6 +68,11 @@ def attach(revoked: LimitedSet, recorder: RevokeRecorder) -> None:
     """Make ``revoked`` (the very object Celery uses) report its additions to ``recorder``."""
     revoked.__dict__["_statedb_recorder"] = recorder
     revoked.__class__ = WriteThroughLimitedSet
+    # CPython >= 3.11 keeps attribute values inline, laid out for the class the object
+    # was built as: after the class swap every attribute read in add() and purge()
+    # takes the slow path (revokes ~25% slower in memory). A fresh dict of the same
+    # attributes (same object, same values) makes them plain dict reads again.
+    revoked.__dict__ = dict(revoked.__dict__)
 
 
 def detach(revoked: LimitedSet) -> None:
@@ -85,3 +97,65 @@ def merge_unrecorded(revoked: LimitedSet, rows: Iterable[tuple[str, float]], *, 
         add(revoked, task_id, stamp if stamp < mono else mono)
         merged += 1
     return merged
+
+
+def merge_unrecorded_pages(revoked: LimitedSet, pages: Sequence[tuple[float, list[str]]], *, wall: float,
+                           mono: float) -> int:
+    """Like :func:`merge_unrecorded` for pages of ids sharing one revocation time.
+
+    ``pages`` are (wall-clock time, ids newest first), oldest page first.
+    """
+    if not revoked and _bulk_load(revoked, pages, wall=wall, mono=mono):
+        return len(revoked)
+    add = LimitedSet.add
+    merged = 0
+    for revoked_at, ids in pages:
+        stamp = min(mono, mono - wall + revoked_at)
+        for task_id in reversed(ids):
+            add(revoked, task_id, stamp)
+        merged += len(ids)
+    return merged
+
+
+def _entry_shape() -> int | None:
+    """The length of the entries LimitedSet.add builds in this Celery, if it is a shape we know."""
+    probe = LimitedSet()
+    LimitedSet.add(probe, "probe", 1.0)
+    entry = probe._data.get("probe")
+    if entry == (1.0, "probe"):  # Celery <= 5.6: (stamp, item)
+        return 2
+    if (isinstance(entry, tuple) and len(entry) == 3 and entry[0] == 1.0 and entry[2] == "probe"
+            and isinstance(getattr(probe, "_seq", None), itertools.count)):  # 5.7: (stamp, seq, item)
+        return 3
+    return None
+
+
+def _bulk_load(revoked: LimitedSet, pages: Sequence[tuple[float, list[str]]], *, wall: float,
+               mono: float) -> bool:
+    """Fill an empty set with the entries add() would build, in one pass; False if it cannot.
+
+    A million add() calls cost more than reading the ids from Redis; the entries are
+    built the way add() builds them (the shape is probed, never assumed), oldest
+    first, which for (stamp, seq, item) entries is already a valid heap.
+    """
+    shape = _entry_shape()
+    if shape is None or revoked._heap:
+        return False
+    task_ids: list[str] = []
+    stamps: list[float] = []
+    for revoked_at, ids in pages:
+        task_ids.extend(reversed(ids))
+        stamps.extend(itertools.repeat(min(mono, mono - wall + revoked_at), len(ids)))
+    # zip stops at the last stamp, before taking one more sequence number from the endless _seq.
+    entries = list(zip(stamps, revoked._seq, task_ids, strict=False) if shape == 3
+                   else zip(stamps, task_ids, strict=True))
+    revoked._data.update(zip(task_ids, entries, strict=True))
+    if len(revoked._data) != len(entries):  # a duplicate id: let add() sort it out
+        revoked._data.clear()
+        return False
+    revoked._heap.extend(entries)
+    if shape == 2:  # (stamp, item) entries of one page compare by item
+        heapq.heapify(revoked._heap)
+    if revoked.maxlen and len(revoked._data) >= revoked.maxlen:
+        revoked.purge()  # as add() does: the limit, and expiry on the way
+    return True
