@@ -329,6 +329,9 @@ def revoked_windows(now: float, newer_than: float, width: float) -> list[tuple[s
     return windows
 
 
+MAX_READ_AHEAD = 128
+
+
 class WindowCursor:
     """Walks a revoked set newest first by windows of revocation time, reading ids only.
 
@@ -337,9 +340,12 @@ class WindowCursor:
     bound of its window, so it is taken to be at most one window width younger than
     it is: it may stay in memory up to that much longer, never shorter. Up to
     ``chunk_size`` ids per command (a fuller window is read on with LIMIT offsets),
-    ``per_trip`` commands per round trip, and ``limit`` ids in all, the newest.
-    Windows are ranges of scores, so ids added or purged meanwhile in other windows
-    shift nothing. ZREVRANGEBYSCORE only, as before: the documented worker ACL fits.
+    ``per_trip`` commands per round trip at first, and ``limit`` ids in all, the
+    newest. While windows come back less than full the read-ahead doubles (up to
+    MAX_READ_AHEAD windows a trip), so an empty or sparse set costs a few round trips,
+    not one per ``per_trip`` windows. Windows are ranges of scores, so ids added or
+    purged meanwhile in other windows shift nothing. ZREVRANGEBYSCORE only: the
+    documented worker ACL fits.
     """
 
     def __init__(self, key: str, *, now: float, newer_than: float, width: float, limit: int | None,
@@ -347,43 +353,52 @@ class WindowCursor:
         self.key, self.limit, self.chunk_size, self.per_trip = key, limit, chunk_size, per_trip
         self.windows = revoked_windows(now, newer_than, width)
         self.expect = (0, 0)  # the (window, offset) page to hand out next
-        self.received: dict[tuple[int, int], list[str]] = {}
+        self.received: dict[tuple[int, int], tuple[int, list[str]]] = {}  # page -> (ids asked for, ids)
         self.loaded = 0
+        self.reach = per_trip  # windows read ahead in one trip
         self.done = limit is not None and limit <= 0
-        self._plan: list[tuple[int, int]] = []
+        self._plan: list[tuple[int, int, int]] = []  # (window, offset, ids asked for)
 
     def next_operation(self) -> Operation[list[list[str]]] | None:
         if self.done:
             return None
         window, offset = self.expect
+        left = None if self.limit is None else self.limit - self.loaded
+        count = self.chunk_size if left is None else min(self.chunk_size, left)
         if offset:  # this window holds more than a page: read on in it
-            plan = [(window, offset + i * self.chunk_size) for i in range(self.per_trip)]
+            pages = self.per_trip if left is None else min(self.per_trip, -(-left // self.chunk_size))
+            plan = [(window, offset + i * self.chunk_size, self.chunk_size) for i in range(pages)]
         else:
-            plan = [(w, 0) for w in range(window, min(window + self.per_trip, len(self.windows)))]
-        plan = self._plan = [page for page in plan if page not in self.received]
-        key, chunk, windows = self.key, self.chunk_size, self.windows
+            plan = [(w, 0, count) for w in range(window, min(window + self.reach, len(self.windows)))]
+        plan = self._plan = [page for page in plan if page[:2] not in self.received]
+        key, windows = self.key, self.windows
 
         def stage(pipe: PipelineLike) -> None:
-            for w, start in plan:
+            for w, start, num in plan:
                 high, low, _ = windows[w]
                 # Window 0 (ids stamped in the future, normally none) is read with its
                 # scores: +inf, the only corrupt score that can sort there, stops the boot.
-                pipe.zrevrangebyscore(key, high, low, start=start, num=chunk, withscores=w == 0)
+                pipe.zrevrangebyscore(key, high, low, start=start, num=num, withscores=w == 0)
 
         def parse(replies: Sequence[Any]) -> list[list[str]]:
             return [[task_id for task_id, _ in decode_revoked_page(key, reply)] if w == 0
-                    else decode_task_ids(key, reply) for (w, _), reply in zip(plan, replies, strict=True)]
+                    else decode_task_ids(key, reply) for (w, _, _), reply in zip(plan, replies, strict=True)]
 
         return Operation((key,) * len(plan), stage, parse)
 
     def feed(self, pages: list[list[str]]) -> list[tuple[float, list[str]]]:
         """The pages now ready, in order: (wall-clock stamp, ids newest first)."""
-        self.received.update(zip(self._plan, pages, strict=True))
+        for (w, start, num), ids in zip(self._plan, pages, strict=True):
+            self.received[w, start] = (num, ids)
+        heads = [len(ids) < num for (_, start, num), ids in zip(self._plan, pages, strict=True) if not start]
+        if heads:  # windows read from their start: all short means a sparse stretch, read further ahead
+            self.reach = min(MAX_READ_AHEAD, self.reach * 2) if all(heads) else self.per_trip
         ready: list[tuple[float, list[str]]] = []
         while not self.done and self.expect in self.received:
             window, offset = self.expect
-            ids = self.received.pop(self.expect)
-            full = len(ids) == self.chunk_size
+            asked, ids = self.received.pop(self.expect)
+            # A page cut short by the limit is "full" too: the limit then ends the walk below.
+            full = len(ids) == asked
             if self.limit is not None:
                 ids = ids[: self.limit - self.loaded]
             if ids:
@@ -392,11 +407,11 @@ class WindowCursor:
             if self.limit is not None and self.loaded >= self.limit:
                 self.done = True
             elif full:
-                self.expect = (window, offset + self.chunk_size)
+                self.expect = (window, offset + asked)
             elif window + 1 < len(self.windows):
                 self.expect = (window + 1, 0)
             else:
                 self.done = True
         # Pages read on past the end of a window are never handed out.
-        self.received = {page: ids for page, ids in self.received.items() if page[0] > self.expect[0]}
+        self.received = {page: got for page, got in self.received.items() if page[0] > self.expect[0]}
         return ready

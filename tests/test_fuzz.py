@@ -10,6 +10,7 @@ import itertools
 import math
 import unicodedata
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -468,3 +469,32 @@ def test_the_window_cursor_names_the_key_of_a_member_that_is_not_text() -> None:
         operation.result([[(b"future", 11.0)], [b"ok", b"\xff\xfe"], []])
     with pytest.raises(CorruptValueError, match="non-finite"):
         operation.result([[(b"inf", math.inf)], [], []])
+
+
+def walk(cursor: commands.WindowCursor, rows: dict[bytes, float]) -> list[list[tuple[str, dict[str, Any]]]]:
+    """Run the cursor against the model; the commands of each round trip."""
+    trips = []
+    while (operation := cursor.next_operation()) is not None:
+        calls = staged(operation)
+        trips.append([(high, kwargs) for _, (_, high, _), kwargs in calls])
+        replies = []
+        for _, (_, high, low), kwargs in calls:
+            page = model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"], high)
+            replies.append(page if kwargs["withscores"] else [member for member, _ in page])
+        cursor.feed(operation.result(replies))
+        assert len(trips) < 1000
+    return trips
+
+
+def test_an_empty_or_sparse_set_takes_a_few_round_trips_and_a_dense_one_reads_no_further_ahead() -> None:
+    def cursor(limit: int | None = None) -> commands.WindowCursor:
+        return commands.WindowCursor("k", now=10_000.0, newer_than=0.0, width=100.0, limit=limit,
+                                     chunk_size=10, per_trip=8)
+
+    # 101 windows, read 8, 16, 32 a trip while they come back short, then the 45 left
+    assert [len(trip) for trip in walk(cursor(), {})] == [8, 16, 32, 45]
+    dense = {f"id{i}".encode(): 10_000.0 - i / 3 for i in range(30_000)}  # 300 ids a window: 30 pages each
+    trips = walk(cursor(), dense)
+    assert all(len(trip) <= 8 for trip in trips)
+    # the limit caps what is asked for: never more ids than are still wanted, per page
+    assert all(kwargs["num"] <= 5 for trip in walk(cursor(limit=5), dense) for _, kwargs in trip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -88,7 +89,7 @@ def test_boot_reads_every_window_and_page_and_stamps_within_one_window(
         assert before - stamp <= age + (after - before) + 0.01 and age - width - 1 <= after - stamp
 
 
-@pytest.mark.parametrize("expires", [3600.0, 0.0], ids=["id-windows", "exact-scores"])
+@pytest.mark.parametrize("expires", [3600.0, 0.0, math.inf], ids=["id-windows", "exact-scores", "never-expire"])
 @pytest.mark.parametrize("protocol", [None, 3], ids=["default-resp2", "resp3-from-url"])
 def test_boot_reads_the_same_over_resp2_and_resp3(make: Factory, redis_client: redis.Redis, key_prefix: str,
                                                   redis_url: str, protocol: int | None, expires: float) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 from celery.utils.collections import LimitedSet
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from celery_redis_statedb import revoked_set
 from celery_redis_statedb.revoked_set import (
@@ -163,7 +165,8 @@ def loaded(pages: list[tuple[float, list[str]]], *, bulk: bool, monkeypatch: pyt
     return revoked
 
 
-@pytest.mark.parametrize("limits", [{}, {"maxlen": 4}, {"expires": 45.0}, {"maxlen": 7, "expires": 100.0}])
+@pytest.mark.parametrize("limits", [{}, {"maxlen": 4}, {"expires": 45.0}, {"maxlen": 7, "expires": 100.0},
+                                    {"maxlen": 5, "expires": 45.0}])  # the last expires a page on the way
 def test_the_bulk_load_builds_the_set_add_would_build(monkeypatch: pytest.MonkeyPatch,
                                                        limits: dict[str, float]) -> None:
     mono = time.monotonic()  # expiry is checked against the real clock
@@ -193,3 +196,25 @@ def test_a_set_that_holds_ids_is_merged_into_with_add() -> None:
     revoked.add("kept", 999.0)
     assert merge_unrecorded_pages(revoked, PAGES, wall=100.0, mono=1000.0) == 9
     assert len(revoked) == 10 and drained(revoked)[6] == ("kept", 999.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pages=st.lists(st.tuples(st.integers(0, 100).map(float),
+                                st.lists(st.text("abcdefgh", min_size=1, max_size=3), max_size=8)), max_size=6),
+       maxlen=st.integers(0, 12), expires=st.sampled_from([0.0, 30.0, 90.0]))
+def test_the_bulk_load_equals_add_for_any_pages(pages: list[tuple[float, list[str]]], maxlen: int,
+                                                expires: float) -> None:
+    pages = sorted(pages, key=lambda page: page[0])  # oldest page first, ids in any order (and repeated)
+    # The boot's windows start after the expiry horizon: no page is already expired. (Given expired
+    # pages, add() keeps some until the set fills, the bulk load drops them at once.)
+    pages = [(revoked_at, ids) for revoked_at, ids in pages if not expires or revoked_at > 100.0 - expires]
+    mono = time.monotonic()
+    merged = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for bulk in (True, False):
+            revoked = LimitedSet(maxlen=maxlen, expires=expires)
+            if not bulk:
+                monkeypatch.setattr(revoked_set, "_entry_shape", lambda: None)
+            count = merge_unrecorded_pages(revoked, pages, wall=100.0, mono=mono)
+            merged.append((count, drained(revoked)))
+    assert merged[0] == merged[1]

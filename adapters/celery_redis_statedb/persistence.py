@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -152,7 +153,7 @@ class WorkerStatePersistence:
         with _gc_paused():
             for shared in (False, True) if keys.revoked != keys.shared else (False,):
                 # Read newest first (the limit keeps the newest), insert oldest first: O(1) heap pushes.
-                if expires:
+                if expires and math.isfinite(expires):  # CELERY_WORKER_REVOKE_EXPIRES=inf: never expire
                     # Ids only, by windows of 1% of the expiry: each id is taken to be at most
                     # that much younger than it is (kept that much longer, never less).
                     pages = list(self.repository.iter_revoked_windows(

@@ -106,7 +106,7 @@ def merge_unrecorded_pages(revoked: LimitedSet, pages: Sequence[tuple[float, lis
     ``pages`` are (wall-clock time, ids newest first), oldest page first.
     """
     if not revoked and _bulk_load(revoked, pages, wall=wall, mono=mono):
-        return len(revoked)
+        return sum(len(ids) for _, ids in pages)  # as add() counts: every id merged, whatever the limit kept
     add = LimitedSet.add
     merged = 0
     for revoked_at, ids in pages:
