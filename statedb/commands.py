@@ -20,6 +20,7 @@ from statedb.names import MAX_TASK_ID_BYTES, check_timestamp, encode_task_id
 from statedb.translate import CLOCK_CORRUPT_MARKER, translate_reply_error
 
 T = TypeVar("T")
+R_co = TypeVar("R_co", covariant=True)
 MAX_CLOCK = 2**53 - 1
 # A stored clock this close to the limit cannot be real (one tick per event); treat it as corrupt.
 MAX_STORED_CLOCK = MAX_CLOCK - 2**32
@@ -78,6 +79,13 @@ class Operation(Generic[T]):
             if isinstance(reply, Exception):
                 raise translate_reply_error(reply, key=key) from reply
         return self.parse(replies)
+
+
+class Cursor(Protocol[R_co]):
+    """A read in several round trips: the next operation (None when done), then what its reply yields."""
+
+    def next_operation(self) -> Operation[Any] | None: ...
+    def feed(self, reply: Any, /) -> Sequence[R_co]: ...
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

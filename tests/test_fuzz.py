@@ -273,6 +273,26 @@ def model_zrevrangebyscore(rows: dict[bytes, float], low: float | str, start: in
     return ordered[start:start + num]
 
 
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+def walk(cursor: commands.WindowCursor, rows: dict[bytes, float]
+         ) -> tuple[list[list[Call]], list[tuple[float, list[str]]]]:
+    """Run the cursor against the model: the commands of each round trip, and the pages it handed out."""
+    trips: list[list[Call]] = []
+    pages: list[tuple[float, list[str]]] = []
+    while (operation := cursor.next_operation()) is not None:
+        calls = staged(operation)
+        trips.append(calls)
+        replies = []
+        for _, (_, high, low), kwargs in calls:
+            page = model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"], high)
+            replies.append(page if kwargs["withscores"] else [member for member, _ in page])
+        pages.extend(cursor.feed(operation.result(replies)))
+        assert len(trips) < 1000, "the cursor never finished"
+    return trips, pages
+
+
 @PURE
 @given(rows=st.dictionaries(st.text(min_size=1, max_size=6).map(str.encode), st.integers(0, 20).map(float),
                             max_size=30),
@@ -425,19 +445,10 @@ def test_the_window_cursor_reads_newest_first_and_stamps_within_one_window(
     width = span * share
     cursor = commands.WindowCursor("k", now=now, newer_than=now - span, width=width, limit=limit,
                                    chunk_size=chunk, per_trip=per_trip)
-    read: list[tuple[float, str]] = []
-    for _ in range(500):
-        operation = cursor.next_operation()
-        if operation is None:
-            break
-        replies = []
-        for name, (key, high, low), kwargs in staged(operation):
-            assert (name, key) == ("zrevrangebyscore", "k") and 0 < kwargs["num"] <= chunk
-            page = model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"], high)
-            replies.append(page if kwargs["withscores"] else [member for member, _ in page])
-        read.extend((stamp, task_id) for stamp, ids in cursor.feed(operation.result(replies)) for task_id in ids)
-    else:
-        pytest.fail("the cursor never finished")
+    trips, pages = walk(cursor, rows)
+    for name, (key, _, _), kwargs in itertools.chain.from_iterable(trips):
+        assert (name, key) == ("zrevrangebyscore", "k") and 0 < kwargs["num"] <= chunk
+    read = [(stamp, task_id) for stamp, ids in pages for task_id in ids]
     expected = model_zrevrangebyscore(rows, now - span, 0, len(rows))
     expected = expected if limit is None else expected[:limit]
     assert [task_id for _, task_id in read] == [member.decode() for member, _ in expected]
@@ -471,30 +482,15 @@ def test_the_window_cursor_names_the_key_of_a_member_that_is_not_text() -> None:
         operation.result([[(b"inf", math.inf)], [], []])
 
 
-def walk(cursor: commands.WindowCursor, rows: dict[bytes, float]) -> list[list[tuple[str, dict[str, Any]]]]:
-    """Run the cursor against the model; the commands of each round trip."""
-    trips = []
-    while (operation := cursor.next_operation()) is not None:
-        calls = staged(operation)
-        trips.append([(high, kwargs) for _, (_, high, _), kwargs in calls])
-        replies = []
-        for _, (_, high, low), kwargs in calls:
-            page = model_zrevrangebyscore(rows, low, kwargs["start"], kwargs["num"], high)
-            replies.append(page if kwargs["withscores"] else [member for member, _ in page])
-        cursor.feed(operation.result(replies))
-        assert len(trips) < 1000
-    return trips
-
-
 def test_an_empty_or_sparse_set_takes_a_few_round_trips_and_a_dense_one_reads_no_further_ahead() -> None:
     def cursor(limit: int | None = None) -> commands.WindowCursor:
         return commands.WindowCursor("k", now=10_000.0, newer_than=0.0, width=100.0, limit=limit,
                                      chunk_size=10, per_trip=8)
 
     # 101 windows, read 8, 16, 32 a trip while they come back short, then the 45 left
-    assert [len(trip) for trip in walk(cursor(), {})] == [8, 16, 32, 45]
+    assert [len(trip) for trip in walk(cursor(), {})[0]] == [8, 16, 32, 45]
     dense = {f"id{i}".encode(): 10_000.0 - i / 3 for i in range(30_000)}  # 300 ids a window: 30 pages each
-    trips = walk(cursor(), dense)
+    trips, _ = walk(cursor(), dense)
     assert all(len(trip) <= 8 for trip in trips)
     # the limit caps what is asked for: never more ids than are still wanted, per page
-    assert all(kwargs["num"] <= 5 for trip in walk(cursor(limit=5), dense) for _, kwargs in trip)
+    assert all(kwargs["num"] <= 5 for trip in walk(cursor(limit=5), dense)[0] for _, _, kwargs in trip)

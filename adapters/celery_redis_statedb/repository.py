@@ -98,14 +98,14 @@ class SyncStateRepository:
 
     def iter_revoked(self, *, newer_than: float | None = None, limit: int | None = None,
                      shared: bool = False) -> Iterator[tuple[str, float]]:
-        cursor = self.operations.revoked_pages(newer_than, limit, shared=shared)
-        while (operation := cursor.next_operation()) is not None:
-            yield from cursor.feed(self._run(operation))
+        yield from self._walk(self.operations.revoked_pages(newer_than, limit, shared=shared))
 
     def iter_revoked_windows(self, *, now: float, newer_than: float, width: float, limit: int | None = None,
                              shared: bool = False) -> Iterator[tuple[float, list[str]]]:
         """(wall-clock stamp, ids newest first) pages, newest first: see commands.WindowCursor."""
-        cursor = self.operations.revoked_windows(now, newer_than, width, limit, shared=shared)
+        yield from self._walk(self.operations.revoked_windows(now, newer_than, width, limit, shared=shared))
+
+    def _walk(self, cursor: commands.Cursor[T]) -> Iterator[T]:
         while (operation := cursor.next_operation()) is not None:
             yield from cursor.feed(self._run(operation))
 

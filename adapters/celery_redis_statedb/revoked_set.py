@@ -99,6 +99,14 @@ def merge_unrecorded(revoked: LimitedSet, rows: Iterable[tuple[str, float]], *, 
     return merged
 
 
+def _local_stamp(revoked_at: float, *, wall: float, mono: float) -> float:
+    """A wall-clock time on the local monotonic clock, as old as it is (never in the future).
+
+    merge_unrecorded does the same inline: it runs once per id.
+    """
+    return min(mono, mono - wall + revoked_at)
+
+
 def merge_unrecorded_pages(revoked: LimitedSet, pages: Sequence[tuple[float, list[str]]], *, wall: float,
                            mono: float) -> int:
     """Like :func:`merge_unrecorded` for pages of ids sharing one revocation time.
@@ -110,7 +118,7 @@ def merge_unrecorded_pages(revoked: LimitedSet, pages: Sequence[tuple[float, lis
     add = LimitedSet.add
     merged = 0
     for revoked_at, ids in pages:
-        stamp = min(mono, mono - wall + revoked_at)
+        stamp = _local_stamp(revoked_at, wall=wall, mono=mono)
         for task_id in reversed(ids):
             add(revoked, task_id, stamp)
         merged += len(ids)
@@ -145,7 +153,7 @@ def _bulk_load(revoked: LimitedSet, pages: Sequence[tuple[float, list[str]]], *,
     stamps: list[float] = []
     for revoked_at, ids in pages:
         task_ids.extend(reversed(ids))
-        stamps.extend(itertools.repeat(min(mono, mono - wall + revoked_at), len(ids)))
+        stamps.extend(itertools.repeat(_local_stamp(revoked_at, wall=wall, mono=mono), len(ids)))
     # zip stops at the last stamp, before taking one more sequence number from the endless _seq.
     entries = list(zip(stamps, revoked._seq, task_ids, strict=False) if shape == 3
                    else zip(stamps, task_ids, strict=True))
