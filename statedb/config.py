@@ -47,8 +47,10 @@ def _enum(enum_type: type[Any], name: str, value: object) -> Any:
 class StateDBConfig:
     """Everything needed to reach and lay out the stored state.
 
-    ``revoke_expires`` and ``revokes_max`` bound what a worker loads into memory
-    (``None`` keeps Celery's own limits); nothing here ever expires data in Redis.
+    ``revoke_expires`` and ``revokes_max`` bound Celery's own in-memory set (``None``
+    keeps Celery's limits); ``horizon`` is how long after its revocation a stored
+    revoke keeps binding workers (``None``: until purged or restored). Nothing here
+    ever expires data in Redis.
     """
 
     url: str = field(repr=False)
@@ -56,6 +58,7 @@ class StateDBConfig:
     scope: Scope = Scope.WORKER
     revoke_expires: float | None = None
     revokes_max: int | None = None
+    horizon: float | None = None
     socket_timeout: float = 2.0
     socket_connect_timeout: float = 2.0
     boot_timeout: float = 30.0
@@ -83,6 +86,9 @@ class StateDBConfig:
             )
         if self.revokes_max is not None:
             _positive_int("revokes_max", self.revokes_max)
+        if self.horizon is not None:
+            horizon = _positive("horizon", self.horizon, allow_zero=True)
+            object.__setattr__(self, "horizon", horizon or None)  # 0: no limit
         for name in ("socket_timeout", "socket_connect_timeout", "retry_backoff_base",
                      "retry_backoff_cap", "flush_interval", "clock_interval"):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))

@@ -2,8 +2,10 @@
 
 ``<prefix><worker>:revoked`` is a sorted set (member = task id, score = wall-clock
 time of the first revocation), ``<prefix><worker>:clock`` a string holding the
-worker's logical clock. The fleet-wide set of the shared scope does not end in
-``:revoked`` or ``:clock``, so no worker name can ever produce its key.
+worker's logical clock, ``<prefix><worker>:stamps`` a sorted set of stamped-header
+revokes (member = the JSON text ``["header", "value"]``, score as above). The
+fleet-wide sets do not end in ``:revoked``, ``:clock`` or ``:stamps``, so no worker
+name can ever produce their keys.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from statedb.names import check_name
 DEFAULT_KEY_PREFIX = "celery:worker:state:"
 REVOKED_SUFFIX = ":revoked"
 CLOCK_SUFFIX = ":clock"
+STAMPS_SUFFIX = ":stamps"
 SHARED_REVOKED_NAME = "shared:fleet-revoked"
+SHARED_STAMPS_NAME = "shared:fleet-stamps"
 # celery-redis-statedb 0.2 kept a zlib+pickle blob at <prefix><worker>:zrevoked; only an explicit migration reads it.
 LEGACY_BLOB_SUFFIX = ":zrevoked"
 
@@ -30,12 +34,15 @@ class Scope(str, Enum):
 
 @dataclass(frozen=True)
 class WorkerKeys:
-    """The keys one worker uses: its revoked set (or the fleet's), its clock, and the fleet's set."""
+    """The keys one worker uses: its revoked set (or the fleet's), its clock, the fleet's set,
+    and the same pair for stamped-header revokes."""
 
     worker: str
     revoked: str
     clock: str
     shared: str
+    stamps: str = ""
+    shared_stamps: str = ""
 
 
 def glob_escape(text: str) -> str:
@@ -58,14 +65,24 @@ class KeySchema:
     def clock_key(self, worker: str) -> str:
         return f"{self.prefix}{check_name(worker, 'worker name')}{CLOCK_SUFFIX}"
 
+    def stamps_key(self, worker: str) -> str:
+        return f"{self.prefix}{check_name(worker, 'worker name')}{STAMPS_SUFFIX}"
+
     @property
     def shared_revoked_key(self) -> str:
         return f"{self.prefix}{SHARED_REVOKED_NAME}"
 
+    @property
+    def shared_stamps_key(self) -> str:
+        return f"{self.prefix}{SHARED_STAMPS_NAME}"
+
     def for_worker(self, worker: str, scope: Scope = Scope.WORKER) -> WorkerKeys:
-        shared = self.shared_revoked_key
-        revoked = shared if scope is Scope.SHARED else self.revoked_key(worker)
-        return WorkerKeys(worker=worker, revoked=revoked, clock=self.clock_key(worker), shared=shared)
+        shared, shared_stamps = self.shared_revoked_key, self.shared_stamps_key
+        own = scope is not Scope.SHARED
+        return WorkerKeys(
+            worker=worker, revoked=self.revoked_key(worker) if own else shared, clock=self.clock_key(worker),
+            shared=shared, stamps=self.stamps_key(worker) if own else shared_stamps, shared_stamps=shared_stamps,
+        )
 
     @property
     def match_all(self) -> str:
@@ -73,11 +90,11 @@ class KeySchema:
         return glob_escape(self.prefix) + "*"
 
     def parse(self, key: str) -> tuple[str, str] | None:
-        """(worker, 'revoked' or 'clock') for a worker key of this prefix; None for anything else."""
-        if not key.startswith(self.prefix) or key == self.shared_revoked_key:
+        """(worker, 'revoked', 'clock' or 'stamps') for a worker key of this prefix; None for anything else."""
+        if not key.startswith(self.prefix) or key in (self.shared_revoked_key, self.shared_stamps_key):
             return None
         rest = key[len(self.prefix):]
-        for suffix, kind in ((REVOKED_SUFFIX, "revoked"), (CLOCK_SUFFIX, "clock")):
+        for suffix, kind in ((REVOKED_SUFFIX, "revoked"), (CLOCK_SUFFIX, "clock"), (STAMPS_SUFFIX, "stamps")):
             if rest.endswith(suffix) and len(rest) > len(suffix):
                 return rest[: -len(suffix)], kind
         return None

@@ -10,13 +10,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from statedb.config import StateDBConfig
-from statedb.errors import ConfigurationError
+from statedb.errors import ConfigurationError, InvalidInputError
+from statedb.timeframes import parse_duration
+
+NO_LIMIT = ("0", "none", "no", "off", "never", "inf", "infinite")
 
 
 def _number(text: object) -> float:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
-    return float(str(text).strip())
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _horizon(value: object) -> float | None:
+    """A duration (``30d``, ``12h``, seconds); ``0`` or ``none`` for no limit."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in NO_LIMIT):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) or None
+    try:
+        return parse_duration(str(value)) or None
+    except InvalidInputError:
+        raise ValueError("expected a duration such as 30d, 12h or 3600, or 0/none for no limit") from None
 
 
 def _text(value: object) -> str:
@@ -45,6 +63,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("revoke_expires", "redis_state_ttl", "CELERY_REDIS_STATE_TTL",
             "--redis-state-ttl", _number,
             "Seconds a revoked id stays in worker memory (Celery's REVOKE_EXPIRES); Redis keeps it."),
+    Setting("horizon", "redis_state_horizon", "CELERY_REDIS_STATE_HORIZON",
+            "--redis-state-horizon", _horizon,
+            "How long after its revocation a stored revoke binds workers: 30d, 12h, seconds; 0/none: no limit "
+            "(the default: until purged or restored)."),
     Setting("scope", "redis_state_scope", "CELERY_REDIS_STATE_SCOPE",
             "--redis-state-scope", _text, "worker: one revoked set per hostname; shared: one for the fleet."),
     Setting("on_unavailable", "redis_state_on_unavailable", "CELERY_REDIS_STATE_ON_UNAVAILABLE",
@@ -88,6 +110,7 @@ def resolve_config(
         raw, source = picked
         try:
             values[setting.field] = setting.parse(raw)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"{source}={raw!r} is not valid: expected a number") from None
+        except (TypeError, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, ValueError) and str(exc) else "expected a number"
+            raise ConfigurationError(f"{source}={raw!r} is not valid: {reason}") from None
     return StateDBConfig(url=url, **values)
