@@ -10,7 +10,9 @@ Per round (7) and contender: N no-op tasks are published to a fresh queue first,
 N-th task done; it is then stopped with SIGTERM (a warm shutdown, which runs the statedb's
 ``save()``). Contenders alternate: no statedb, then ``--statedb=redis://...`` (this library), and
 the order flips every round. Celery's file statedb is measured too (``--statedb=<file>``): like
-this library, it does nothing per task.
+this library, it does nothing per task. So is this library with its index of stored revokes full
+(``index``: 1 000 000 ids, a week old, in the fleet set the worker reads at boot; 100 000 with
+``--quick``): every task is then looked up in the index too, and none of them is in it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,23 @@ def _env(url: str, prefix: str, expect: int, result_key: str) -> dict[str, str]:
     return env
 
 
+INDEX_SEED = "statedb-bench:hotpath-index-seed"
+
+
+def seed_index(url: str, count: int) -> None:
+    """A fleet set of ``count`` week-old ids, copied into each ``index`` run's prefix (COPY: server-side)."""
+    raw = redis.Redis.from_url(url)
+    try:
+        raw.delete(INDEX_SEED)
+        old = time.time() - 7 * 86400
+        pipe = raw.pipeline(transaction=False)
+        for start in range(0, count, 10_000):
+            pipe.zadd(INDEX_SEED, {str(uuid.uuid4()): old - i for i in range(start, min(count, start + 10_000))})
+        pipe.execute()
+    finally:
+        raw.close()
+
+
 def one_run(url: str, contender: str, n: int, tmp: Path) -> dict[str, float]:
     prefix = c.new_prefix("hotpath")
     queue, name = f"hotpath-{uuid.uuid4().hex[:8]}", f"hotpath-{uuid.uuid4().hex[:8]}@bench"
@@ -56,8 +75,10 @@ def one_run(url: str, contender: str, n: int, tmp: Path) -> dict[str, float]:
     subprocess.run([sys.executable, "-c", publish], env=env, cwd=HERE, check=True, timeout=TIMEOUT)
     args = [sys.executable, "-m", "celery", "-A", "hotpath_app", "worker", "-P", "solo", "-Q", queue, "-n", name,
             "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "WARNING"]
-    if contender == "library":
+    if contender in ("library", "index"):
         args.append(f"--statedb={url}")
+    if contender == "index":
+        raw.copy(INDEX_SEED, f"{prefix}state:shared:fleet-revoked")
     elif contender == "celery":
         args.append(f"--statedb={tmp / (name + '.state')}")
     log = tmp / f"{name}.log"
@@ -90,7 +111,8 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
     if only is not None and "hotpath" not in only:
         return []
     n, rounds = (1000, 1) if args.quick else (5000, 7)
-    contenders = ["none", "library", "celery"]
+    contenders = ["none", "library", "index", "celery"]
+    seed_index(url, 100_000 if args.quick else 1_000_000)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
     with tempfile.TemporaryDirectory(prefix="statedb-bench-hotpath-") as tmp:
         for i in range(rounds):
@@ -105,15 +127,18 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
     rate = {k: [r["rate"] for r in v] for k, v in runs.items()}
     cpu = {k: [r["cpu_ms_per_1000"] for r in v] for k, v in runs.items()}
     base_cpu = c.median(cpu["none"])
+    indexed = "100 000" if args.quick else "1 000 000"
     for contender, label in (("none", "no statedb"), ("library", "this library (--statedb=redis://)"),
+                             ("index", f"this library, {indexed} stored ids in the index"),
                              ("celery", "celery file statedb (--statedb=file)")):
         m = c.median(rate[contender])
         paired = c.median([a / b for a, b in zip(rate[contender], rate["none"], strict=True)])
-        target = c.verdict(paired, 0.97, at_least=True) if contender == "library" else ""
+        target = c.verdict(paired, 0.97, at_least=True) if contender in ("library", "index") else ""
         t.add(label, len(rate[contender]), f"{m:,.0f}", " ".join(f"{r:,.0f}" for r in rate[contender]),
               f"{paired:.3f}", target, f"{c.median(cpu[contender]):.0f}", f"{c.median(cpu[contender]) / base_cpu:.3f}")
     t.notes.append("broker = the same server; contenders alternate (order reversed every round); each run is a fresh "
                    "worker process and a fresh queue; 'vs no statedb' = median of the per-round ratios")
+    redis.Redis.from_url(url).delete(INDEX_SEED)
     t.notes.append("worker CPU = process time of the worker over the same window (less sensitive than tasks/s to "
                    "other load on a shared machine)")
     return [t]

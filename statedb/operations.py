@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from statedb import commands
+from statedb import commands, stored_ids
 from statedb.config import StateDBConfig
 from statedb.keys import WorkerKeys
 
@@ -65,3 +65,16 @@ class StateOperations:
 
     def advance_clock(self, value: int) -> commands.Operation[commands.ClockAdvance]:
         return commands.advance_clock(self.keys.clock, value)
+
+    def count_within(self, horizon_start: float | None, *, shared: bool = False
+                     ) -> commands.Operation[tuple[int, int]]:
+        return stored_ids.count_within(self.keys.shared if shared else self.keys.revoked, horizon_start)
+
+    def stored_ranks(self, start: int, stop: int, *, shared: bool = False) -> stored_ids.RankCursor:
+        key = self.keys.shared if shared else self.keys.revoked
+        return stored_ids.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size)
+
+    def revoked_scores(self, task_ids: Sequence[object]) -> commands.Operation[list[float | None]]:
+        """The earliest score of each id in this worker's set or the fleet set."""
+        keys = dict.fromkeys((self.keys.revoked, self.keys.shared))
+        return stored_ids.revoked_scores(list(keys), task_ids)

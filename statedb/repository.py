@@ -104,3 +104,19 @@ class AsyncStateRepository:
     async def advance_clock(self, value: int) -> commands.ClockAdvance:
         """Store ``value`` unless the stored clock is ahead; never moves it back."""
         return await self._run(self.operations.advance_clock(value))
+
+    async def count_within(self, horizon_start: float | None, *, shared: bool = False) -> tuple[int, int]:
+        """(ids in the set, ids revoked before ``horizon_start``)."""
+        return await self._run(self.operations.count_within(horizon_start, shared=shared))
+
+    async def iter_stored_ids(self, start: int, stop: int, *, shared: bool = False
+                              ) -> AsyncIterator[list[bytes]]:
+        """Pages of stored ids (bytes) of ranks ``start`` to ``stop - 1``, newest first."""
+        cursor = self.operations.stored_ranks(start, stop, shared=shared)
+        while (operation := cursor.next_operation()) is not None:
+            for page in cursor.feed(await self._run(operation)):
+                yield page
+
+    async def revoked_scores(self, task_ids: Sequence[object]) -> list[float | None]:
+        """The earliest revocation time of each id in this worker's set or the fleet set (None: in neither)."""
+        return await self._run(self.operations.revoked_scores(task_ids))

@@ -324,12 +324,12 @@ def test_while_failing_revokes_do_no_io_and_the_timer_probe_is_short(
     assert time.monotonic() - started < 0.2
     assert writes == []
     assert len(persistence.pending) == 50
-    persistence._next_attempt = 0.0  # the backoff has run out: the timer probes now
+    persistence.outage._next_attempt = 0.0  # the backoff has run out: the timer probes now
     started = time.monotonic()
     persistence.tick()
     assert time.monotonic() - started < 1.0  # one short PING, not the full command timeouts
     assert persistence.failing
-    assert persistence._next_attempt > time.monotonic()  # backing off, measured from the failure
+    assert persistence.outage._next_attempt > time.monotonic()  # backing off, measured from the failure
 
 
 def test_resync_reads_the_entries_of_every_celery_release(make: Factory, redis_url: str) -> None:

@@ -418,7 +418,7 @@ def test_tls_misconfiguration_stops_the_worker_with_one_line(
 # What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, GET, EVAL (whose script calls GET and SET),
 # plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than 0) and CLIENT SETINFO
 # (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the ACL log).
-WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +get +set +eval"
+WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +get +set +eval"
 OPTIONAL_COMMANDS = "+client|setinfo"
 # The admin CLI and APIs add reads, purges and restores over every set of the prefix.
 ADMIN_COMMANDS = WORKER_COMMANDS + " +scan +type +zcard +zrange +zcount +zscore +zmscore +zrem +zremrangebyscore" \
@@ -458,9 +458,12 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
         harness.revoke(worker, [revoked])
         admin.select(1)
         assert admin.zscore(revoked_key(state_prefix, worker.name), revoked) is not None
+        week_old = new_task_id()  # beyond the in-memory window: read by rank, confirmed with ZMSCORE
+        admin.zadd(revoked_key(state_prefix, worker.name), {week_old: time.time() - 7 * 86400})
         worker.kill()
         worker.start()
         assert_discarded(harness, worker, revoked)
+        assert_discarded(harness, worker, week_old)
         time.sleep(1.2)  # periodic clock saves (EVAL) run as the user too
         assert worker.terminate() == 0  # and the last one at shutdown
         assert int(admin.get(clock_key(state_prefix, worker.name)) or 0) >= 2

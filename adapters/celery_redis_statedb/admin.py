@@ -9,6 +9,7 @@ use :mod:`statedb.admin` there.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,11 +20,13 @@ import anyio
 from celery import Celery
 
 from celery_redis_statedb.control import COMMAND as RESTORE_COMMAND
+from celery_redis_statedb.control import PURGE_COMMAND
 from celery_redis_statedb.settings import resolve_config
 from statedb import admin
 from statedb.admin import Progress, Revocation, RevokedSetState
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
+from statedb.timeframes import cutoff
 from statedb.urls import is_redis_url
 
 T = TypeVar("T")
@@ -60,11 +63,21 @@ def _target(config: StateDBConfig) -> dict[str, Any]:
 def purge_old_revoked_tasks(
     app: Celery, older_than: timedelta | float | int | str, worker_name: str | None = None,
     redis_url: str | None = None, *, dry_run: bool = False, progress: Progress | None = None,
+    broadcast: bool = True,
 ) -> int:
-    """Remove revoked ids older than ``older_than`` from every worker (or one); returns how many."""
+    """Remove revoked ids older than ``older_than`` from every worker (or one); returns how many.
+
+    Then (unless ``dry_run`` or ``broadcast=False``) live workers are told, so the purged
+    ids they still hold in memory stop binding them at once.
+    """
     config = app_config(app, redis_url)
+    now = time.time()
     result: int = _run(admin.purge_old_revoked, config.url, older_than=older_than, worker_name=worker_name,
-                       scope=config.scope, dry_run=dry_run, progress=progress, **_target(config))
+                       scope=config.scope, dry_run=dry_run, progress=progress, now=now, **_target(config))
+    if broadcast and not dry_run:
+        destination = [worker_name] if worker_name else None
+        app.control.broadcast(PURGE_COMMAND, arguments={"before": cutoff(now, older_than)},
+                              destination=destination, reply=False)
     return result
 
 

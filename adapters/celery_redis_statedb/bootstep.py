@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import bootsteps
 
@@ -49,7 +49,6 @@ class RedisStateDB(bootsteps.StartStopStep):  # type: ignore[misc]
                 _migrate_at_boot(persistence, self.migrate_path)
         except StateDBError as exc:
             _stop_worker(w, exc)
-        w._persistence = persistence
         atexit.register(persistence.save)
         return persistence
 
@@ -77,7 +76,7 @@ def _migrate_at_boot(persistence: WorkerStatePersistence, path: str) -> None:
     persistence.reload()
 
 
-def _stop_worker(w: Any, exc: StateDBError) -> None:
+def _stop_worker(w: Any, exc: StateDBError) -> NoReturn:
     """One clear line, no traceback, then exit; a programmatic WorkController gets the error."""
     from celery.apps.worker import Worker
 

@@ -1,31 +1,32 @@
 """A worker's revoked set and clock, kept in Redis as they change.
 
-Boot merges what Redis holds into ``state.revoked``; from then on every id that
-enters the set is written before the caller (a revoke command) answers. When a
-write fails, the id stays honoured in memory and waits in a pending buffer;
-while Redis is failing nothing else blocks on it: Celery's timer probes it with
-a short timeout, backing off exponentially, and once it answers the whole
-in-memory set is written again, so a Redis that came back empty is repaired.
+Boot merges what Redis holds (:mod:`boot_merge`): the newest ids into ``state.revoked``,
+every other stored id within the horizon into an index (:mod:`stored_revokes`), so a
+stored revoke binds beyond Celery's in-memory window. From then on every id that
+enters the set is written before the caller (a revoke command) answers. When a write
+fails, the id stays honoured in memory and waits in a pending buffer; while Redis is
+failing nothing else blocks on it (:mod:`outage`): Celery's timer probes it with a
+short timeout, backing off exponentially, and once it answers the whole in-memory set
+is written again, so a Redis that came back empty is repaired.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
-import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from celery.utils.collections import LimitedSet
-from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
+from celery_redis_statedb.boot_merge import STAMP_WINDOW, MergeCounts, merge_stored
+from celery_redis_statedb.outage import OutageTracker
 from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
-from celery_redis_statedb.revoked_set import attach, detach, merge_unrecorded, merge_unrecorded_pages
+from celery_redis_statedb.revoked_set import attach, detach
+from celery_redis_statedb.stored_revokes import StoredRevokes
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
@@ -33,24 +34,9 @@ from statedb.names import encode_task_id, is_storable_task_id
 
 logger = logging.getLogger("celery_redis_statedb")
 
-WARN_EVERY = 10.0
-# Boot stamps ids by windows of this share of the revoke expiry (see commands.WindowCursor).
-STAMP_WINDOW = 0.01
 PROBE_TIMEOUT = 1.0
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Boot builds up to a million objects that all stay alive: meanwhile every pass of
-    the cyclic garbage collector walks them again for nothing (40% of the merge at 50 000
-    ids). Paused for the merge only, then restored as it was."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+# Above this many stored ids, boot says so once: every worker reads them all.
+MANY_STORED_IDS = 1_000_000
 
 
 class WorkerStatePersistence:
@@ -70,22 +56,22 @@ class WorkerStatePersistence:
         self.repository = repository or SyncStateRepository.open(config, hostname, on_connect=self.connections)
         self.pending: dict[str, float] = {}
         self.loaded = False
+        self.merged = MergeCounts(0, 0)
         self._lock = threading.RLock()
+        self.outage = OutageTracker(config.safe_url, backoff_base=config.retry_backoff_base,
+                                    backoff_cap=config.retry_backoff_cap)
+        self.stored = StoredRevokes(self.repository, horizon=config.horizon, pending=self.pending,
+                                    outage=self.outage, lock=self._lock, pending_count=lambda: len(self.pending))
         self._probe: SyncStateRepository | None = None
-        self._backoff = EqualJitterBackoff(cap=config.retry_backoff_cap, base=config.retry_backoff_base)
         self._seen_connections = 0
         self._needs_resync = False
-        self._failures = 0
-        self._failing_since: float | None = None
-        self._next_attempt = 0.0
-        self._last_warning = 0.0
         self._last_clock_save = 0.0
         self._timer_entry: Any = None
         self._closed = False
 
     @property
     def failing(self) -> bool:
-        return self._failing_since is not None
+        return self.outage.failing
 
     # -- boot --------------------------------------------------------------
 
@@ -107,19 +93,24 @@ class WorkerStatePersistence:
                 raise exc
             logger.warning("redis-statedb: %s; retrying (boot timeout %ss)", exc, self.config.boot_timeout)
 
+        # Attached first, without recording: ids the merge pushes out of Celery's set go to the index.
+        attach(self.revoked, self, stored=self.stored)
         retry = Retry(boot_backoff(self.config), -1, supported_errors=(RedisUnavailableError,))
         try:
             with self._lock:
                 retry.call_with_retry(self._load, retry_until_deadline)
         except RedisUnavailableError as exc:
             if self.config.on_unavailable is not UnavailablePolicy.DEGRADE:
+                detach(self.revoked)
                 raise
             logger.warning(
                 "redis-statedb: starting DEGRADED without stored state (%s); revokes are kept in memory "
                 "and the stored state is merged when Redis is back", exc,
             )
-            self._mark_failing(exc, warn=False)
-        attach(self.revoked, self)
+            self.outage.failed(exc, pending=len(self.pending), warn=False)
+        except BaseException:
+            detach(self.revoked)
+            raise
 
     def reload(self) -> None:
         """Merge what Redis holds into memory again (after a migration wrote to it)."""
@@ -129,44 +120,24 @@ class WorkerStatePersistence:
     def _load(self) -> None:
         self.repository.ping()
         self.repository.check_server()
-        merged = self._merge_revoked()
+        self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon)
         clock = self._merge_clock()
         self.loaded = True
         self._seen_connections = self.connections.count
         self._last_clock_save = time.monotonic()
+        horizon = "no limit" if self.config.horizon is None else f"{self.config.horizon:g}s"
         logger.info(
-            "redis-statedb: restored %d revoked ids from %s (key %s), clock %s",
-            merged, self.config.safe_url, self.repository.keys.revoked, clock,
+            "redis-statedb: restored %d revoked ids from %s (key %s): %d honoured in memory, %d more by the "
+            "index of stored revokes (horizon: %s); clock %s",
+            self.merged.total, self.config.safe_url, self.repository.keys.revoked, self.merged.in_memory,
+            self.merged.in_index, horizon, clock,
         )
-
-    def _merge_revoked(self) -> int:
-        """Newest first, within the in-memory limits, stamped on the local monotonic clock.
-
-        A worker-scope worker also reads the fleet set, where producers write revokes
-        for workers that are offline or not started yet; when both hold more than fits,
-        the set's own limit keeps the newest.
-        """
-        expires, maxlen = self.revoked.expires, self.revoked.maxlen
-        wall, mono = time.time(), time.monotonic()
-        keys = self.repository.keys
-        merged = 0
-        with _gc_paused():
-            for shared in (False, True) if keys.revoked != keys.shared else (False,):
-                # Read newest first (the limit keeps the newest), insert oldest first: O(1) heap pushes.
-                if expires and math.isfinite(expires):  # CELERY_WORKER_REVOKE_EXPIRES=inf: never expire
-                    # Ids only, by windows of 1% of the expiry: each id is taken to be at most
-                    # that much younger than it is (kept that much longer, never less).
-                    pages = list(self.repository.iter_revoked_windows(
-                        now=wall, newer_than=wall - expires, width=expires * STAMP_WINDOW,
-                        limit=maxlen or None, shared=shared))
-                    pages.reverse()
-                    merged += merge_unrecorded_pages(self.revoked, pages, wall=wall, mono=mono)
-                else:
-                    rows = list(self.repository.iter_revoked(newer_than=None, limit=maxlen or None,
-                                                             shared=shared))
-                    rows.reverse()
-                    merged += merge_unrecorded(self.revoked, rows, wall=wall, mono=mono)
-        return merged
+        if self.merged.total > MANY_STORED_IDS:
+            logger.warning(
+                "redis-statedb: %d stored revoked ids bind this worker (more than %d): every worker reads them "
+                "all at boot; purge old ones with `celery statedb purge --older-than 30d` or set "
+                "redis_state_horizon", self.merged.total, MANY_STORED_IDS,
+            )
 
     def _merge_clock(self) -> int | None:
         if not self.clock:
@@ -193,7 +164,7 @@ class WorkerStatePersistence:
                 except StateDBError as exc:
                     # Every id was checked before any I/O: they all wait for the timer.
                     self.pending.update(dict.fromkeys(task_ids, now))  # type: ignore[arg-type]
-                    self._mark_failing(exc)
+                    self.outage.failed(exc, pending=len(self.pending))
                     return
         storable: list[str] = []
         for task_id in task_ids:
@@ -209,12 +180,12 @@ class WorkerStatePersistence:
             for task_id in storable:
                 self.pending.setdefault(task_id, now)
             if self.failing:
-                self._warn_pending(None)
+                self.outage.warn_pending(None, len(self.pending))
                 return
             try:
                 self._flush()
             except StateDBError as exc:
-                self._mark_failing(exc)
+                self.outage.failed(exc, pending=len(self.pending))
 
     def _flush(self) -> None:
         if self.pending:
@@ -239,33 +210,27 @@ class WorkerStatePersistence:
         logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s",
                        len(earliest), self.config.safe_url)
 
-    # -- failure bookkeeping -----------------------------------------------
+    # -- lifting (restore and purge, told by the control commands) ----------
 
-    def _mark_failing(self, exc: StateDBError, *, warn: bool = True) -> None:
-        """Back off (measured from now, the end of the failed attempt) and warn, rate-limited."""
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since, self._failures, self._last_warning = now, 0, 0.0
-        self._failures += 1
-        self._next_attempt = now + self._backoff.compute(self._failures)
-        if warn:
-            self._warn_pending(exc)
+    def lift(self, task_ids: Sequence[str]) -> None:
+        """Restored ids: no longer revoked here, in memory, in the index or waiting to be written."""
+        with self._lock:
+            for task_id in task_ids:
+                self.revoked.discard(task_id)
+                self.pending.pop(task_id, None)
+            self.stored.lift(task_ids)
 
-    def _clear_failing(self) -> None:
-        if self._failing_since is not None:
-            logger.warning("redis-statedb: Redis at %s is reachable again after %.1fs",
-                           self.config.safe_url, time.monotonic() - self._failing_since)
-        self._failing_since, self._failures = None, 0
-
-    def _warn_pending(self, exc: StateDBError | None) -> None:
-        now = time.monotonic()
-        if now - self._last_warning < WARN_EVERY:
-            return
-        self._last_warning = now
-        logger.warning(
-            "redis-statedb: %d revoked ids are honoured in memory but NOT yet stored in Redis at %s%s; "
-            "retrying with backoff", len(self.pending), self.config.safe_url, f" ({exc})" if exc else "",
-        )
+    def purged_before(self, before: float) -> int:
+        """A purge removed ids revoked before ``before``: drop those Redis no longer holds."""
+        expires = self.revoked.expires or 0.0
+        with self._lock:
+            if self._needs_resync or not self.loaded:
+                return 0  # Redis may have lost its data: what it lacks is not a purge
+            try:
+                return self.stored.purged_before(before, self.revoked, slack=expires * STAMP_WINDOW)
+            except StateDBError as exc:
+                self.outage.failed(exc, pending=len(self.pending), warn=False)
+                return 0
 
     def _probe_server(self) -> None:
         """A PING with a short timeout and no retry: cheap to fail while Redis is away."""
@@ -285,15 +250,16 @@ class WorkerStatePersistence:
             try:
                 self._tick()
             except StateDBError as exc:
-                self._mark_failing(exc)
+                self.outage.failed(exc, pending=len(self.pending))
             except Exception as exc:  # the timer must keep running; the state stays pending
                 logger.exception("redis-statedb: unexpected error on the timer, will retry")
-                self._mark_failing(StateDBError(f"unexpected {type(exc).__name__}: {exc}"), warn=False)
+                self.outage.failed(StateDBError(f"unexpected {type(exc).__name__}: {exc}"),
+                                   pending=len(self.pending), warn=False)
 
     def _tick(self) -> None:
         recovering = self.failing
         if recovering:
-            if time.monotonic() < self._next_attempt:
+            if not self.outage.due:
                 return
             self._probe_server()
         if not self.loaded:
@@ -311,7 +277,8 @@ class WorkerStatePersistence:
             self._resync()
         else:
             self._flush()
-        self._clear_failing()
+        self.outage.recovered()
+        self.stored.maintain()
 
     def _save_clock(self, value: int | None = None) -> None:
         if not self.clock:
@@ -350,5 +317,3 @@ class WorkerStatePersistence:
                 self.repository.close()
                 if self._probe is not None:
                     self._probe.close()
-
-    stop = save

@@ -114,3 +114,15 @@ class SyncStateRepository:
 
     def advance_clock(self, value: int) -> commands.ClockAdvance:
         return self._run(self.operations.advance_clock(value))
+
+    def count_within(self, horizon_start: float | None, *, shared: bool = False) -> tuple[int, int]:
+        """(ids in the set, ids revoked before ``horizon_start``)."""
+        return self._run(self.operations.count_within(horizon_start, shared=shared))
+
+    def iter_stored_ids(self, start: int, stop: int, *, shared: bool = False) -> Iterator[list[bytes]]:
+        """Pages of stored ids (bytes) of ranks ``start`` to ``stop - 1``, newest first."""
+        yield from self._walk(self.operations.stored_ranks(start, stop, shared=shared))
+
+    def revoked_scores(self, task_ids: Sequence[object]) -> list[float | None]:
+        """The earliest revocation time of each id in this worker's set or the fleet set (None: in neither)."""
+        return self._run(self.operations.revoked_scores(task_ids))

@@ -4,6 +4,11 @@
 object must stay the same: its class is swapped for a subclass that reports
 every id entering it to a recorder. ``clear()`` (run by every prefork child),
 ``discard()`` and ``purge()`` are Celery's own and never touch Redis.
+
+Membership (``id in state.revoked``, which every check of Celery's goes through)
+also asks the stored revokes beyond the set (see :mod:`stored_revokes`) about ids
+the set does not hold, and ids the set drops (``pop()``, which its size cap and
+expiry go through) are handed over to them.
 """
 
 from __future__ import annotations
@@ -25,21 +30,46 @@ class RevokeRecorder(Protocol):
         """Persist ids that just entered the set; must never raise."""
 
 
+class StoredBeyond(Protocol):
+    """The stored revokes beyond the set."""
+
+    def binds(self, task_id: object) -> bool:
+        """True if ``task_id``, not in the set, is revoked all the same."""
+
+    def evicted(self, task_id: object) -> None:
+        """The set dropped ``task_id`` to keep within its limits."""
+
+
 @contextmanager
 def _recording_paused() -> Iterator[None]:
-    _quiet.active = True
+    _quiet.depth = getattr(_quiet, "depth", 0) + 1
     try:
         yield
     finally:
-        _quiet.active = False
+        _quiet.depth -= 1
 
 
 class WriteThroughLimitedSet(LimitedSet):  # type: ignore[misc]
     """A LimitedSet whose additions are recorded before the caller goes on."""
 
+    _statedb_stored: StoredBeyond | None = None
+
+    def __contains__(self, value: object) -> bool:
+        if value in self._data:
+            return True
+        stored = self._statedb_stored
+        return stored is not None and stored.binds(value)
+
+    def pop(self, default: Any = None) -> Any:
+        item = super().pop(default)
+        stored = self._statedb_stored
+        if stored is not None and item is not default:
+            stored.evicted(item)
+        return item
+
     def _record(self, task_ids: Sequence[object]) -> None:
         recorder = self.__dict__.get("_statedb_recorder")
-        if recorder is not None and task_ids and not getattr(_quiet, "active", False):
+        if recorder is not None and task_ids and not getattr(_quiet, "depth", 0):
             recorder.record(task_ids)
 
     def add(self, item: Any, now: float | None = None) -> None:
@@ -64,9 +94,12 @@ class WriteThroughLimitedSet(LimitedSet):  # type: ignore[misc]
         self._record(ids)
 
 
-def attach(revoked: LimitedSet, recorder: RevokeRecorder) -> None:
-    """Make ``revoked`` (the very object Celery uses) report its additions to ``recorder``."""
+def attach(revoked: LimitedSet, recorder: RevokeRecorder, *, stored: StoredBeyond | None = None) -> None:
+    """Make ``revoked`` (the very object Celery uses) report its additions to ``recorder``,
+    and, given ``stored``, honour the stored revokes beyond it."""
     revoked.__dict__["_statedb_recorder"] = recorder
+    if stored is not None:
+        revoked.__dict__["_statedb_stored"] = stored
     revoked.__class__ = WriteThroughLimitedSet
     # CPython >= 3.11 keeps attribute values inline, laid out for the class the object
     # was built as: after the class swap every attribute read in add() and purge()
@@ -77,6 +110,7 @@ def attach(revoked: LimitedSet, recorder: RevokeRecorder) -> None:
 
 def detach(revoked: LimitedSet) -> None:
     revoked.__dict__.pop("_statedb_recorder", None)
+    revoked.__dict__.pop("_statedb_stored", None)
     if type(revoked) is WriteThroughLimitedSet:
         revoked.__class__ = LimitedSet
 

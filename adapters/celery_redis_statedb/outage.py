@@ -1,0 +1,66 @@
+"""Outage bookkeeping of a worker's statedb: failing since when, when to try again, warnings.
+
+While Redis is failing no revoke touches it: the timer probes it with backoff
+(measured from the end of the failed attempt, with jitter) and a loud warning is
+logged at most every ``WARN_EVERY`` seconds while revokes wait to be written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.backoff import EqualJitterBackoff
+
+from statedb.errors import StateDBError
+
+logger = logging.getLogger("celery_redis_statedb")
+
+WARN_EVERY = 10.0
+
+
+class OutageTracker:
+    """Knows whether Redis is failing and when the next attempt is due."""
+
+    def __init__(self, url: str, *, backoff_base: float, backoff_cap: float) -> None:
+        self.url = url  # masked
+        self._backoff = EqualJitterBackoff(cap=backoff_cap, base=backoff_base)
+        self._failures = 0
+        self._failing_since: float | None = None
+        self._next_attempt = 0.0
+        self._last_warning = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self._failing_since is not None
+
+    @property
+    def due(self) -> bool:
+        """True when Redis may be tried again (always, while it is not failing)."""
+        return self._failing_since is None or time.monotonic() >= self._next_attempt
+
+    def failed(self, exc: StateDBError | None, *, pending: int, warn: bool = True) -> None:
+        """Count a failed attempt: back off from now, and warn (rate-limited)."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since, self._failures, self._last_warning = now, 0, 0.0
+        self._failures += 1
+        self._next_attempt = now + self._backoff.compute(self._failures)
+        if warn:
+            self.warn_pending(exc, pending)
+
+    def recovered(self) -> None:
+        if self._failing_since is not None:
+            logger.warning("redis-statedb: Redis at %s is reachable again after %.1fs",
+                           self.url, time.monotonic() - self._failing_since)
+        self._failing_since, self._failures = None, 0
+
+    def warn_pending(self, exc: StateDBError | None, pending: int) -> None:
+        now = time.monotonic()
+        if now - self._last_warning < WARN_EVERY:
+            return
+        self._last_warning = now
+        logger.warning(
+            "redis-statedb: %d revoked ids are honoured in memory but NOT yet stored in Redis at %s%s; "
+            "retrying with backoff", pending, self.url, f" ({exc})" if exc else "",
+        )

@@ -1,0 +1,114 @@
+"""End to end: a stored revoke binds real workers beyond Celery's in-memory window, until lifted.
+
+The holes of 0.4.0, each now closed with real ``celery worker`` processes: an id older
+than the in-memory expiry at a restart, an id pushed out by the size cap, and (with
+restore and purge) the way back to running the task on a live worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from celery import Celery
+
+from celery_redis_statedb import purge_old_revoked_tasks, restore_tasks
+from tests.workers import (
+    TASK_NAME,
+    WorkerHarness,
+    WorkerProcess,
+    new_task_id,
+    revoked_key,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+POOLS = [("solo", 1), ("prefork", 2)]
+
+
+def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str) -> None:
+    control = new_task_id()
+    harness.send(worker, revoked)
+    harness.send(worker, control)
+    harness.wait_ran(worker, control)
+    worker.wait_for_log(f"Discarding revoked task: {TASK_NAME}[{revoked}]")
+    assert not worker.app.ran(revoked), f"revoked task {revoked} ran:\n{worker.log()}"
+
+
+def assert_runs(harness: WorkerHarness, worker: WorkerProcess, task_id: str, marker: str) -> None:
+    harness.send(worker, task_id, marker)
+    harness.wait_ran(worker, marker)
+
+
+def control_app_for(harness: WorkerHarness, state_prefix: str, redis_url: str) -> Celery:
+    app = harness.control_app
+    app.conf.redis_state_key_prefix = state_prefix
+    app.conf.worker_state_db = redis_url
+    return app
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), POOLS)
+def test_a_revoke_older_than_the_memory_expiry_binds_after_a_restart(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, pool: str,
+    concurrency: int,
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url, pool=pool, concurrency=concurrency,
+                            env={"CELERY_REDIS_STATE_TTL": "3"}).start()
+    revoked = new_task_id()
+    harness.revoke(worker, [revoked])
+    worker.kill()
+    time.sleep(4)  # older than the in-memory expiry when the worker comes back
+    worker.start()
+    assert "1 more by the index of stored revokes" in worker.log(), worker.log()
+    assert revoked not in harness.revoked_in_memory(worker)  # beyond Celery's own set...
+    assert_discarded(harness, worker, revoked)  # ...and discarded all the same
+    assert redis_client.zscore(revoked_key(state_prefix, worker.name), revoked) is not None
+
+    # Restored: runnable at once on the live worker (the id is a new message: same id, new marker).
+    result = restore_tasks(control_app_for(harness, state_prefix, redis_url), [revoked])
+    assert result.removed == 1
+    assert_runs(harness, worker, revoked, f"{revoked}-after-restore")
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), POOLS)
+def test_a_revoke_pushed_out_by_the_size_cap_binds_until_purged(
+    harness: WorkerHarness, redis_url: str, state_prefix: str, pool: str, concurrency: int,
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url, pool=pool, concurrency=concurrency,
+                            env={"CELERY_WORKER_REVOKES_MAX": "5"}).start()
+    first = new_task_id()
+    harness.revoke(worker, [first])
+    harness.revoke(worker, [new_task_id() for _ in range(15)])
+    assert first not in harness.revoked_in_memory(worker)
+    assert_discarded(harness, worker, first)
+
+    # A purge lifts it in the live worker too (every id in Redis is older than "now").
+    time.sleep(0.05)
+    purged = purge_old_revoked_tasks(control_app_for(harness, state_prefix, redis_url), 0)
+    assert purged == 16
+    wait_until(lambda: not harness.revoked_in_memory(worker), 10, "the purge to reach the worker")
+    assert_runs(harness, worker, first, f"{first}-after-purge")
+
+
+@pytest.mark.slow
+def test_a_task_never_revoked_runs_beside_a_million_stored_ids(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str,
+) -> None:
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url, name=f"million-{new_task_id()[:8]}@statedb-test")
+    key = revoked_key(state_prefix, worker.name)
+    old = time.time() - 7 * 86400  # a week old: far beyond the 3 h in-memory window
+    stored = [f"old-{i:07d}-{'x' * 24}" for i in range(1_000_000)]
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(0, len(stored), 20_000):
+        pipe.zadd(key, {task_id: old + j * 1e-3 for j, task_id in enumerate(stored[i : i + 20_000], i)})
+    pipe.execute()
+    worker.start(timeout=60)
+    assert "1000000 more by the index of stored revokes" in worker.log(), worker.log()
+    fresh = new_task_id()
+    assert_runs(harness, worker, fresh, fresh)
+    assert_discarded(harness, worker, stored[123_456])
