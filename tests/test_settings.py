@@ -67,3 +67,44 @@ def test_worker_options_are_not_read_from_celery_autoenv() -> None:
     assert "redis_state_key_prefix" in options
     assert "redis_statedb" in options
     assert all(not option.allow_from_autoenv for option in options.values())
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "seconds"),
+    [
+        ("env", "30d", 30 * 86400.0),
+        ("env", "12h", 12 * 3600.0),
+        ("conf", 3600, 3600.0),
+        ("cli", "90m", 5400.0),
+        ("env", "0", None),
+        ("conf", "none", None),
+        ("cli", "NONE", None),
+        ("conf", 0, None),
+    ],
+)
+def test_the_horizon_takes_durations_and_no_limit(source: str, value: object, seconds: float | None) -> None:
+    given = {"env": {"CELERY_REDIS_STATE_HORIZON": value}, "conf": {"redis_state_horizon": value},
+             "cli": {"redis_state_horizon": value}}[source]
+    assert resolve_config(URL, **{source: given}).horizon == seconds  # type: ignore[arg-type]
+
+
+def test_the_horizon_defaults_to_no_limit() -> None:
+    assert resolve_config(URL).horizon is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"env": {"CELERY_REDIS_STATE_HORIZON": "a month"}}, "CELERY_REDIS_STATE_HORIZON='a month' is not valid: "
+                                                             "expected a duration"),
+        ({"conf": {"redis_state_horizon": -5}}, "horizon must be finite and zero or more"),
+        ({"cli": {"redis_state_horizon": "30x"}}, "--redis-state-horizon='30x' is not valid"),
+    ],
+)
+def test_a_bad_horizon_names_its_source(kwargs: dict[str, dict[str, object]], fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        resolve_config(URL, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_horizon_is_a_worker_option() -> None:
+    assert "redis_state_horizon" in {option.name for option in worker_options()}

@@ -315,3 +315,17 @@ def test_a_hit_redis_cannot_confirm_is_honoured_with_a_warning(
     assert "cannot confirm now" in caplog.text and "discarded as revoked" in caplog.text
     assert caplog.text.count("cannot confirm now") == 1  # rate-limited
     assert "never" not in revoked  # not in the index: no Redis needed to say no
+
+
+def test_boot_warns_once_above_a_million_stored_ids(make: Factory, redis_client: redis.Redis, key_prefix: str,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from celery_redis_statedb import persistence as module
+
+    monkeypatch.setattr(module, "MANY_STORED_IDS", 10)
+    now = time.time()
+    redis_client.zadd(own_key(key_prefix), {t: now - 7200 for t in ids(11)})
+    with caplog.at_level(logging.INFO, logger="celery_redis_statedb"):
+        make(revoked=LimitedSet(maxlen=50000, expires=3600)).boot()
+    assert "0 honoured in memory, 11 more by the index of stored revokes (horizon: no limit)" in caplog.text
+    assert caplog.text.count("celery statedb purge") == 1
