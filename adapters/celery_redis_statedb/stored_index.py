@@ -16,6 +16,7 @@ of the boot's work for the index.
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -54,12 +55,12 @@ class StoredIdIndex:
 
     def bulk_load(self, members: Iterable[bytes]) -> int:
         """Add stored members (bytes, as Redis sends them); returns how many were given."""
-        before = len(self._base)
-        self._base.extend(map(float, map(hash, members)))
-        added = len(self._base) - before
-        if added:
-            self._rebuild()
-        return added
+        fresh = array("d", map(float, map(hash, members)))
+        if fresh:
+            lifted = set(self._lifted)
+            self._base = self._sorted(itertools.chain(self._base, fresh), lifted)
+            self._lifted -= lifted
+        return len(fresh)
 
     def add(self, task_id: object) -> None:
         key = id_hash(task_id)
@@ -101,21 +102,26 @@ class StoredIdIndex:
         return len(self._recent) + len(self._lifted) >= max(COMPACT_AT, len(self._base) // 4)
 
     def compact(self) -> None:
-        """Merge later additions into the array and drop lifted hashes (sorting two runs: O(n))."""
-        if not self._recent and not self._lifted:
-            return
-        self._base.extend(sorted(self._recent))
-        self._recent.clear()
-        self._rebuild()
+        """Merge later additions into the array and drop lifted hashes.
 
-    def _rebuild(self) -> None:
+        The new array is built aside and swapped in whole, and only what it took is
+        taken out of the sets: a lookup or an addition from another thread meanwhile
+        (the timer runs on its own thread in the threads pool) sees every id.
+        """
+        recent, lifted = set(self._recent), set(self._lifted)
+        if not recent and not lifted:
+            return
+        self._base = self._sorted(itertools.chain(self._base, recent), lifted)
+        self._recent -= recent
+        self._lifted -= lifted
+
+    @staticmethod
+    def _sorted(keys: Iterable[float], lifted: set[float]) -> array[float]:
         # An id read twice stays twice: harmless for a binary search, and cheaper than a pass to drop it.
-        merged = sorted(self._base)
-        if self._lifted:
-            lifted = self._lifted
+        merged = sorted(keys)
+        if lifted:
             merged = [key for key in merged if key not in lifted]
-            lifted.clear()
-        self._base = array("d", merged)
+        return array("d", merged)
 
     def memory_bytes(self) -> int:
         """An estimate of what the index holds on to (the array's buffer, the sets' entries)."""
