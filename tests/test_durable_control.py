@@ -23,6 +23,7 @@ from celery.result import AsyncResult, GroupResult
 
 from celery_redis_statedb import admin, durable_control, install_redis_statedb, revoke_tasks
 from celery_redis_statedb.durable_control import (
+    DEFAULT_CONTROL,
     DURABLE_CONTROL,
     DurableControl,
     DurableControlWarning,
@@ -109,8 +110,9 @@ def no_redis(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def make_app(url: str | None, prefix: str, *, install: bool = True, broker: str = "memory://",
-             **conf: object) -> Celery:
-    app = Celery("durable-test", broker=broker, set_as_current=False)
+             control: str = DEFAULT_CONTROL, **conf: object) -> Celery:
+    """Celery's default control class unless told (whether the entry point was imported or not)."""
+    app = Celery("durable-test", broker=broker, set_as_current=False, control=control)
     app.conf.update(redis_state_key_prefix=prefix, **conf)
     if url is not None:
         app.conf.worker_state_db = url
@@ -264,6 +266,15 @@ def test_an_aimed_revoke_in_shared_scope_goes_to_the_fleet_set(
     assert redis_client.zscore(shared_key(key_prefix), "s1") is not None
     assert redis_client.zscore(shared_stamps_key(key_prefix), stamp("k", "v")) is not None
     assert not redis_client.exists(revoked_key(key_prefix, "w1@h"), stamps_key(key_prefix, "w1@h"))
+
+
+def test_a_pattern_matched_revoke_goes_to_the_fleet_set(
+    app: Celery, spy: BroadcastSpy, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """The hostnames a pattern matches are not known in advance: every worker's boot honours it."""
+    app.control.revoke("pat-1", pattern="worker-*", matcher="glob")
+    assert redis_client.zscore(shared_key(key_prefix), "pat-1") is not None
+    assert spy.calls[0]["pattern"] == "worker-*" and spy.calls[0]["matcher"] == "glob"
 
 
 def test_empty_destination_means_every_worker(
@@ -491,6 +502,30 @@ def test_one_client_per_process(app: Celery, spy: BroadcastSpy, monkeypatch: pyt
     monkeypatch.setattr(durable_control.os, "getpid", lambda: real_pid)
     for client in opened:
         client.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_client(
+    app: Celery, spy: BroadcastSpy, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    app.control.revoke("parent")
+    clients = app.control._statedb_clients
+    assert clients is not None
+    parent_client = clients.client
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 2
+        try:
+            app.control.revoke("child")
+            child = app.control._statedb_clients
+            code = 0 if child is not None and child.client is not parent_client else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_client.zscore(shared_key(key_prefix), "child") is not None
+    app.control.revoke("parent-again")  # the parent's client still works
+    assert app.control._statedb_clients is clients and clients.client is parent_client
 
 
 # -- install, the entry point, custom control classes -------------------------------------

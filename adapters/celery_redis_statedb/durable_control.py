@@ -229,6 +229,18 @@ class _Clients:
     client: redis.Redis | None = None
 
 
+_clients_lock = threading.Lock()
+
+
+def _new_clients_lock() -> None:
+    global _clients_lock  # noqa: PLW0603 (a fork may copy it held by another thread)
+    _clients_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_clients_lock)
+
+
 class DurableControl(Control):  # type: ignore[misc]
     """Celery's control client; revokes are stored in Redis before they are broadcast."""
 
@@ -276,7 +288,10 @@ class DurableControl(Control):  # type: ignore[misc]
         pid = os.getpid()
         clients = self._statedb_clients
         if clients is None or clients.pid != pid:
-            clients = self._statedb_clients = _Clients(pid)  # after a fork: never the parent's sockets
+            with _clients_lock:
+                clients = self._statedb_clients
+                if clients is None or clients.pid != pid:  # after a fork: never the parent's sockets
+                    clients = self._statedb_clients = _Clients(pid)
         wanted = (config.url, config.socket_timeout, config.socket_connect_timeout)
         with clients.lock:
             if clients.client is None or clients.opened_for != wanted:
