@@ -31,13 +31,16 @@ from statedb.urls import is_redis_url
 
 T = TypeVar("T")
 URL_ENV = "REDIS_STATEDB_URL"
+WORKER_STATEDB_ENV = "CELERY_WORKER_STATEDB"  # Celery's own variable for the worker's --statedb
 
 
 def statedb_url(app: Celery, redis_url: str | None = None) -> str:
-    """Explicit URL, else worker_state_db, REDIS_STATEDB_URL, then the broker: the first Redis URL."""
+    """Explicit URL, else worker_state_db, $CELERY_WORKER_STATEDB, $REDIS_STATEDB_URL, then the broker:
+    the first Redis URL."""
     if redis_url:
         return redis_url
-    candidates = (app.conf.get("worker_state_db"), os.environ.get(URL_ENV), app.conf.get("broker_url"))
+    candidates = (app.conf.get("worker_state_db"), os.environ.get(WORKER_STATEDB_ENV), os.environ.get(URL_ENV),
+                  app.conf.get("broker_url"))
     for candidate in candidates:
         if is_redis_url(candidate):
             return str(candidate)
@@ -129,12 +132,19 @@ def revoke_tasks(
     app: Celery, task_ids: Iterable[str], *, broadcast: bool = True, terminate: bool = False,
     signal: str | None = None, redis_url: str | None = None,
 ) -> int:
-    """Durable revoke: into the fleet set first (read at every boot), then Celery's own broadcast."""
+    """Durable revoke: into the fleet set first (read at every boot), then Celery's own broadcast.
+
+    Stored once: the broadcast that follows does not store the ids again, whatever the
+    app's control class (a DurableControl would otherwise write them a second time).
+    """
+    from celery_redis_statedb.durable_control import already_durable, store_revoked_ids
+
     ids = list(task_ids)
     config = app_config(app, redis_url)
-    added: int = _run(admin.revoke, config.url, ids, **_target(config))
+    added = store_revoked_ids(config, ids)
     if broadcast and ids:
-        app.control.revoke(ids, terminate=terminate, signal=signal)
+        with already_durable():
+            app.control.revoke(ids, terminate=terminate, signal=signal)
     return added
 
 

@@ -3,7 +3,9 @@
 Celery imports this module while building its command line, before ``-A``
 loads the app; importing it is what makes ``--statedb=redis://...`` work with
 no code change (the worker options, the worker_init hook and the restore
-control command are registered here). Keep the import cheap and free of failures.
+control command are registered here), and so is making the revokes of apps created
+afterwards durable when a statedb URL is configured (see ``durable_control``). Keep the
+import cheap and free of failures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from celery_redis_statedb import admin
+from celery_redis_statedb.durable_control import use_durable_control_by_default
 from celery_redis_statedb.install import connect_worker_hook, register_worker_options
 from celery_redis_statedb.repository import SyncStateRepository
 from statedb.admin import Progress
@@ -29,6 +32,7 @@ from statedb.timeframes import parse_duration
 
 register_worker_options()
 connect_worker_hook()
+use_durable_control_by_default()
 
 F = TypeVar("F", bound=Callable[..., Any])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -9,6 +9,7 @@ from celery import Celery, signals
 
 from celery_redis_statedb import control  # noqa: F401  (registers the statedb_restore command)
 from celery_redis_statedb.bootstep import CLAIMED_URL_ATTR, RedisStateDB
+from celery_redis_statedb.durable_control import INSTALLED_ATTR, use_durable_control
 from celery_redis_statedb.settings import SETTINGS
 from statedb.urls import is_redis_url
 
@@ -67,8 +68,12 @@ def connect_worker_hook() -> None:
 def install_redis_statedb(app: Celery) -> None:
     """Make ``celery -A app worker --statedb=redis://...`` (or rediss://, unix://) use Redis.
 
-    File paths keep Celery's own shelve statedb. Idempotent.
+    File paths keep Celery's own shelve statedb. Also makes the app's revokes durable
+    (``app.control`` becomes a :class:`~celery_redis_statedb.durable_control.DurableControl`:
+    each revoke is stored in Redis, then broadcast). Idempotent.
     """
     register_worker_options()
     connect_worker_hook()
     app.steps["worker"].add(RedisStateDB)
+    setattr(app, INSTALLED_ATTR, True)
+    use_durable_control(app)
