@@ -8,6 +8,7 @@ restore and purge) the way back to running the task on a live worker.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -42,17 +43,20 @@ def assert_runs(harness: WorkerHarness, worker: WorkerProcess, task_id: str, mar
     harness.wait_ran(worker, marker)
 
 
-def control_app_for(harness: WorkerHarness, state_prefix: str, redis_url: str) -> Celery:
-    app = harness.control_app
+@pytest.fixture
+def admin_app(harness: WorkerHarness, redis_url: str, state_prefix: str) -> Iterator[Celery]:
+    """An operator's app: the workers' statedb URL and prefix (a control app of its own)."""
+    app = harness.new_control_app()
     app.conf.redis_state_key_prefix = state_prefix
     app.conf.worker_state_db = redis_url
-    return app
+    yield app
+    app.close()
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), POOLS)
 def test_a_revoke_older_than_the_memory_expiry_binds_after_a_restart(
-    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, pool: str,
-    concurrency: int,
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, admin_app: Celery,
+    pool: str, concurrency: int,
 ) -> None:
     app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
     worker = harness.worker(app, redis_url, pool=pool, concurrency=concurrency,
@@ -68,14 +72,14 @@ def test_a_revoke_older_than_the_memory_expiry_binds_after_a_restart(
     assert redis_client.zscore(revoked_key(state_prefix, worker.name), revoked) is not None
 
     # Restored: runnable at once on the live worker (the id is a new message: same id, new marker).
-    result = restore_tasks(control_app_for(harness, state_prefix, redis_url), [revoked])
+    result = restore_tasks(admin_app, [revoked])
     assert result.removed == 1
     assert_runs(harness, worker, revoked, f"{revoked}-after-restore")
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), POOLS)
 def test_a_revoke_pushed_out_by_the_size_cap_binds_until_purged(
-    harness: WorkerHarness, redis_url: str, state_prefix: str, pool: str, concurrency: int,
+    harness: WorkerHarness, redis_url: str, state_prefix: str, admin_app: Celery, pool: str, concurrency: int,
 ) -> None:
     app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
     worker = harness.worker(app, redis_url, pool=pool, concurrency=concurrency,
@@ -88,7 +92,7 @@ def test_a_revoke_pushed_out_by_the_size_cap_binds_until_purged(
 
     # A purge lifts it in the live worker too (every id in Redis is older than "now").
     time.sleep(0.05)
-    purged = purge_old_revoked_tasks(control_app_for(harness, state_prefix, redis_url), 0)
+    purged = purge_old_revoked_tasks(admin_app, 0)
     assert purged == 16
     wait_until(lambda: not harness.revoked_in_memory(worker), 10, "the purge to reach the worker")
     assert_runs(harness, worker, first, f"{first}-after-purge")
