@@ -104,3 +104,21 @@ class AsyncStateRepository:
     async def advance_clock(self, value: int) -> commands.ClockAdvance:
         """Store ``value`` unless the stored clock is ahead; never moves it back."""
         return await self._run(self.operations.advance_clock(value))
+
+    # -- stamped-header revokes (statedb.stamps) --------------------------------
+
+    async def add_stamps(self, stamps: Iterable[tuple[str, object]], *, revoked_at: float | None = None) -> int:
+        """Store (header, value) pairs in this worker's stamps key; returns how many were new."""
+        return await self._run(self.operations.add_stamps(stamps, revoked_at))
+
+    async def iter_stamps(
+        self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
+    ) -> AsyncIterator[tuple[str, object, float]]:
+        """(header, value, revocation time), newest first (of the fleet stamps key if shared)."""
+        cursor = self.operations.stamp_pages(newer_than, limit, shared=shared)
+        while (operation := cursor.next_operation()) is not None:
+            for row in cursor.feed(await self._run(operation)):
+                yield row
+
+    async def count_stamps(self, *, shared: bool = False) -> int:
+        return await self._run(self.operations.count_stamps(shared=shared))

@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
 from celery_redis_statedb.revoked_set import attach, detach, merge_unrecorded, merge_unrecorded_pages
+from celery_redis_statedb.stamps import stamps_for  # stamped-header revokes
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
@@ -120,6 +121,7 @@ class WorkerStatePersistence:
             )
             self._mark_failing(exc, warn=False)
         attach(self.revoked, self)
+        stamps_for(self).attach()  # stamped-header revokes
 
     def reload(self) -> None:
         """Merge what Redis holds into memory again (after a migration wrote to it)."""
@@ -130,6 +132,7 @@ class WorkerStatePersistence:
         self.repository.ping()
         self.repository.check_server()
         merged = self._merge_revoked()
+        stamps_for(self).load()  # stamped-header revokes
         clock = self._merge_clock()
         self.loaded = True
         self._seen_connections = self.connections.count
@@ -307,6 +310,7 @@ class WorkerStatePersistence:
                 logger.error("redis-statedb: the clock cannot be saved (%s); revoked ids are still stored", exc)
         if recovering or self.connections.count != self._seen_connections:
             self._needs_resync = True
+        stamps_for(self).tick(resync=self._needs_resync)  # stamped-header revokes
         if self._needs_resync:
             self._resync()
         else:
@@ -338,6 +342,7 @@ class WorkerStatePersistence:
                     self._probe_server()
                 if self.clock and self.loaded:
                     self._save_clock(int(self.clock.forward()))
+                stamps_for(self).save()  # stamped-header revokes
                 if self._needs_resync or self.connections.count != self._seen_connections:
                     self._resync()
                 else:
@@ -347,6 +352,7 @@ class WorkerStatePersistence:
                              len(self.pending), self.config.safe_url, exc)
             finally:
                 detach(self.revoked)
+                stamps_for(self).detach()  # stamped-header revokes
                 self.repository.close()
                 if self._probe is not None:
                     self._probe.close()
