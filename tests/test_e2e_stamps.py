@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -128,3 +129,67 @@ def test_without_the_redis_statedb_stamps_are_celerys_alone(
     revoke_stamp(harness, worker, "batch", "b-1")
     assert_discarded_by_header(harness, worker, "batch", "b-1")
     assert not list(redis_client.scan_iter(match=f"{state_prefix}*"))
+
+
+# -- least privilege and never-unpickle, for the stamps keys too ------------------------------------
+
+
+def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarness, state_prefix: str) -> None:
+    from tests.servers import PrivateServer
+    from tests.test_security import ACL_PASSWORD, ADMIN_COMMANDS, FAST_ENV, WORKER_COMMANDS, acl_log, acl_rule
+
+    server = PrivateServer().start()
+    admin = server.client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "statedb", *acl_rule(state_prefix, WORKER_COMMANDS, admin))
+        admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(state_prefix, ADMIN_COMMANDS, admin))
+        admin.execute_command("ACL", "LOG", "RESET")
+        admin.zadd(fleet_key(state_prefix), {member("tenant", "t-1"): time.time()})
+        url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+        admin_url = f"redis://statedb-admin:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+        app = harness.app(install=True)
+        worker = harness.worker(app, url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix}).start()
+        assert "restored 1 stamped-header revokes" in worker.log()
+        revoke_stamp(harness, worker, "batch", "b-1")
+        assert admin.zscore(stamps_key(state_prefix, worker.name), member("batch", "b-1")) is not None
+        worker.kill()
+        worker.start()
+        assert_discarded_by_header(harness, worker, "batch", "b-1")
+
+        admin_app = harness.control_app
+        admin_app.conf.redis_state_key_prefix = state_prefix
+        assert restore_stamps(admin_app, [("batch", "b-1")], redis_url=admin_url, reply_timeout=3).removed == 1
+        assert purge_old_revoked_tasks(admin_app, older_than=0, redis_url=admin_url) == 0
+        assert admin.exists(fleet_key(state_prefix)) == 0
+        assert worker.terminate() == 0
+        assert acl_log(admin) == [], "a command outside the documented ACL was sent"
+    finally:
+        admin.close()
+        server.close()
+
+
+def test_planted_pickles_in_stamps_keys_are_never_loaded(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, tmp_path: Path,
+) -> None:
+    import pickle
+
+    from celery_redis_statedb import stamp_rows
+    from statedb import CorruptValueError
+    from tests.test_security import Exploit
+
+    marker = tmp_path / "PICKLE-CODE-RAN"
+    for protocol in (0, 5):
+        payload = pickle.dumps(Exploit(marker), protocol=protocol)
+        app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+        worker = harness.worker(app, redis_url)
+        key = stamps_key(state_prefix, worker.name)
+        redis_client.zadd(key, {payload: time.time()})
+        worker.start(wait_ready=False)
+        assert worker.wait_exit(30) == 65, worker.log()
+        assert repr(key) in worker.log() and "Traceback" not in worker.log()
+        control = harness.control_app
+        control.conf.redis_state_key_prefix = state_prefix
+        with pytest.raises(CorruptValueError):
+            stamp_rows(control, worker.name, redis_url=redis_url)
+        redis_client.delete(key)
+    assert not marker.exists(), "a pickle read from Redis was loaded: its code ran"
