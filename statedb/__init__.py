@@ -29,6 +29,14 @@ from statedb.errors import (
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope, WorkerKeys
 from statedb.operations import StateOperations
 from statedb.repository import AsyncStateRepository, open_async_client
+from statedb.stamps_admin import (
+    StampsSetState,
+    inspect_stamps,
+    iter_stamps,
+    purge_old_stamps,
+    restore_stamps,
+    revoke_stamps,
+)
 from statedb.urls import is_redis_url, mask_url
 
 __all__ = [
@@ -47,18 +55,24 @@ __all__ = [
     "StateDBError",
     "StateDataError",
     "StateOperations",
+    "StampsSetState",
     "UnavailablePolicy",
     "WorkerKeys",
     "WrongKeyTypeError",
+    "inspect_stamps",
     "inspect_worker",
     "inspect_workers",
     "is_redis_url",
     "iter_revoked",
+    "iter_stamps",
     "list_workers",
     "mask_url",
     "open_async_client",
     "purge_old_revoked",
+    "purge_old_stamps",
     "restore",
+    "restore_stamps",
     "revoke",
+    "revoke_stamps",
     "where_revoked",
 ]

@@ -287,8 +287,11 @@ async def purge_old_revoked(
     low, high = purge_range(cutoff(time.time() if now is None else now, older_than))
     command = "zcount" if dry_run else "zremrangebyscore"
     async with _session(redis, key_prefix, scope) as session:
-        return await _sum_per_set(session, worker_name, lambda pipe, key: getattr(pipe, command)(key, low, high),
-                                  concurrency=concurrency, progress=progress)
+        removed = await _sum_per_set(session, worker_name, lambda pipe, key: getattr(pipe, command)(key, low, high),
+                                     concurrency=concurrency, progress=progress)
+        await _purge_old_stamps(session.client, older_than=older_than, worker_name=worker_name,  # stamped-header
+                                key_prefix=key_prefix, scope=scope, dry_run=dry_run, now=now)  # revokes
+        return removed
 
 
 async def revoke(
@@ -323,3 +326,10 @@ async def restore(
     async with _session(redis, key_prefix, scope) as session:
         return await _sum_per_set(session, worker_name, lambda pipe, key: pipe.zrem(key, *members),
                                   concurrency=concurrency, progress=progress)
+
+
+async def _purge_old_stamps(redis: RedisTarget, **kwargs: Any) -> int:
+    """statedb.stamps_admin.purge_old_stamps (imported here: that module builds on this one)."""
+    from statedb.stamps_admin import purge_old_stamps
+
+    return await purge_old_stamps(redis, **kwargs)

@@ -78,3 +78,25 @@ class StateOperations:
         """The earliest score of each id in this worker's set or the fleet set."""
         keys = dict.fromkeys((self.keys.revoked, self.keys.shared))
         return stored_ids.revoked_scores(list(keys), task_ids)
+
+    # -- stamped-header revokes (statedb.stamps) --------------------------------
+
+    def add_stamps(self, stamps: Iterable[tuple[str, object]], revoked_at: float | None
+                   ) -> commands.Operation[int]:
+        from statedb import stamps as stamp_commands
+
+        when = time.time() if revoked_at is None else revoked_at
+        return stamp_commands.add_stamps(self.keys.stamps, stamps, when, self.write_chunk_size)
+
+    def stamp_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False
+                    ) -> commands.Cursor[tuple[str, object, float]]:
+        from statedb import stamps as stamp_commands
+
+        key = self.keys.shared_stamps if shared else self.keys.stamps
+        return stamp_commands.StampPageCursor(key, newer_than=newer_than, limit=limit,
+                                              chunk_size=self.load_chunk_size)
+
+    def count_stamps(self, *, shared: bool = False) -> commands.Operation[int]:
+        from statedb import stamps as stamp_commands
+
+        return stamp_commands.count_stamps(self.keys.shared_stamps if shared else self.keys.stamps)

@@ -120,3 +120,21 @@ class AsyncStateRepository:
     async def revoked_scores(self, task_ids: Sequence[object]) -> list[float | None]:
         """The earliest revocation time of each id in this worker's set or the fleet set (None: in neither)."""
         return await self._run(self.operations.revoked_scores(task_ids))
+
+    # -- stamped-header revokes (statedb.stamps) --------------------------------
+
+    async def add_stamps(self, stamps: Iterable[tuple[str, object]], *, revoked_at: float | None = None) -> int:
+        """Store (header, value) pairs in this worker's stamps key; returns how many were new."""
+        return await self._run(self.operations.add_stamps(stamps, revoked_at))
+
+    async def iter_stamps(
+        self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
+    ) -> AsyncIterator[tuple[str, object, float]]:
+        """(header, value, revocation time), newest first (of the fleet stamps key if shared)."""
+        cursor = self.operations.stamp_pages(newer_than, limit, shared=shared)
+        while (operation := cursor.next_operation()) is not None:
+            for row in cursor.feed(await self._run(operation)):
+                yield row
+
+    async def count_stamps(self, *, shared: bool = False) -> int:
+        return await self._run(self.operations.count_stamps(shared=shared))

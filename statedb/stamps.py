@@ -8,12 +8,14 @@ fleet (``<prefix>shared:fleet-stamps``); member = the JSON text ``["header", val
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from statedb.commands import Operation, PipelineLike
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp
+from statedb.timeframes import purge_range
 
 Stamp = tuple[str, Any]  # (header, one value)
 
@@ -91,3 +93,93 @@ def remove_stamps(key: str, stamps: Iterable[Stamp]) -> Operation[int]:
             pipe.zrem(key, *members)
 
     return Operation((key,) if members else (), stage, lambda replies: sum(int(r) for r in replies))
+
+
+# -- reading: newest first, with scores, above a floor ---------------------------
+
+StampRow = tuple[str, Any, float]  # (header, value, revocation time)
+
+
+def decode_stamps_page(key: str, rows: Sequence[tuple[bytes, float]]) -> list[StampRow]:
+    """(header, value, revocation time) rows; a corrupt member or a non-finite score names the key."""
+    page: list[StampRow] = []
+    for member, score in rows:
+        header, value = decode_stamp(key, member)
+        if not math.isfinite(score):
+            raise CorruptValueError(f"Redis key {key!r} holds stamped header {header!r:.60} with a non-finite "
+                                    f"score {score!r}", key=key)
+        page.append((header, value, float(score)))
+    return page
+
+
+def stamps_page(key: str, *, newer_than: float | None, offset: int, count: int,
+                high: float | str = "+inf") -> Operation[list[StampRow]]:
+    """One page of stamps, newest first, revoked at or before ``high`` (skipping ``offset`` of
+    those) and at or after ``newer_than`` (all if None)."""
+    low: float | str = "-inf" if newer_than is None else newer_than
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.zrevrangebyscore(key, high, low, start=offset, num=count, withscores=True)
+
+    return Operation((key,), stage, lambda replies: decode_stamps_page(key, replies[0]))
+
+
+class StampPageCursor:
+    """Walks a stamps sorted set newest first, up to ``limit`` rows, with keyset paging.
+
+    The same idea as :class:`statedb.commands.PageCursor`: each page starts at the score
+    the previous one ended at and skips only the rows already read at that very score,
+    so the server never walks the pages read before. ZREVRANGEBYSCORE ... WITHSCORES only.
+    """
+
+    def __init__(self, key: str, *, newer_than: float | None, limit: int | None, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise InvalidInputError(f"chunk size must be at least 1, got {chunk_size!r}")
+        self.key, self.newer_than, self.limit, self.chunk_size = key, newer_than, limit, chunk_size
+        self.offset = 0
+        self.high: float | str = "+inf"
+        self.skip = 0
+        self._requested = 0
+        self.done = limit is not None and limit <= 0
+
+    def next_operation(self) -> Operation[list[StampRow]] | None:
+        if self.done:
+            return None
+        left = None if self.limit is None else self.limit - self.offset
+        self._requested = self.chunk_size if left is None else min(self.chunk_size, left)
+        return stamps_page(self.key, newer_than=self.newer_than, offset=self.skip, count=self._requested,
+                           high=self.high)
+
+    def feed(self, page: list[StampRow]) -> list[StampRow]:
+        self.offset += len(page)
+        if len(page) < self._requested or (self.limit is not None and self.offset >= self.limit):
+            self.done = True
+        elif page:
+            last = page[-1][2]
+            ties = 0
+            for _, _, score in reversed(page):
+                if score != last:
+                    break
+                ties += 1
+            self.skip = self.skip + ties if last == self.high else ties
+            self.high = last
+        return page
+
+
+def count_stamps(key: str) -> Operation[int]:
+    return Operation((key,), lambda pipe: pipe.zcard(key), lambda replies: int(replies[0]))
+
+
+def purge_stamps_before(key: str, cutoff_time: float, *, dry_run: bool = False) -> Operation[int]:
+    """ZREMRANGEBYSCORE (ZCOUNT on a dry run) of the stamps revoked strictly before ``cutoff_time``."""
+    if isinstance(cutoff_time, bool) or not isinstance(cutoff_time, (int, float)) or not math.isfinite(cutoff_time):
+        raise InvalidInputError(f"purge cutoff must be a finite number of seconds, got {cutoff_time!r}")
+    low, high = purge_range(float(cutoff_time))
+
+    def stage(pipe: Any) -> None:
+        if dry_run:
+            pipe.zcount(key, low, high)
+        else:
+            pipe.zremrangebyscore(key, low, high)
+
+    return Operation((key,), stage, lambda replies: int(replies[0]))

@@ -81,6 +81,7 @@ def purge_old_revoked_tasks(
         destination = [worker_name] if worker_name else None
         app.control.broadcast(PURGE_COMMAND, arguments={"before": cutoff(now, older_than)},
                               destination=destination, reply=False)
+        broadcast_purge_stamps(app, older_than, worker_name, scope=config.scope, now=now)
     return result
 
 
@@ -169,3 +170,103 @@ def restore_tasks(
         replies = app.control.broadcast(RESTORE_COMMAND, arguments={"task_id": ids}, destination=destination,
                                         reply=True, timeout=reply_timeout) or []
     return RestoreResult(removed, replies)
+
+
+# -- stamped-header revokes (statedb.stamps_admin) ---------------------------------------
+
+
+def stamp_rows(
+    app: Celery, worker: str | None, redis_url: str | None = None, *, limit: int | None = None
+) -> list[tuple[str, Any, float]]:
+    """(header, value, revocation time) of a worker's stamps (None: the fleet's), newest first."""
+    from statedb import stamps_admin
+
+    config = app_config(app, redis_url)
+
+    async def collect() -> list[tuple[str, Any, float]]:
+        rows = stamps_admin.iter_stamps(config.url, worker, scope=config.scope, limit=limit, **_target(config))
+        return [row async for row in rows]
+
+    result: list[tuple[str, Any, float]] = anyio.run(collect)
+    return result
+
+
+def inspect_stamps(
+    app: Celery, workers: Iterable[str | None] | None = None, redis_url: str | None = None,
+    *, progress: Progress | None = None,
+) -> list[Any]:
+    """Count, oldest and newest of the given workers' stamps sets (None: the fleet's), or of all."""
+    from statedb import stamps_admin
+
+    config = app_config(app, redis_url)
+    result: list[Any] = _run(stamps_admin.inspect_stamps, config.url, workers, scope=config.scope,
+                             progress=progress, **_target(config))
+    return result
+
+
+def restore_stamps(
+    app: Celery, stamps: Iterable[tuple[str, Any]], *, worker_name: str | None = None, broadcast: bool = True,
+    redis_url: str | None = None, reply_timeout: float = 1.0,
+) -> RestoreResult:
+    """Lift stamped-header revokes: remove them from Redis (every stamps set, or one worker's), then
+    tell live workers (``statedb_restore_stamps``) to drop them from ``revoked_stamps``."""
+    from celery_redis_statedb.stamps import RESTORE_COMMAND as RESTORE_STAMPS_COMMAND
+    from statedb import stamps_admin
+
+    pairs = [(header, value) for header, value in stamps]
+    config = app_config(app, redis_url)
+    removed: int = _run(stamps_admin.restore_stamps, config.url, pairs, worker_name=worker_name,
+                        scope=config.scope, **_target(config))
+    replies: list[dict[str, Any]] = []
+    if broadcast and pairs:
+        destination = [worker_name] if worker_name else None
+        replies = app.control.broadcast(RESTORE_STAMPS_COMMAND, arguments={"stamps": [list(p) for p in pairs]},
+                                        destination=destination, reply=True, timeout=reply_timeout) or []
+    return RestoreResult(removed, replies)
+
+
+def revoke_stamps(
+    app: Celery, stamps: Iterable[tuple[str, Any]], *, redis_url: str | None = None,
+) -> int:
+    """Producer-side durable stamp revoke into the fleet stamps key (no broadcast: see Celery's
+    ``app.control.revoke_by_stamped_headers`` for live workers)."""
+    from statedb import stamps_admin
+
+    config = app_config(app, redis_url)
+    added: int = _run(stamps_admin.revoke_stamps, config.url, list(stamps), **_target(config))
+    return added
+
+
+def broadcast_purge_stamps(
+    app: Celery, older_than: timedelta | float | int | str, worker_name: str | None = None, *,
+    scope: Any = None, dry_run: bool = False, now: float | None = None, reply: bool = False,
+    reply_timeout: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Tell live workers (all, or ``worker_name``) to drop stamps revoked before ``now - older_than``.
+
+    The cutoff is wall-clock time, computed here (just after the purge in Redis). When only one
+    worker's set was purged (worker scope), stamps it loaded from the fleet key stay. A broker that
+    cannot be reached is logged, not raised: the purge in Redis is done, and workers that missed the
+    broadcast drop the purged stamps at their next boot.
+    """
+    import logging
+    import time
+
+    from celery_redis_statedb.stamps import PURGE_COMMAND
+    from statedb.keys import Scope
+    from statedb.timeframes import cutoff
+
+    if dry_run:
+        return []
+    cut = cutoff(time.time() if now is None else now, older_than)
+    fleet = worker_name is None or Scope(scope or Scope.WORKER) is Scope.SHARED
+    destination = [worker_name] if worker_name else None
+    try:
+        replies: list[dict[str, Any]] = app.control.broadcast(
+            PURGE_COMMAND, arguments={"cutoff": cut, "fleet": fleet}, destination=destination, reply=reply,
+            timeout=reply_timeout) or []
+    except Exception as exc:  # kombu's OperationalError, OSError: the broker is not there
+        logging.getLogger("celery_redis_statedb").warning(
+            "redis-statedb: stamped-header revokes purged in Redis, but live workers could not be told: %s", exc)
+        return []
+    return replies

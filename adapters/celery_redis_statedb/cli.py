@@ -162,15 +162,20 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 @handles_errors
 def inspect_command(ctx: click.Context, worker: str | None, fleet: bool, as_json: bool) -> None:
     """One worker's revoked set and clock (or the fleet set with --fleet)."""
-    state = admin.inspect_worker(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx))
+    name = _pick(worker, fleet)
+    state = admin.inspect_worker(_app(ctx), name, redis_url=_url(ctx))
+    (stamps,) = admin.inspect_stamps(_app(ctx), [name], redis_url=_url(ctx))
     if as_json:
-        click.echo(json.dumps(state.as_dict()))
+        click.echo(json.dumps({**state.as_dict(), "stamps_key": stamps.key, "stamps_count": stamps.stamps_count,
+                               "stamps_oldest": stamps.oldest, "stamps_newest": stamps.newest}))
         return
     for label, value in (("worker", state.worker or "(fleet)"), ("key", state.key),
                          ("revoked", state.revoked_count), ("oldest", _when(state.oldest)),
                          ("newest", _when(state.newest)), ("clock", state.clock),
-                         ("memory", _size(state.memory_bytes))):
-        click.echo(f"{label:>8}: {value if value is not None else '-'}")
+                         ("memory", _size(state.memory_bytes)), ("stamps", stamps.stamps_count),
+                         ("stamps key", stamps.key), ("stamps oldest", _when(stamps.oldest)),
+                         ("stamps newest", _when(stamps.newest))):
+        click.echo(f"{label:>13}: {value if value is not None else '-'}")
 
 
 def _pick(worker: str | None, fleet: bool) -> str | None:
@@ -183,11 +188,16 @@ def _pick(worker: str | None, fleet: bool) -> str | None:
 @click.argument("worker", required=False)
 @fleet_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many, newest first.")
+@click.option("--stamps", "stamps", is_flag=True, help="The stamped-header revokes instead of the task ids.")
 @json_option
 @click.pass_context
 @handles_errors
-def ls_command(ctx: click.Context, worker: str | None, fleet: bool, limit: int | None, as_json: bool) -> None:
+def ls_command(ctx: click.Context, worker: str | None, fleet: bool, limit: int | None, stamps: bool,
+               as_json: bool) -> None:
     """The revoked ids of a worker (or the fleet set), newest first, with their revocation times."""
+    if stamps:
+        _ls_stamps(ctx, _pick(worker, fleet), limit, as_json)
+        return
     rows = admin.revoked_ids(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx), limit=limit)
     if as_json:
         click.echo(json.dumps([{"task_id": task_id, "revoked_at": when} for task_id, when in rows]))
@@ -239,7 +249,8 @@ def purge(ctx: click.Context, older_than: str, worker: str | None, dry_run: bool
         click.echo(json.dumps({"removed": 0 if dry_run else count, "would_remove": count if dry_run else None}))
     else:
         verb = "would remove" if dry_run else "removed"
-        click.echo(f"{verb} {count} revoked ids older than {older_than} from {where_text}")
+        click.echo(f"{verb} {count} revoked ids older than {older_than} from {where_text}"
+                   " (stamped-header revokes as old too)")
 
 
 @statedb.command(name="revoke")
@@ -259,13 +270,23 @@ def revoke_command(ctx: click.Context, task_ids: tuple[str, ...], no_broadcast: 
 
 
 @statedb.command(name="restore")
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=False)
+@click.option("--stamp", "stamps", multiple=True, metavar="NAME=VALUE",
+              help="A stamped-header revoke to lift (repeatable; the value is text).")
 @click.option("--worker", default=None, help="Only this worker's set (default: every set).")
 @click.option("--no-broadcast", is_flag=True, help="Only remove from Redis; do not tell live workers.")
 @click.pass_context
 @handles_errors
-def restore_command(ctx: click.Context, task_ids: tuple[str, ...], worker: str | None, no_broadcast: bool) -> None:
-    """Un-revoke: remove ids from Redis and from live workers' memory, so the tasks can run again."""
+def restore_command(ctx: click.Context, task_ids: tuple[str, ...], stamps: tuple[str, ...], worker: str | None,
+                    no_broadcast: bool) -> None:
+    """Un-revoke: remove ids (or --stamp NAME=VALUE stamped-header revokes) from Redis and from live
+    workers' memory, so the tasks can run again."""
+    if not task_ids and not stamps:
+        raise click.UsageError("give TASK_IDS to restore, or --stamp NAME=VALUE")
+    if stamps:
+        _restore_stamps(ctx, stamps, worker, no_broadcast)
+    if not task_ids:
+        return
     result = admin.restore_tasks(_app(ctx), task_ids, worker_name=worker, broadcast=not no_broadcast,
                                  redis_url=_url(ctx))
     click.echo(f"removed {result.removed} stored revocations")
@@ -315,3 +336,41 @@ def migrate(ctx: click.Context, path: str | None, worker: str, legacy_blob: bool
                f"{report.ids_found} ids found, {verb} {report.ids_added} to {repository.keys.revoked}"
                + (f", {report.ids_skipped} not storable" if report.ids_skipped else ""))
     click.echo(f"clock: found {report.clock_found}, stored {report.clock_before} -> {report.clock_after}")
+
+
+# -- stamped-header revokes ------------------------------------------------------------
+
+
+def shown(value: Any) -> str:
+    """A header or value for a terminal: printable text as it is, anything else escaped (repr)."""
+    if isinstance(value, str) and value.isprintable() and value.strip() == value and value:
+        return value
+    return repr(value)
+
+
+def _ls_stamps(ctx: click.Context, worker: str | None, limit: int | None, as_json: bool) -> None:
+    rows = admin.stamp_rows(_app(ctx), worker, redis_url=_url(ctx), limit=limit)
+    if as_json:
+        click.echo(json.dumps([{"header": header, "value": value, "revoked_at": when}
+                               for header, value, when in rows]))
+        return
+    for header, value, when in rows:
+        click.echo(f"{_when(when)}  {shown(header)}={shown(value)}")
+
+
+def parse_stamp(text: str) -> tuple[str, str]:
+    """NAME=VALUE (split at the first ``=``); the value is text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{text!r} is not of the form NAME=VALUE", param_hint="--stamp")
+    return name, value
+
+
+def _restore_stamps(ctx: click.Context, stamps: tuple[str, ...], worker: str | None, no_broadcast: bool) -> None:
+    pairs = [parse_stamp(text) for text in stamps]
+    result = admin.restore_stamps(_app(ctx), pairs, worker_name=worker, broadcast=not no_broadcast,
+                                  redis_url=_url(ctx))
+    click.echo(f"removed {result.removed} stored stamped-header revokes")
+    for reply in result.replies:
+        for node, answer in reply.items():
+            click.echo(f"  {node}: {answer.get('ok') or answer.get('error')}")

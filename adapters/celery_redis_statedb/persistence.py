@@ -26,6 +26,7 @@ from celery_redis_statedb.boot_merge import STAMP_WINDOW, MergeCounts, merge_sto
 from celery_redis_statedb.outage import OutageTracker
 from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
 from celery_redis_statedb.revoked_set import attach, detach
+from celery_redis_statedb.stamps import stamps_for
 from celery_redis_statedb.stored_revokes import StoredRevokes
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
@@ -111,6 +112,7 @@ class WorkerStatePersistence:
         except BaseException:
             detach(self.revoked)
             raise
+        stamps_for(self).attach()
 
     def reload(self) -> None:
         """Merge what Redis holds into memory again (after a migration wrote to it)."""
@@ -121,6 +123,7 @@ class WorkerStatePersistence:
         self.repository.ping()
         self.repository.check_server()
         self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon)
+        stamps_for(self).load()
         clock = self._merge_clock()
         self.loaded = True
         self._seen_connections = self.connections.count
@@ -273,6 +276,7 @@ class WorkerStatePersistence:
                 logger.error("redis-statedb: the clock cannot be saved (%s); revoked ids are still stored", exc)
         if recovering or self.connections.count != self._seen_connections:
             self._needs_resync = True
+        stamps_for(self).tick(resync=self._needs_resync)
         if self._needs_resync:
             self._resync()
         else:
@@ -305,6 +309,7 @@ class WorkerStatePersistence:
                     self._probe_server()
                 if self.clock and self.loaded:
                     self._save_clock(int(self.clock.forward()))
+                stamps_for(self).save()
                 if self._needs_resync or self.connections.count != self._seen_connections:
                     self._resync()
                 else:
@@ -314,6 +319,7 @@ class WorkerStatePersistence:
                              len(self.pending), self.config.safe_url, exc)
             finally:
                 detach(self.revoked)
+                stamps_for(self).detach()
                 self.repository.close()
                 if self._probe is not None:
                     self._probe.close()

@@ -126,3 +126,17 @@ class SyncStateRepository:
     def revoked_scores(self, task_ids: Sequence[object]) -> list[float | None]:
         """The earliest revocation time of each id in this worker's set or the fleet set (None: in neither)."""
         return self._run(self.operations.revoked_scores(task_ids))
+
+    # -- stamped-header revokes (statedb.stamps) --------------------------------
+
+    def add_stamps(self, stamps: Iterable[tuple[str, object]], *, revoked_at: float | None = None) -> int:
+        """Store (header, value) pairs in this worker's stamps key; returns how many were new."""
+        return self._run(self.operations.add_stamps(stamps, revoked_at))
+
+    def iter_stamps(self, *, newer_than: float | None = None, limit: int | None = None,
+                    shared: bool = False) -> Iterator[tuple[str, object, float]]:
+        """(header, value, revocation time), newest first (of the fleet stamps key if shared)."""
+        yield from self._walk(self.operations.stamp_pages(newer_than, limit, shared=shared))
+
+    def count_stamps(self, *, shared: bool = False) -> int:
+        return self._run(self.operations.count_stamps(shared=shared))
