@@ -101,6 +101,18 @@ def server(url: str | None, kind: str = "auto") -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM (a warm shutdown), then SIGKILL if it is still there after ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def new_prefix(name: str) -> str:
     return f"statedb-bench:{name}:{uuid.uuid4().hex[:12]}:"
 

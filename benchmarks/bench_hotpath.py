@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -94,13 +93,7 @@ def one_run(url: str, contender: str, n: int, tmp: Path) -> dict[str, float]:
             time.sleep(0.05)
         result = json.loads(raw_result)
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
+        c.stop_process(worker)
         c.delete_prefix(raw, prefix)
         raw.close()
     return {"rate": result["tasks"] / result["seconds"],

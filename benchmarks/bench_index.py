@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -83,12 +82,7 @@ def worker_rss(url: str, prefix: str, name: str, tmp: Path, expect_in_index: int
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS in /proc")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
+        c.stop_process(worker)
 
 
 def measure_boot(url: str, state_prefix: str, ids: list[str], rounds: int, tmp: Path

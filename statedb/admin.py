@@ -88,21 +88,25 @@ class _Session:
 
     async def revoked_keys(self) -> list[tuple[str | None, str]]:
         """(worker, key) of every revoked set under the prefix, the fleet set (if any) last."""
+        return await self.sets_of("revoked", self.schema.shared_revoked_key)
+
+    async def sets_of(self, kind: str, fleet_key: str) -> list[tuple[str | None, str]]:
+        """(worker, key) of every worker key of ``kind`` under the prefix, ``fleet_key`` (if any) last."""
         found: list[tuple[str | None, str]] = []
-        shared_exists = False
+        fleet_exists = False
         try:
             async for raw in self.client.scan_iter(match=self.schema.match_all, count=1000):
                 key = raw.decode("utf-8", "replace")
-                if key == self.schema.shared_revoked_key:
-                    shared_exists = True
+                if key == fleet_key:
+                    fleet_exists = True
                 parsed = self.schema.parse(key)
-                if parsed is not None and parsed[1] == "revoked":
+                if parsed is not None and parsed[1] == kind:
                     found.append((parsed[0], key))
         except (RedisError, OSError) as exc:
             raise translate_exception(exc, target=self.target) from exc
         found.sort(key=lambda pair: pair[1])
-        if shared_exists:
-            found.append((SHARED, self.schema.shared_revoked_key))
+        if fleet_exists:
+            found.append((SHARED, fleet_key))
         return found
 
     def worker_revoked_key(self, worker: str | None) -> str:

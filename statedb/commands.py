@@ -261,47 +261,66 @@ def ping() -> Operation[bool]:
     return Operation(("",), lambda pipe: pipe.ping(), lambda replies: bool(replies[0]))
 
 
-class PageCursor:
-    """Walks a revoked set newest first, page by page, up to ``limit`` ids.
+class KeysetCursor(Generic[R_co]):
+    """Walks a sorted set newest first, page by page, up to ``limit`` rows (keyset paging).
 
     Each page starts at the score where the previous one ended and skips only the
-    ids already read at that very score (keyset paging): the server never walks
-    the pages read before, which a LIMIT offset does (N ids in pages then cost
-    O(N^2 / page) on the server: 1.4 s for a million on Redis 7.0). Ids added
-    meanwhile with a newer time are not read; ids purged below the cursor shift
-    nothing.
+    rows already read at that very score: the server never walks the pages read
+    before, which a LIMIT offset does (N rows in pages then cost O(N^2 / page) on
+    the server). Rows added meanwhile with a newer score are not read; rows purged
+    below the cursor shift nothing. Subclasses say how a page is read and where a
+    row's score is.
     """
 
     def __init__(self, key: str, *, newer_than: float | None, limit: int | None, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise InvalidInputError(f"chunk size must be at least 1, got {chunk_size!r}")
         self.key, self.newer_than, self.limit, self.chunk_size = key, newer_than, limit, chunk_size
-        self.offset = 0  # ids read so far
+        self.offset = 0  # rows read so far
         self.high: float | str = "+inf"  # the score the next page starts at
-        self.skip = 0  # ids already read at exactly that score
+        self.skip = 0  # rows already read at exactly that score
         self._requested = 0
         self.done = limit is not None and limit <= 0
 
-    def next_operation(self) -> Operation[list[tuple[str, float]]] | None:
+    def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[R_co]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def score(row: Any) -> float:
+        raise NotImplementedError
+
+    def next_operation(self) -> Operation[list[R_co]] | None:
         if self.done:
             return None
         left = None if self.limit is None else self.limit - self.offset
         self._requested = self.chunk_size if left is None else min(self.chunk_size, left)
-        return revoked_page(self.key, newer_than=self.newer_than, offset=self.skip, count=self._requested,
-                            high=self.high)
+        return self.page(offset=self.skip, count=self._requested, high=self.high)
 
-    def feed(self, page: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    def feed(self, page: list[R_co]) -> list[R_co]:
         self.offset += len(page)
         if len(page) < self._requested or (self.limit is not None and self.offset >= self.limit):
             self.done = True
         elif page:
-            last = page[-1][1]
+            last = self.score(page[-1])
             ties = 0
-            for _, score in reversed(page):
-                if score != last:
+            for row in reversed(page):
+                if self.score(row) != last:
                     break
                 ties += 1
             self.skip = self.skip + ties if last == self.high else ties
             self.high = last
         return page
+
+
+class PageCursor(KeysetCursor[tuple[str, float]]):
+    """(task id, revocation time) rows of a revoked set, newest first."""
+
+    def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[tuple[str, float]]]:
+        return revoked_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high)
+
+    @staticmethod
+    def score(row: Any) -> float:
+        return float(row[1])
 
 
 def decode_task_ids(key: str, members: Sequence[bytes]) -> list[str]:

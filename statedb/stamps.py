@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from statedb.commands import Operation, PipelineLike
+from statedb.commands import KeysetCursor, Operation, PipelineLike
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp
 from statedb.timeframes import purge_range
@@ -124,46 +124,16 @@ def stamps_page(key: str, *, newer_than: float | None, offset: int, count: int,
     return Operation((key,), stage, lambda replies: decode_stamps_page(key, replies[0]))
 
 
-class StampPageCursor:
-    """Walks a stamps sorted set newest first, up to ``limit`` rows, with keyset paging.
+class StampPageCursor(KeysetCursor[StampRow]):
+    """(header, value, revocation time) rows of a stamps set, newest first (keyset paging, as
+    :class:`statedb.commands.PageCursor`). ZREVRANGEBYSCORE ... WITHSCORES only."""
 
-    The same idea as :class:`statedb.commands.PageCursor`: each page starts at the score
-    the previous one ended at and skips only the rows already read at that very score,
-    so the server never walks the pages read before. ZREVRANGEBYSCORE ... WITHSCORES only.
-    """
+    def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[StampRow]]:
+        return stamps_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high)
 
-    def __init__(self, key: str, *, newer_than: float | None, limit: int | None, chunk_size: int) -> None:
-        if chunk_size < 1:
-            raise InvalidInputError(f"chunk size must be at least 1, got {chunk_size!r}")
-        self.key, self.newer_than, self.limit, self.chunk_size = key, newer_than, limit, chunk_size
-        self.offset = 0
-        self.high: float | str = "+inf"
-        self.skip = 0
-        self._requested = 0
-        self.done = limit is not None and limit <= 0
-
-    def next_operation(self) -> Operation[list[StampRow]] | None:
-        if self.done:
-            return None
-        left = None if self.limit is None else self.limit - self.offset
-        self._requested = self.chunk_size if left is None else min(self.chunk_size, left)
-        return stamps_page(self.key, newer_than=self.newer_than, offset=self.skip, count=self._requested,
-                           high=self.high)
-
-    def feed(self, page: list[StampRow]) -> list[StampRow]:
-        self.offset += len(page)
-        if len(page) < self._requested or (self.limit is not None and self.offset >= self.limit):
-            self.done = True
-        elif page:
-            last = page[-1][2]
-            ties = 0
-            for _, _, score in reversed(page):
-                if score != last:
-                    break
-                ties += 1
-            self.skip = self.skip + ties if last == self.high else ties
-            self.high = last
-        return page
+    @staticmethod
+    def score(row: Any) -> float:
+        return float(row[2])
 
 
 def count_stamps(key: str) -> Operation[int]:

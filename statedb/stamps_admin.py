@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from statedb import stamps as stamp_commands
 from statedb.admin import CONCURRENCY, Progress, RedisTarget, _in_batches, _Session, _session
 from statedb.keys import DEFAULT_KEY_PREFIX, Scope
@@ -24,7 +22,6 @@ from statedb.operations import StateOperations
 from statedb.repository import AsyncStateRepository
 from statedb.stamps import Stamp, StampRow, encode_stamp
 from statedb.timeframes import cutoff
-from statedb.translate import translate_exception
 
 
 @dataclass(frozen=True)
@@ -43,23 +40,7 @@ class StampsSetState:
 
 async def stamps_keys(session: _Session) -> list[tuple[str | None, str]]:
     """(worker, key) of every stamps set under the prefix, the fleet one (if any) last."""
-    found: list[tuple[str | None, str]] = []
-    shared = session.schema.shared_stamps_key
-    shared_exists = False
-    try:
-        async for raw in session.client.scan_iter(match=session.schema.match_all, count=1000):
-            key = raw.decode("utf-8", "replace")
-            if key == shared:
-                shared_exists = True
-            parsed = session.schema.parse(key)
-            if parsed is not None and parsed[1] == "stamps":
-                found.append((parsed[0], key))
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=session.target) from exc
-    found.sort(key=lambda pair: pair[1])
-    if shared_exists:
-        found.append((None, shared))
-    return found
+    return await session.sets_of("stamps", session.schema.shared_stamps_key)
 
 
 def _worker_stamps_key(session: _Session, worker: str | None) -> str:

@@ -17,8 +17,7 @@ from celery_redis_statedb import (
     statedb_url,
 )
 from statedb.keys import KeySchema
-from tests.test_e2e_worker import assert_discarded
-from tests.workers import WorkerHarness, new_task_id, revoked_key
+from tests.workers import WorkerHarness, assert_discarded, new_task_id, revoked_key
 
 
 def make_app(key_prefix: str, **conf: object) -> Celery:

@@ -16,9 +16,9 @@ from celery import Celery
 
 from celery_redis_statedb import purge_old_revoked_tasks, restore_tasks
 from tests.workers import (
-    TASK_NAME,
     WorkerHarness,
     WorkerProcess,
+    assert_discarded,
     new_task_id,
     revoked_key,
     wait_until,
@@ -27,15 +27,6 @@ from tests.workers import (
 pytestmark = pytest.mark.e2e
 
 POOLS = [("solo", 1), ("prefork", 2)]
-
-
-def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str) -> None:
-    control = new_task_id()
-    harness.send(worker, revoked)
-    harness.send(worker, control)
-    harness.wait_ran(worker, control)
-    worker.wait_for_log(f"Discarding revoked task: {TASK_NAME}[{revoked}]")
-    assert not worker.app.ran(revoked), f"revoked task {revoked} ran:\n{worker.log()}"
 
 
 def assert_runs(harness: WorkerHarness, worker: WorkerProcess, task_id: str, marker: str) -> None:

@@ -24,8 +24,16 @@ import pytest
 import redis
 
 from tests.servers import free_port
-from tests.test_e2e_worker import assert_discarded
-from tests.workers import MODULE, AppDir, WorkerHarness, new_task_id, shared_key, wait_until, worker_env
+from tests.workers import (
+    MODULE,
+    AppDir,
+    WorkerHarness,
+    assert_discarded,
+    new_task_id,
+    shared_key,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.e2e
 

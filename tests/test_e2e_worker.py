@@ -19,9 +19,9 @@ import redis
 from tests.servers import PrivateServer, free_port
 from tests.workers import (
     CANNOT_START,
-    TASK_NAME,
     WorkerHarness,
     WorkerProcess,
+    assert_discarded,
     clock_key,
     new_task_id,
     revoked_key,
@@ -47,17 +47,6 @@ def revoke_and_check_stored(harness: WorkerHarness, worker: WorkerProcess, clien
     assert score is not None, f"{task_id} not in {key} right after the revoke reply:\n{worker.log()}"
     assert before - 1 <= score <= time.time() + 1, "the score is not the wall-clock time of the revoke"
     return task_id
-
-
-def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str) -> None:
-    """Send the revoked id then a control task: the control runs, the revoked one never does."""
-    control = new_task_id()
-    harness.send(worker, revoked)
-    harness.send(worker, control)
-    harness.wait_ran(worker, control)
-    worker.wait_for_log(f"Discarding revoked task: {TASK_NAME}[{revoked}]")
-    assert not worker.app.ran(revoked), f"revoked task {revoked} ran:\n{worker.log()}"
-    assert f"{TASK_NAME}[{revoked}] succeeded" not in worker.log()
 
 
 def assert_clean_output(worker: WorkerProcess) -> None:

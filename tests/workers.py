@@ -402,6 +402,17 @@ class WorkerHarness:
             self._control = None
 
 
+def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str) -> None:
+    """Send the revoked id then a control task: the control runs, the revoked one never does."""
+    control = new_task_id()
+    harness.send(worker, revoked)
+    harness.send(worker, control)
+    harness.wait_ran(worker, control)
+    worker.wait_for_log(f"Discarding revoked task: {TASK_NAME}[{revoked}]")
+    assert not worker.app.ran(revoked), f"revoked task {revoked} ran:\n{worker.log()}"
+    assert f"{TASK_NAME}[{revoked}] succeeded" not in worker.log()
+
+
 def new_task_id() -> str:
     return str(uuid.uuid4())
 

@@ -290,9 +290,7 @@ def restore_command(ctx: click.Context, task_ids: tuple[str, ...], stamps: tuple
     result = admin.restore_tasks(_app(ctx), task_ids, worker_name=worker, broadcast=not no_broadcast,
                                  redis_url=_url(ctx))
     click.echo(f"removed {result.removed} stored revocations")
-    for reply in result.replies:
-        for node, answer in reply.items():
-            click.echo(f"  {node}: {answer.get('ok') or answer.get('error')}")
+    _echo_replies(result.replies)
 
 
 @statedb.command()
@@ -371,6 +369,11 @@ def _restore_stamps(ctx: click.Context, stamps: tuple[str, ...], worker: str | N
     result = admin.restore_stamps(_app(ctx), pairs, worker_name=worker, broadcast=not no_broadcast,
                                   redis_url=_url(ctx))
     click.echo(f"removed {result.removed} stored stamped-header revokes")
-    for reply in result.replies:
+    _echo_replies(result.replies)
+
+
+def _echo_replies(replies: list[dict[str, Any]]) -> None:
+    """Each live worker's answer to a broadcast, one line each."""
+    for reply in replies:
         for node, answer in reply.items():
             click.echo(f"  {node}: {answer.get('ok') or answer.get('error')}")

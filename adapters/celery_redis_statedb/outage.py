@@ -19,6 +19,24 @@ logger = logging.getLogger("celery_redis_statedb")
 WARN_EVERY = 10.0
 
 
+class Throttle:
+    """Says yes at most once every ``every`` seconds (for warnings repeated while a fault lasts)."""
+
+    def __init__(self, every: float = WARN_EVERY) -> None:
+        self.every = every
+        self._last: float | None = None
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every:
+            return False
+        self._last = now
+        return True
+
+    def reset(self) -> None:
+        self._last = None
+
+
 class OutageTracker:
     """Knows whether Redis is failing and when the next attempt is due."""
 
@@ -28,7 +46,7 @@ class OutageTracker:
         self._failures = 0
         self._failing_since: float | None = None
         self._next_attempt = 0.0
-        self._last_warning = 0.0
+        self._warnings = Throttle()
 
     @property
     def failing(self) -> bool:
@@ -43,7 +61,8 @@ class OutageTracker:
         """Count a failed attempt: back off from now, and warn (rate-limited)."""
         now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since, self._failures, self._last_warning = now, 0, 0.0
+            self._failing_since, self._failures = now, 0
+            self._warnings.reset()
         self._failures += 1
         self._next_attempt = now + self._backoff.compute(self._failures)
         if warn:
@@ -56,10 +75,8 @@ class OutageTracker:
         self._failing_since, self._failures = None, 0
 
     def warn_pending(self, exc: StateDBError | None, pending: int) -> None:
-        now = time.monotonic()
-        if now - self._last_warning < WARN_EVERY:
+        if not self._warnings.ready():
             return
-        self._last_warning = now
         logger.warning(
             "redis-statedb: %d revoked ids are honoured in memory but NOT yet stored in Redis at %s%s; "
             "retrying with backoff", pending, self.url, f" ({exc})" if exc else "",

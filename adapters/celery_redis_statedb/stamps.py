@@ -32,6 +32,7 @@ from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
 from celery.worker.control import Panel, control_command, ok
 
+from celery_redis_statedb.outage import Throttle
 from statedb.errors import InvalidInputError, StateDBError
 from statedb.stamps import Stamp, decode_stamp, encode_stamp
 
@@ -45,7 +46,6 @@ RESTORE_COMMAND = "statedb_restore_stamps"
 PURGE_COMMAND = "statedb_purge_stamps"
 
 Handler = Callable[..., Any]
-WARN_EVERY = 10.0  # seconds between warnings while stamps wait for Redis
 
 
 def celery_pairs(headers: Any) -> list[Stamp]:
@@ -116,7 +116,7 @@ class WorkerStamps:
         self.own: set[bytes] = set()  # members of this worker's own key (loaded or recorded)
         self.pending: dict[bytes, float] = {}  # members not yet written (Redis failing)
         self.original: Handler | None = None
-        self._last_warning = -WARN_EVERY
+        self._warnings = Throttle()
 
     # -- boot ----------------------------------------------------------------
 
@@ -162,9 +162,8 @@ class WorkerStamps:
                 self.pending.setdefault(member, now)
                 self.own.add(member)
             if persistence.failing:
-                if time.monotonic() - self._last_warning < WARN_EVERY:
+                if not self._warnings.ready():
                     return
-                self._last_warning = time.monotonic()
                 logger.warning("redis-statedb: %d stamped-header revokes are honoured in memory but NOT yet "
                                "stored in Redis at %s; retrying with backoff", len(self.pending),
                                persistence.config.safe_url)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from celery.utils.collections import LimitedSet
 
-from celery_redis_statedb.outage import OutageTracker
+from celery_redis_statedb.outage import OutageTracker, Throttle
 from celery_redis_statedb.repository import SyncStateRepository
 from celery_redis_statedb.stored_index import StoredIdIndex
 from statedb.errors import StateDBError
@@ -32,7 +32,6 @@ logger = logging.getLogger("celery_redis_statedb")
 
 CONFIRMED_MAX = 4096
 REVALIDATE_CHUNK = 5_000
-WARN_EVERY = 10.0
 
 
 class StoredRevokes:
@@ -45,7 +44,7 @@ class StoredRevokes:
         self._lock = lock
         self._pending_count = pending_count
         self._confirmed: OrderedDict[str, float] = OrderedDict()  # id -> revocation time, recent hits
-        self._last_warning = 0.0
+        self._warnings = Throttle()
         self.confirmations = 0  # Redis round trips made for candidates (for tests and metrics)
 
     # -- called by state.revoked -------------------------------------------
@@ -136,10 +135,8 @@ class StoredRevokes:
         return True
 
     def _warn_unconfirmed(self, task_id: str, exc: StateDBError | None) -> None:
-        now = time.monotonic()
-        if now - self._last_warning < WARN_EVERY:
+        if not self._warnings.ready():
             return
-        self._last_warning = now
         logger.warning(
             "redis-statedb: task %r matches a stored revoke that Redis at %s cannot confirm now%s; "
             "it is discarded as revoked (a revoked task must not run)",
