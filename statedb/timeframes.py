@@ -24,6 +24,15 @@ def parse_duration(text: str) -> float:
     return float(match["number"]) * _UNITS[match["unit"] or "s"]
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit ``parse_duration`` reads back exactly: ``30d``, ``12h``, ``90s``."""
+    for unit in ("w", "d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
 def as_seconds(older_than: timedelta | float | int | str) -> float:
     """A validated, finite, non-negative number of seconds."""
     if isinstance(older_than, str):

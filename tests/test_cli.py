@@ -158,3 +158,11 @@ def test_migrate_a_missing_file_is_one_line(cli: CliRunner, redis_url: str, tmp_
     result = run(cli, redis_url, "migrate", str(tmp_path / "nope.db"), "--worker", "w@h")
     assert result.exit_code == 1
     assert "nope.db" in result.output and "Traceback" not in result.output
+
+
+def test_check_shows_the_horizon(cli: CliRunner, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = json.loads(run(cli, redis_url, "check", "--worker", "a@h", "--json").output)
+    assert report["horizon"] == "no limit"
+    monkeypatch.setenv("CELERY_REDIS_STATE_HORIZON", "30d")
+    report = json.loads(run(cli, redis_url, "check", "--worker", "a@h", "--json").output)
+    assert report["horizon"] == "30d"

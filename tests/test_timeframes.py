@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from statedb import InvalidInputError
-from statedb.timeframes import as_seconds, cutoff, parse_duration, purge_range
+from statedb.timeframes import as_seconds, cutoff, format_duration, parse_duration, purge_range
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("12h", 43200), ("30d", 2592000),
@@ -42,3 +42,10 @@ def test_purge_range_is_exclusive_of_the_cutoff() -> None:
 def test_purge_range_keeps_full_precision() -> None:
     _, high = purge_range(1795511777.4771234)
     assert float(high[1:]) == 1795511777.4771234
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(2592000, "30d"), (1209600, "2w"), (43200, "12h"), (5400, "90m"),
+                                               (90, "90s"), (1.5, "1.5s"), (86401, "86401s")])
+def test_format_duration_reads_back(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds

@@ -28,7 +28,7 @@ from celery_redis_statedb.install import connect_worker_hook, register_worker_op
 from celery_redis_statedb.repository import SyncStateRepository
 from statedb.admin import Progress
 from statedb.errors import StateDBError
-from statedb.timeframes import parse_duration
+from statedb.timeframes import format_duration, parse_duration
 
 register_worker_options()
 connect_worker_hook()
@@ -123,6 +123,7 @@ def check(ctx: click.Context, worker: str | None, as_json: bool) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         report = {
             "url": config.safe_url, "worker": name, "scope": config.scope.value,
+            "horizon": "no limit" if config.horizon is None else format_duration(config.horizon),
             "revoked_key": repository.keys.revoked, "clock_key": repository.keys.clock,
             "revoked_count": repository.count_revoked(), "clock": repository.read_clock(),
             "ping_ms": round(latency_ms, 2),

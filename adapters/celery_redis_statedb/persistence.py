@@ -32,6 +32,7 @@ from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
 from statedb.names import encode_task_id, is_storable_task_id
+from statedb.timeframes import format_duration
 
 logger = logging.getLogger("celery_redis_statedb")
 
@@ -128,7 +129,7 @@ class WorkerStatePersistence:
         self.loaded = True
         self._seen_connections = self.connections.count
         self._last_clock_save = time.monotonic()
-        horizon = "no limit" if self.config.horizon is None else f"{self.config.horizon:g}s"
+        horizon = "no limit" if self.config.horizon is None else format_duration(self.config.horizon)
         logger.info(
             "redis-statedb: restored %d revoked ids from %s (key %s): %d honoured in memory, %d more by the "
             "index of stored revokes (horizon: %s); clock %s",
