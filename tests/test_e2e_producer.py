@@ -11,6 +11,7 @@ here is killed at the end.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from celery.bin import control as celery_control_command
 
 from tests.servers import free_port
 from tests.workers import (
@@ -38,6 +40,7 @@ from tests.workers import (
 pytestmark = pytest.mark.e2e
 
 CONTROL_TIMEOUT = 60.0
+CELERY_CLI_CATCHES_ERRORS = "except Exception" in inspect.getsource(celery_control_command)
 FLOWER_READY_TIMEOUT = 45.0
 
 
@@ -90,7 +93,8 @@ def test_celery_control_revoke_with_redis_statedb_down_fails_and_names_the_maske
                   env=producer_env(False, redis_url, CELERY_WORKER_STATEDB=dead))
 
     output = done.stdout + done.stderr
-    assert done.returncode == 69, output
+    # Celery 5.7's control command turns the error into one line and exit 69; 5.3's lets the traceback out.
+    assert done.returncode == (69 if CELERY_CLI_CATCHES_ERRORS else 1), output
     assert "NOT made durable and NOT broadcast" in output
     assert dead.replace("hunter2-secret", "***") in output
     assert "hunter2-secret" not in output
