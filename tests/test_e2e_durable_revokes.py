@@ -14,13 +14,14 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_redis_statedb import purge_old_revoked_tasks, restore_tasks
+from celery_redis_statedb import install_redis_statedb, purge_old_revoked_tasks, restore_tasks
 from tests.workers import (
     WorkerHarness,
     WorkerProcess,
     assert_discarded,
     new_task_id,
     revoked_key,
+    shared_key,
     wait_until,
 )
 
@@ -107,3 +108,17 @@ def test_a_task_never_revoked_runs_beside_a_million_stored_ids(
     fresh = new_task_id()
     assert_runs(harness, worker, fresh, fresh)
     assert_discarded(harness, worker, stored[123_456])
+
+
+def test_a_producer_revoke_with_no_worker_online_binds_a_new_prefork_worker_until_restored(
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, admin_app: Celery,
+) -> None:
+    install_redis_statedb(admin_app)
+    task_id = new_task_id()
+    admin_app.control.revoke(task_id)  # no worker online: nobody hears the broadcast
+    assert redis_client.zscore(shared_key(state_prefix), task_id) is not None
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    worker = harness.worker(app, redis_url, pool="prefork", concurrency=2).start()  # a new hostname
+    assert_discarded(harness, worker, task_id)
+    assert restore_tasks(admin_app, [task_id]).removed == 1
+    assert_runs(harness, worker, task_id, f"{task_id}-after-restore")
