@@ -18,7 +18,7 @@ from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.control import statedb_purge, statedb_restore
-from celery_redis_statedb.stored_index import COMPACT_AT, StoredIdIndex
+from celery_redis_statedb.stored_index import StoredIdIndex
 from statedb import StateDBConfig
 from tests.servers import PrivateServer
 
@@ -74,24 +74,36 @@ def test_index_holds_what_it_was_given_and_nothing_else() -> None:
     assert not index.may_hold(stored[0]) and not index.may_hold(later[0])
     index.add(stored[0])  # revoked again
     assert index.may_hold(stored[0])
-    assert len(index) == 1000 + 10 - 1
+    assert len(index) == 1000 + 10 - 2 + 1
 
 
-def test_index_compaction_keeps_membership() -> None:
+def test_index_grows_and_reuses_deleted_slots_keeping_membership() -> None:
     index = StoredIdIndex()
     base = ids(500)
-    index.bulk_load(task_id.encode() for task_id in base)
+    index.bulk_load((task_id.encode() for task_id in base), expected=500)
     assert len(index) == 500
-    extra = ids(COMPACT_AT, "extra")
+    extra = ids(20_000, "extra")  # far past the first table: it grows, rebuilt aside
     for task_id in extra:
         index.add(task_id)
     index.lift(base[:50])
-    assert index.needs_compaction
-    index.compact()
-    assert not index.needs_compaction
-    assert len(index) == 450 + COMPACT_AT
+    assert len(index) == 450 + 20_000
     assert all(index.may_hold(task_id) for task_id in base[50:] + extra)
     assert not any(index.may_hold(task_id) for task_id in base[:50])
+    for round_ in range(5):  # churn: lift and add back, the deleted slots are reused
+        index.lift(extra[:5000])
+        assert not any(index.may_hold(task_id) for task_id in extra[:5000])
+        for task_id in extra[:5000]:
+            index.add(task_id)
+        assert len(index) == 20_450, round_
+    assert index.memory_bytes() <= 16 * len(index) * 2  # no runaway growth from the churn
+    index.add(base[60])  # already there: counted once
+    assert len(index) == 20_450
+
+
+def test_an_empty_hash_key_is_still_an_id() -> None:
+    index = StoredIdIndex()
+    index.bulk_load([b""])  # hash(b"") == 0, the empty-slot marker: stored under another key
+    assert len(index) == 1 and index.may_hold("")
 
 
 def test_unicode_ids_are_found_as_stored() -> None:

@@ -63,7 +63,7 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
     wall, mono = time.time(), time.monotonic()
     keys = repository.keys
     start = horizon_start(horizon, wall)
-    in_memory = 0
+    in_memory = expected = 0
     beyond: list[Iterator[list[bytes]]] = []
     with gc_paused():
         for shared in (False, True) if keys.revoked != keys.shared else (False,):
@@ -72,8 +72,10 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
             in_memory += merged
             total, too_old = repository.count_within(start, shared=shared)
             if total - too_old > read:
+                expected += total - too_old - read
                 beyond.append(repository.iter_stored_ids(read, total - too_old, shared=shared))
-        in_index = index.bulk_load(itertools.chain.from_iterable(itertools.chain.from_iterable(beyond)))
+        in_index = index.bulk_load(itertools.chain.from_iterable(itertools.chain.from_iterable(beyond)),
+                                   expected=expected)
     return MergeCounts(in_memory, in_index)
 
 

@@ -283,7 +283,6 @@ class WorkerStatePersistence:
         else:
             self._flush()
         self.outage.recovered()
-        self.stored.maintain()
 
     def _save_clock(self, value: int | None = None) -> None:
         if not self.clock:

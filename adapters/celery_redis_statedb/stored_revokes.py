@@ -96,12 +96,6 @@ class StoredRevokes:
                         dropped += 1
             return dropped
 
-    # -- maintenance on the timer ------------------------------------------
-
-    def maintain(self) -> None:
-        if self.index.needs_compaction:
-            self.index.compact()
-
     # -- internals ---------------------------------------------------------
 
     def _within_horizon(self, revoked_at: float) -> bool:
