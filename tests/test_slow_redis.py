@@ -159,8 +159,11 @@ def test_a_write_over_budget_never_retries_on_a_timeout(proxied: tuple[PrivateSe
         assert took < 0.3 + 0.2, took
         assert persistence.failing and "stalled-1" in persistence.pending
         proxy.stalled = False
-        wait_until(lambda: (persistence.tick(), not persistence.pending)[1], 10, "the pending id written",
-                   interval=0.2)
+        def written() -> bool:
+            persistence.tick()
+            return not persistence.pending
+
+        wait_until(written, 10, "the pending id written", interval=0.2)
         assert client.zscore(config.keys.revoked_key("budget@h"), "stalled-1") is not None
     finally:
         persistence.save()
