@@ -329,7 +329,8 @@ def test_reprs_and_errors_never_show_the_password(password_server: PrivateServer
     try:
         shown = [repr(config), str(config), config.safe_url, repr(persistence), repr(persistence.repository),
                  repr(persistence.repository.operations), repr(persistence.repository.client),
-                 repr(persistence.repository.client.connection_pool), repr(async_repository),
+                 repr(persistence.repository.client.connection_pool), repr(persistence.writer.client),
+                 repr(persistence.writer.client.connection_pool), repr(async_repository),
                  repr(async_repository.client)]
         assert not secrets_in("\n".join(shown)), shown
     finally:
