@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from statedb import commands
 from statedb.config import StateDBConfig
 from statedb.errors import StateDBError
-from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope
+from statedb.keys import CLOCK_SUFFIX, DEFAULT_KEY_PREFIX, REVOKED_SUFFIX, KeySchema, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
 from statedb.repository import AsyncStateRepository, open_async_client
 from statedb.timeframes import cutoff, purge_range
@@ -80,34 +80,46 @@ class _Session:
         except (RedisError, OSError) as exc:
             raise translate_exception(exc, target=self.target) from exc
 
-    def checked(self, replies: Sequence[Any], keys: Sequence[str]) -> list[Any]:
+    def checked(self, replies: Sequence[Any], keys: Sequence[RedisKey]) -> list[Any]:
         for reply, key in zip(replies, keys, strict=True):
             if isinstance(reply, Exception):
-                raise translate_reply_error(reply, key=key) from reply
+                raise translate_reply_error(reply, key=key_text(key)) from reply
         return list(replies)
 
-    async def revoked_keys(self) -> list[tuple[str | None, str]]:
+    async def revoked_keys(self) -> list[tuple[str | None, RedisKey]]:
         """(worker, key) of every revoked set under the prefix, the fleet set (if any) last."""
         return await self.sets_of("revoked", self.schema.shared_revoked_key)
 
-    async def sets_of(self, kind: str, fleet_key: str) -> list[tuple[str | None, str]]:
-        """(worker, key) of every worker key of ``kind`` under the prefix, ``fleet_key`` (if any) last."""
-        found: list[tuple[str | None, str]] = []
-        fleet_exists = False
+    async def sets_of(self, kind: str, fleet_key: str) -> list[tuple[str | None, RedisKey]]:
+        """(worker, key) of every worker key of ``kind`` under the prefix, ``fleet_key`` (if any) last.
+
+        Keys are the bytes SCAN returned, used as they are (a name that is not UTF-8, or holds a
+        newline, is still purged, restored and inspected); the worker is their text form (key_text).
+        """
+        found: list[tuple[str | None, RedisKey]] = []
+        fleet_raw, fleet_exists = fleet_key.encode("utf-8"), False
         try:
             async for raw in self.client.scan_iter(match=self.schema.match_all, count=1000):
-                key = raw.decode("utf-8", "replace")
-                if key == fleet_key:
+                if raw == fleet_raw:
                     fleet_exists = True
-                parsed = self.schema.parse(key)
+                parsed = self.schema.parse(key_text(raw))
                 if parsed is not None and parsed[1] == kind:
-                    found.append((parsed[0], key))
+                    found.append((parsed[0], bytes(raw)))
         except (RedisError, OSError) as exc:
             raise translate_exception(exc, target=self.target) from exc
         found.sort(key=lambda pair: pair[1])
         if fleet_exists:
             found.append((SHARED, fleet_key))
         return found
+
+    def clock_key_of(self, worker: str | None, key: RedisKey) -> RedisKey | None:
+        """The clock key beside a worker's revoked set (None for the fleet set); built from the bytes
+        of a key found by SCAN, so a name no KeySchema accepts still finds its clock."""
+        if worker is None:
+            return None
+        if isinstance(key, bytes) and key.endswith(REVOKED_SUFFIX.encode()):
+            return key[: -len(REVOKED_SUFFIX)] + CLOCK_SUFFIX.encode()
+        return self.schema.clock_key(worker)
 
     def worker_revoked_key(self, worker: str | None) -> str:
         if worker is None:
@@ -156,16 +168,17 @@ async def _in_batches(
 
 
 async def _sum_per_set(
-    session: _Session, worker_name: str | None, command: Callable[[Any, str], Any], *,
+    session: _Session, worker_name: str | None, command: Callable[[Any, RedisKey], Any], *,
     concurrency: int, progress: Progress | None,
 ) -> int:
     """Stage ``command(pipe, key)`` on every revoked set (or ``worker_name``'s); sum the integer replies."""
+    keys: list[RedisKey]
     if worker_name is None:
         keys = [key for _, key in await session.revoked_keys()]
     else:
         keys = [session.worker_revoked_key(worker_name)]
 
-    async def run(batch: Sequence[str]) -> list[int]:
+    async def run(batch: Sequence[RedisKey]) -> list[int]:
         def stage(pipe: Any) -> None:
             for key in batch:
                 command(pipe, key)
@@ -181,7 +194,7 @@ async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREF
         names: set[str] = set()
         try:
             async for raw in session.client.scan_iter(match=session.schema.match_all, count=1000):
-                parsed = session.schema.parse(raw.decode("utf-8", "replace"))
+                parsed = session.schema.parse(key_text(raw))
                 if parsed is not None:
                     names.add(parsed[0])
         except (RedisError, OSError) as exc:
@@ -189,30 +202,30 @@ async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREF
         return sorted(names)
 
 
-async def _describe(session: _Session, pairs: Sequence[tuple[str | None, str]]) -> list[RevokedSetState]:
+async def _describe(session: _Session, pairs: Sequence[tuple[str | None, RedisKey]]) -> list[RevokedSetState]:
     """Counts, oldest/newest, clock and memory of each (worker, key), in one pipeline."""
+    clock_keys = [session.clock_key_of(worker, key) for worker, key in pairs]
 
     def stage(pipe: Any) -> None:
-        for worker, key in pairs:
+        for (_, key), clock_key in zip(pairs, clock_keys, strict=True):
             pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
             pipe.zrange(key, -1, -1, withscores=True)
             pipe.memory_usage(key)
-            if worker is not None:
-                pipe.get(session.schema.clock_key(worker))
+            if clock_key is not None:
+                pipe.get(clock_key)
 
     replies = iter(await session.pipeline(stage))
     states = []
-    for worker, key in pairs:
+    for (worker, key), clock_key in zip(pairs, clock_keys, strict=True):
         count, first, last = session.checked([next(replies), next(replies), next(replies)], [key] * 3)
         memory = next(replies)
         clock = None
-        if worker is not None:
-            clock_key = session.schema.clock_key(worker)
+        if clock_key is not None:
             raw = session.checked([next(replies)], [clock_key])[0]
-            clock = None if raw is None else commands.parse_clock(clock_key, raw)
+            clock = None if raw is None else commands.parse_clock(key_text(clock_key), raw)
         states.append(RevokedSetState(
-            worker=worker, key=key, revoked_count=int(count),
+            worker=worker, key=key_text(key), revoked_count=int(count),
             oldest=first[0][1] if first else None, newest=last[0][1] if last else None, clock=clock,
             # MEMORY USAGE may be refused by an ACL or a managed Redis: then it is unknown.
             memory_bytes=memory if isinstance(memory, int) else None,
@@ -266,13 +279,13 @@ async def where_revoked(
     async with _session(redis, key_prefix, Scope.WORKER) as session:
         pairs = await session.revoked_keys()
 
-        async def look(batch: Sequence[tuple[str | None, str]]) -> list[Revocation]:
+        async def look(batch: Sequence[tuple[str | None, RedisKey]]) -> list[Revocation]:
             def stage(pipe: Any) -> None:
                 for _, key in batch:
                     pipe.zscore(key, member)
 
             replies = session.checked(await session.pipeline(stage), [key for _, key in batch])
-            return [Revocation(task_id, worker, key, float(score))
+            return [Revocation(task_id, worker, key_text(key), float(score))
                     for (worker, key), score in zip(batch, replies, strict=True) if score is not None]
 
         return await _in_batches(pairs, look, concurrency=concurrency, progress=progress)

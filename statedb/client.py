@@ -7,6 +7,7 @@ from typing import Any
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from statedb.config import StateDBConfig
+from statedb.urls import is_unix_url
 
 
 def client_options(config: StateDBConfig) -> dict[str, Any]:
@@ -19,15 +20,20 @@ def client_options(config: StateDBConfig) -> dict[str, Any]:
     RESP2, whatever redis-py's default: redis-py 8 speaks RESP3 and, to keep the
     legacy reply shapes, re-encodes every ZRANGE score to text and parses it back
     in Python (about 1 us per id at boot); RESP2 is the shape redis-py 5-7 use.
+
+    TCP keepalive only for TCP: redis-py's unix-socket connection classes take no
+    ``socket_keepalive`` and fail with a TypeError at the first command.
     """
-    return {
+    options: dict[str, Any] = {
         "protocol": 2,
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.socket_connect_timeout,
-        "socket_keepalive": True,
         "health_check_interval": 0,
         "decode_responses": False,
     }
+    if not is_unix_url(config.url):
+        options["socket_keepalive"] = True
+    return options
 
 
 def command_backoff() -> NoBackoff:

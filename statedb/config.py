@@ -61,6 +61,8 @@ class StateDBConfig:
     horizon: float | None = None
     socket_timeout: float = 2.0
     socket_connect_timeout: float = 2.0
+    # Seconds a write-through (a revoke before its reply) may take; past it the ids wait for the timer.
+    write_budget: float = 0.5
     boot_timeout: float = 30.0
     retry_backoff_base: float = 0.25
     retry_backoff_cap: float = 5.0
@@ -89,7 +91,7 @@ class StateDBConfig:
         if self.horizon is not None:
             horizon = _positive("horizon", self.horizon, allow_zero=True)
             object.__setattr__(self, "horizon", horizon or None)  # 0: no limit
-        for name in ("socket_timeout", "socket_connect_timeout", "retry_backoff_base",
+        for name in ("socket_timeout", "socket_connect_timeout", "write_budget", "retry_backoff_base",
                      "retry_backoff_cap", "flush_interval", "clock_interval"):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))
         object.__setattr__(self, "boot_timeout", _positive("boot_timeout", self.boot_timeout, allow_zero=True))

@@ -45,6 +45,14 @@ class WorkerKeys:
     shared_stamps: str = ""
 
 
+RedisKey = str | bytes  # a key built here (text) or found by SCAN (the bytes Redis holds, used as they are)
+
+
+def key_text(key: RedisKey) -> str:
+    """A key as text for results and messages: bytes that are not UTF-8 are shown as ``\\xNN`` escapes."""
+    return key if isinstance(key, str) else key.decode("utf-8", "backslashreplace")
+
+
 def glob_escape(text: str) -> str:
     """``text`` as a literal inside a Redis MATCH pattern (worker names are data, never patterns)."""
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -14,6 +14,7 @@ from typing import Any
 
 from statedb.commands import KeysetCursor, Operation, PipelineLike
 from statedb.errors import CorruptValueError, InvalidInputError
+from statedb.keys import RedisKey, key_text
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp
 from statedb.timeframes import purge_range
 
@@ -85,14 +86,14 @@ def add_stamps(key: str, stamps: Iterable[Stamp], revoked_at: float, chunk_size:
     return Operation((key,) * len(chunks), stage, lambda replies: sum(int(r) for r in replies))
 
 
-def remove_stamps(key: str, stamps: Iterable[Stamp]) -> Operation[int]:
+def remove_stamps(key: RedisKey, stamps: Iterable[Stamp]) -> Operation[int]:
     members = list(dict.fromkeys(encode_stamp(header, value) for header, value in stamps))
 
     def stage(pipe: PipelineLike) -> None:
         if members:
             pipe.zrem(key, *members)
 
-    return Operation((key,) if members else (), stage, lambda replies: sum(int(r) for r in replies))
+    return Operation((key_text(key),) if members else (), stage, lambda replies: sum(int(r) for r in replies))
 
 
 # -- reading: newest first, with scores, above a floor ---------------------------
@@ -140,7 +141,7 @@ def count_stamps(key: str) -> Operation[int]:
     return Operation((key,), lambda pipe: pipe.zcard(key), lambda replies: int(replies[0]))
 
 
-def purge_stamps_before(key: str, cutoff_time: float, *, dry_run: bool = False) -> Operation[int]:
+def purge_stamps_before(key: RedisKey, cutoff_time: float, *, dry_run: bool = False) -> Operation[int]:
     """ZREMRANGEBYSCORE (ZCOUNT on a dry run) of the stamps revoked strictly before ``cutoff_time``."""
     if isinstance(cutoff_time, bool) or not isinstance(cutoff_time, (int, float)) or not math.isfinite(cutoff_time):
         raise InvalidInputError(f"purge cutoff must be a finite number of seconds, got {cutoff_time!r}")
@@ -152,4 +153,4 @@ def purge_stamps_before(key: str, cutoff_time: float, *, dry_run: bool = False) 
         else:
             pipe.zremrangebyscore(key, low, high)
 
-    return Operation((key,), stage, lambda replies: int(replies[0]))
+    return Operation((key_text(key),), stage, lambda replies: int(replies[0]))

@@ -17,7 +17,7 @@ from typing import Any
 
 from statedb import stamps as stamp_commands
 from statedb.admin import CONCURRENCY, Progress, RedisTarget, _in_batches, _Session, _session
-from statedb.keys import DEFAULT_KEY_PREFIX, Scope
+from statedb.keys import DEFAULT_KEY_PREFIX, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
 from statedb.repository import AsyncStateRepository
 from statedb.stamps import Stamp, StampRow, encode_stamp
@@ -38,7 +38,7 @@ class StampsSetState:
         return asdict(self)
 
 
-async def stamps_keys(session: _Session) -> list[tuple[str | None, str]]:
+async def stamps_keys(session: _Session) -> list[tuple[str | None, RedisKey]]:
     """(worker, key) of every stamps set under the prefix, the fleet one (if any) last."""
     return await session.sets_of("stamps", session.schema.shared_stamps_key)
 
@@ -49,7 +49,7 @@ def _worker_stamps_key(session: _Session, worker: str | None) -> str:
     return session.schema.for_worker(worker, session.scope).stamps
 
 
-async def _keys_for(session: _Session, worker_name: str | None) -> list[str]:
+async def _keys_for(session: _Session, worker_name: str | None) -> list[RedisKey]:
     if worker_name is None:
         return [key for _, key in await stamps_keys(session)]
     return [_worker_stamps_key(session, worker_name)]
@@ -61,12 +61,13 @@ async def inspect_stamps(
 ) -> list[StampsSetState]:
     """Count, oldest and newest revocation of the given workers' stamps sets (None: the fleet's), or of all."""
     async with _session(redis, key_prefix, scope) as session:
+        pairs: list[tuple[str | None, RedisKey]]
         if workers is None:
             pairs = await stamps_keys(session)
         else:
             pairs = [(worker, _worker_stamps_key(session, worker)) for worker in workers]
 
-        async def describe(batch: Sequence[tuple[str | None, str]]) -> list[StampsSetState]:
+        async def describe(batch: Sequence[tuple[str | None, RedisKey]]) -> list[StampsSetState]:
             def stage(pipe: Any) -> None:
                 for _, key in batch:
                     pipe.zcard(key)
@@ -77,7 +78,7 @@ async def inspect_stamps(
             states = []
             for index, (worker, key) in enumerate(batch):
                 count, first, last = replies[3 * index : 3 * index + 3]
-                states.append(StampsSetState(worker, key, int(count), first[0][1] if first else None,
+                states.append(StampsSetState(worker, key_text(key), int(count), first[0][1] if first else None,
                                              last[0][1] if last else None))
             return states
 
@@ -112,9 +113,9 @@ async def revoke_stamps(
         return result
 
 
-async def _sum_over(session: _Session, keys: Sequence[str], operation: Any, *, concurrency: int,
+async def _sum_over(session: _Session, keys: Sequence[RedisKey], operation: Any, *, concurrency: int,
                     progress: Progress | None) -> int:
-    async def run(batch: Sequence[str]) -> list[int]:
+    async def run(batch: Sequence[RedisKey]) -> list[int]:
         operations = [operation(key) for key in batch]
 
         def stage(pipe: Any) -> None:

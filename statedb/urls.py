@@ -34,8 +34,16 @@ def is_redis_url(value: object) -> bool:
     return bool(sep) and scheme.lower() in SUPPORTED_SCHEMES
 
 
+def is_unix_url(url: str) -> bool:
+    """True for a ``unix://`` URL (a unix-socket connection: no TCP options)."""
+    return url.partition("://")[0].lower() == "unix"
+
+
 def mask_url(url: str) -> str:
     """The URL with its password and secret query values replaced by ``***``. Never raises.
+
+    ``user:password@`` shows the user; a userinfo without a ``:`` is masked whole,
+    since ``redis://SECRET@host`` (a password where the user goes) is a common slip.
 
     Works on the raw text, not a parse: a password may hold ``#``, ``/`` or ``?``
     that would make a URL parser split it elsewhere and show part of it.
@@ -43,10 +51,12 @@ def mask_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url if "@" not in url else MASK
-    if "@" in rest:
+    if "@" in rest and not rest.startswith("/"):  # unix:///path@x has no userinfo
         userinfo, _, rest = rest.rpartition("@")
         user, has_password, _ = userinfo.partition(":")
-        rest = f"{user}:{MASK}@{rest}" if has_password else f"{userinfo}@{rest}"
+        # A userinfo without ':' is most often a password in the user position (redis://SECRET@host):
+        # only a separate password lets the user name be shown.
+        rest = f"{user}:{MASK}@{rest}" if has_password else f"{MASK}@{rest}"
     head, qmark, query = rest.partition("?")
     if qmark:
         query = _QUERY_PAIR.sub(

@@ -274,6 +274,23 @@ def test_a_refused_password_is_not_shown(harness: WorkerHarness, password_server
     assert not secrets_in(worker.log())
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("server_state", ["down", "refusing"])
+def test_a_password_in_the_user_position_is_masked_in_the_boot_line(
+    harness: WorkerHarness, password_server: PrivateServer, server_state: str
+) -> None:
+    """``redis://SECRET@host`` (the ':' forgotten): the CRITICAL line shows ``***@host``."""
+    port = free_port() if server_state == "down" else password_server.port
+    app = harness.app(install=False)  # method 1, the URL from a secret as the README's examples pass it
+    worker = harness.worker(app, None, env={**FAST_ENV,
+                                            "CELERY_WORKER_STATEDB": f"redis://{SECRET}@127.0.0.1:{port}/0"})
+    worker.start(wait_ready=False)
+    assert worker.wait_exit(30) == (69 if server_state == "down" else 78), worker.log()
+    line = one_critical_line(worker)
+    assert f"redis://***@127.0.0.1:{port}/0" in line, line
+    assert not secrets_in(worker.log()), worker.log()
+
+
 def test_statedb_check_and_cli_errors_never_show_the_password(
     password_server: PrivateServer, cli_app: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,7 +329,8 @@ def test_reprs_and_errors_never_show_the_password(password_server: PrivateServer
     try:
         shown = [repr(config), str(config), config.safe_url, repr(persistence), repr(persistence.repository),
                  repr(persistence.repository.operations), repr(persistence.repository.client),
-                 repr(persistence.repository.client.connection_pool), repr(async_repository),
+                 repr(persistence.repository.client.connection_pool), repr(persistence.writer.client),
+                 repr(persistence.writer.client.connection_pool), repr(async_repository),
                  repr(async_repository.client)]
         assert not secrets_in("\n".join(shown)), shown
     finally:

@@ -108,3 +108,14 @@ def test_a_bad_horizon_names_its_source(kwargs: dict[str, dict[str, object]], fr
 
 def test_the_horizon_is_a_worker_option() -> None:
     assert "redis_state_horizon" in {option.name for option in worker_options()}
+
+
+def test_the_write_budget_setting() -> None:
+    assert resolve_config(URL).write_budget == 0.5
+    assert resolve_config(URL, env={"CELERY_REDIS_STATE_WRITE_BUDGET": "0.25"}).write_budget == 0.25
+    assert resolve_config(URL, conf={"redis_state_write_budget": 1},
+                          env={"CELERY_REDIS_STATE_WRITE_BUDGET": "0.25"}).write_budget == 1.0
+    with pytest.raises(ConfigurationError, match="write_budget must be finite and greater than zero"):
+        resolve_config(URL, conf={"redis_state_write_budget": 0})
+    with pytest.raises(ConfigurationError, match="CELERY_REDIS_STATE_WRITE_BUDGET='soon'"):
+        resolve_config(URL, env={"CELERY_REDIS_STATE_WRITE_BUDGET": "soon"})

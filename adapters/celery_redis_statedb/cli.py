@@ -148,7 +148,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([state.as_dict() for state in states]))
         return
-    rows = [[state.worker if state.worker is not None else "(fleet)", str(state.revoked_count),
+    rows = [[shown(state.worker) if state.worker is not None else "(fleet)", str(state.revoked_count),
              _when(state.oldest), _when(state.newest), "-" if state.clock is None else str(state.clock),
              _size(state.memory_bytes)] for state in states]
     _table(["WORKER", "REVOKED", "OLDEST (UTC)", "NEWEST (UTC)", "CLOCK", "MEMORY"], rows)
@@ -170,11 +170,12 @@ def inspect_command(ctx: click.Context, worker: str | None, fleet: bool, as_json
         click.echo(json.dumps({**state.as_dict(), "stamps_key": stamps.key, "stamps_count": stamps.stamps_count,
                                "stamps_oldest": stamps.oldest, "stamps_newest": stamps.newest}))
         return
-    for label, value in (("worker", state.worker or "(fleet)"), ("key", state.key),
+    for label, value in (("worker", "(fleet)" if state.worker is None else shown(state.worker)),
+                         ("key", shown(state.key)),
                          ("revoked", state.revoked_count), ("oldest", _when(state.oldest)),
                          ("newest", _when(state.newest)), ("clock", state.clock),
                          ("memory", _size(state.memory_bytes)), ("stamps", stamps.stamps_count),
-                         ("stamps key", stamps.key), ("stamps oldest", _when(stamps.oldest)),
+                         ("stamps key", shown(stamps.key)), ("stamps oldest", _when(stamps.oldest)),
                          ("stamps newest", _when(stamps.newest))):
         click.echo(f"{label:>13}: {value if value is not None else '-'}")
 
@@ -204,7 +205,7 @@ def ls_command(ctx: click.Context, worker: str | None, fleet: bool, limit: int |
         click.echo(json.dumps([{"task_id": task_id, "revoked_at": when} for task_id, when in rows]))
         return
     for task_id, when in rows:
-        click.echo(f"{_when(when)}  {task_id}")
+        click.echo(f"{_when(when)}  {shown(task_id)}")
 
 
 @statedb.command()
@@ -219,9 +220,9 @@ def where(ctx: click.Context, task_id: str, as_json: bool) -> None:
         click.echo(json.dumps([{"worker": p.worker, "key": p.key, "revoked_at": p.revoked_at} for p in places]))
         return
     if not places:
-        click.echo(f"{task_id} is not revoked anywhere")
+        click.echo(f"{shown(task_id)} is not revoked anywhere")
     for place in places:
-        click.echo(f"{_when(place.revoked_at)}  {place.worker or '(fleet)'}")
+        click.echo(f"{_when(place.revoked_at)}  {'(fleet)' if place.worker is None else shown(place.worker)}")
 
 
 @statedb.command()
@@ -341,7 +342,8 @@ def migrate(ctx: click.Context, path: str | None, worker: str, legacy_blob: bool
 
 
 def shown(value: Any) -> str:
-    """A header or value for a terminal: printable text as it is, anything else escaped (repr)."""
+    """Data read from Redis (a name, an id, a header or value) for a terminal: printable text as it
+    is, anything else escaped (repr: no control character, ESC or newline reaches the terminal)."""
     if isinstance(value, str) and value.isprintable() and value.strip() == value and value:
         return value
     return repr(value)

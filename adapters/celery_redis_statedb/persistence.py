@@ -20,15 +20,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery.utils.collections import LimitedSet
-from redis.retry import Retry
 
 from celery_redis_statedb.boot_merge import STAMP_WINDOW, MergeCounts, merge_stored
 from celery_redis_statedb.outage import OutageTracker
-from celery_redis_statedb.repository import ConnectionCounter, SyncStateRepository
+from celery_redis_statedb.repository import (
+    ConnectionCounter,
+    FirstConnectFree,
+    SyncStateRepository,
+    open_sync_client,
+)
 from celery_redis_statedb.revoked_set import attach, detach
 from celery_redis_statedb.stamps import stamps_for
 from celery_redis_statedb.stored_revokes import StoredRevokes
-from statedb.client import boot_backoff
+from statedb.client import COMMAND_RETRIES, boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
 from statedb.names import encode_task_id, is_storable_task_id
@@ -37,6 +41,8 @@ from statedb.timeframes import format_duration
 logger = logging.getLogger("celery_redis_statedb")
 
 PROBE_TIMEOUT = 1.0
+# A boot attempt is not started with less time than this left before the boot timeout.
+MIN_ATTEMPT = 0.05
 # Above this many stored ids, boot says so once: every worker reads them all.
 MANY_STORED_IDS = 1_000_000
 
@@ -56,6 +62,12 @@ class WorkerStatePersistence:
         self.config, self.hostname, self.revoked, self.clock = config, hostname, revoked, clock
         self.connections = ConnectionCounter()
         self.repository = repository or SyncStateRepository.open(config, hostname, on_connect=self.connections)
+        # Write-through (before a revoke is answered) within the write budget, no retry after a timeout:
+        # past it the ids wait for the timer, which uses the normal timeouts.
+        self.writer = self.repository if repository is not None else SyncStateRepository.open(
+            dataclasses.replace(config, socket_timeout=min(config.write_budget, config.socket_timeout),
+                                socket_connect_timeout=min(config.write_budget, config.socket_connect_timeout)),
+            hostname, on_connect=FirstConnectFree(self.connections), retry_timeouts=False)
         self.pending: dict[str, float] = {}
         self.loaded = False
         self.merged = MergeCounts(0, 0)
@@ -88,19 +100,11 @@ class WorkerStatePersistence:
             self.revoked.expires = self.config.revoke_expires
         if self.config.revokes_max is not None:
             self.revoked.maxlen = self.config.revokes_max
-        deadline = time.monotonic() + self.config.boot_timeout
-
-        def retry_until_deadline(exc: Exception) -> None:
-            if time.monotonic() >= deadline:
-                raise exc
-            logger.warning("redis-statedb: %s; retrying (boot timeout %ss)", exc, self.config.boot_timeout)
-
         # Attached first, without recording: ids the merge pushes out of Celery's set go to the index.
         attach(self.revoked, self, stored=self.stored)
-        retry = Retry(boot_backoff(self.config), -1, supported_errors=(RedisUnavailableError,))
         try:
             with self._lock:
-                retry.call_with_retry(self._load, retry_until_deadline)
+                self._load_until(time.monotonic() + self.config.boot_timeout)
         except RedisUnavailableError as exc:
             if self.config.on_unavailable is not UnavailablePolicy.DEGRADE:
                 detach(self.revoked)
@@ -114,6 +118,45 @@ class WorkerStatePersistence:
             detach(self.revoked)
             raise
         stamps_for(self).attach()
+
+    def _load_until(self, deadline: float) -> None:
+        """``_load`` with backoff until ``deadline``; no attempt's socket timeouts run past it."""
+        backoff, failures = boot_backoff(self.config), 0
+        while True:
+            try:
+                self._bounded_load(deadline - time.monotonic())
+                return
+            except RedisUnavailableError as exc:
+                failures += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= MIN_ATTEMPT:
+                    raise
+                logger.warning("redis-statedb: %s; retrying (boot timeout %ss)", exc, self.config.boot_timeout)
+                time.sleep(min(backoff.compute(failures), remaining - MIN_ATTEMPT))
+
+    def _bounded_load(self, remaining: float) -> None:
+        """One boot attempt; with less time left than its commands' timeouts could take (a retry
+        included), on a client whose timeouts share what is left, without retries."""
+        config = self.config
+        worst = (COMMAND_RETRIES + 1) * (config.socket_timeout + config.socket_connect_timeout)
+        if config.boot_timeout == 0 or remaining >= worst:
+            self._load()
+            return
+        half = max(remaining / 2, MIN_ATTEMPT / 2)
+        bounded = open_sync_client(dataclasses.replace(
+            config, socket_timeout=min(half, config.socket_timeout),
+            socket_connect_timeout=min(half, config.socket_connect_timeout)), on_connect=self.connections, retries=0)
+        normal, self.repository.client = self.repository.client, bounded
+        try:
+            self._load()
+        except BaseException:
+            self.repository.client = normal
+            raise
+        finally:
+            bounded.close()
+        # Loaded: from now on a fresh client with the normal timeouts, whose first connection is expected.
+        normal.close()
+        self.repository.client = open_sync_client(config, on_connect=FirstConnectFree(self.connections))
 
     def reload(self) -> None:
         """Merge what Redis holds into memory again (after a migration wrote to it)."""
@@ -154,14 +197,16 @@ class WorkerStatePersistence:
     def record(self, task_ids: Sequence[object]) -> None:
         """Called by ``state.revoked`` for ids that just entered it. Never raises.
 
-        While Redis is failing this does no I/O at all: the ids wait for the timer.
+        While Redis is failing this does no I/O at all: the ids wait for the timer. A write
+        slower than ``write_budget`` counts as failed (the ids wait for the timer too); it may
+        have been applied anyway, which is harmless (ZADD LT keeps the earliest time).
         """
         now = time.time()
         with self._lock:
             if not self.pending and not self.failing:
                 # The usual case: one ZADD, each id checked as it is encoded.
                 try:
-                    self.repository.add_revoked(task_ids, revoked_at=now)
+                    self.writer.add_revoked(task_ids, revoked_at=now)
                     return
                 except InvalidInputError:
                     pass  # an id that cannot be stored: sorted out, and logged, below
@@ -187,7 +232,8 @@ class WorkerStatePersistence:
                 self.outage.warn_pending(None, len(self.pending))
                 return
             try:
-                self._flush()
+                self.writer.add_revoked_at(list(self.pending.items()))
+                self.pending.clear()
             except StateDBError as exc:
                 self.outage.failed(exc, pending=len(self.pending))
 
@@ -237,11 +283,14 @@ class WorkerStatePersistence:
                 return 0
 
     def _probe_server(self) -> None:
-        """A PING with a short timeout and no retry: cheap to fail while Redis is away."""
+        """A PING with a short connect timeout and no retry: cheap to fail while Redis is away.
+
+        Its reply may take the socket timeout: a Redis slower than the write budget but within
+        the socket timeout is up, and the timer writes the pending ids to it.
+        """
         if self._probe is None:
             quick = dataclasses.replace(
-                self.config, socket_timeout=min(PROBE_TIMEOUT, self.config.socket_timeout),
-                socket_connect_timeout=min(PROBE_TIMEOUT, self.config.socket_connect_timeout),
+                self.config, socket_connect_timeout=min(PROBE_TIMEOUT, self.config.socket_connect_timeout),
             )
             self._probe = SyncStateRepository.open(quick, self.hostname, retries=0)
         self._probe.ping()
@@ -321,5 +370,7 @@ class WorkerStatePersistence:
                 detach(self.revoked)
                 stamps_for(self).detach()
                 self.repository.close()
+                if self.writer is not self.repository:
+                    self.writer.close()
                 if self._probe is not None:
                     self._probe.close()

@@ -34,14 +34,30 @@ class ConnectionCounter:
         self.count += 1
 
 
+class FirstConnectFree:
+    """``on_connect`` of a client opened after boot: its first connection is expected, later ones
+    (reconnects: Redis may have restarted) are counted on ``counter``."""
+
+    def __init__(self, counter: ConnectionCounter) -> None:
+        self.counter, self.connects = counter, 0
+
+    def __call__(self, connection: Any) -> None:
+        connection.on_connect()
+        self.connects += 1
+        if self.connects > 1:
+            self.counter.count += 1
+
+
 def open_sync_client(
-    config: StateDBConfig, *, on_connect: Callable[[Any], None] | None = None, retries: int = COMMAND_RETRIES
+    config: StateDBConfig, *, on_connect: Callable[[Any], None] | None = None, retries: int = COMMAND_RETRIES,
+    retry_timeouts: bool = True,
 ) -> redis.Redis:
+    """``retry_timeouts=False``: a timeout is final (a dead pooled connection is still retried)."""
     extra: dict[str, Any] = {} if on_connect is None else {"redis_connect_func": on_connect}
+    retry = (Retry(command_backoff(), retries) if retry_timeouts
+             else Retry(command_backoff(), retries, supported_errors=(redis.exceptions.ConnectionError,)))
     try:
-        return redis.Redis.from_url(
-            config.url, retry=Retry(command_backoff(), retries), **client_options(config), **extra
-        )
+        return redis.Redis.from_url(config.url, retry=retry, **client_options(config), **extra)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"Redis URL {config.safe_url} is not usable: {exc}") from None
 
@@ -55,9 +71,9 @@ class SyncStateRepository:
     @classmethod
     def open(
         cls, config: StateDBConfig, worker: str, *, on_connect: Callable[[Any], None] | None = None,
-        retries: int = COMMAND_RETRIES,
+        retries: int = COMMAND_RETRIES, retry_timeouts: bool = True,
     ) -> SyncStateRepository:
-        client = open_sync_client(config, on_connect=on_connect, retries=retries)
+        client = open_sync_client(config, on_connect=on_connect, retries=retries, retry_timeouts=retry_timeouts)
         return cls(client, StateOperations.for_worker(config, worker), owns_client=True)
 
     @property

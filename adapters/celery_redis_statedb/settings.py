@@ -77,6 +77,9 @@ SETTINGS: tuple[Setting, ...] = (
             None, _number, "Seconds one Redis command may take (default 2)."),
     Setting("socket_connect_timeout", "redis_state_connect_timeout", "CELERY_REDIS_STATE_CONNECT_TIMEOUT",
             None, _number, "Seconds a connection attempt may take (default 2)."),
+    Setting("write_budget", "redis_state_write_budget", "CELERY_REDIS_STATE_WRITE_BUDGET",
+            None, _number, "Seconds a revoke's write to Redis may take before the revoke is answered anyway, "
+            "its ids left to the timer (default 0.5)."),
     Setting("clock_interval", "redis_state_clock_interval", "CELERY_REDIS_STATE_CLOCK_INTERVAL",
             None, _number, "Seconds between clock saves and data-loss checks (default 10)."),
 )

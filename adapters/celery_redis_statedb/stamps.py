@@ -38,6 +38,7 @@ from statedb.stamps import Stamp, decode_stamp, encode_stamp
 
 if TYPE_CHECKING:
     from celery_redis_statedb.persistence import WorkerStatePersistence
+    from celery_redis_statedb.repository import SyncStateRepository
 
 logger = logging.getLogger("celery_redis_statedb")
 
@@ -169,17 +170,17 @@ class WorkerStamps:
                                persistence.config.safe_url)
                 return
             try:
-                self.flush()
+                self.flush(repository=persistence.writer)  # within the write budget
             except StateDBError as exc:
                 persistence.outage.failed(exc, pending=len(persistence.pending) + len(self.pending))
 
-    def flush(self, *, resync: bool = False) -> None:
+    def flush(self, *, resync: bool = False, repository: SyncStateRepository | None = None) -> None:
         """Write pending stamps (every one in memory when ``resync``). Raises StateDBError; the caller
         holds the persistence's lock and marks Redis failing."""
         batch = {m: w for m, w in self.times.items() if m in self.own} if resync else dict(self.pending)
         if not batch:
             return
-        repository = self.persistence.repository
+        repository = repository or self.persistence.repository
         by_time: dict[float, list[Stamp]] = {}
         for member, when in batch.items():
             by_time.setdefault(when, []).append(decode_stamp(repository.keys.stamps, member))
