@@ -168,3 +168,30 @@ def test_a_write_over_budget_never_retries_on_a_timeout(proxied: tuple[PrivateSe
     finally:
         persistence.save()
         client.close()
+
+
+def test_a_hit_of_the_index_is_confirmed_within_the_budget(proxied: tuple[PrivateServer, DelayingProxy],
+                                                           key_prefix: str) -> None:
+    """A stored revoke beyond memory, checked against a Redis that answers in 1.5 s: honoured within the budget."""
+    from celery.utils.collections import LimitedSet
+
+    from celery_redis_statedb import WorkerStatePersistence
+    from statedb import StateDBConfig
+
+    server, proxy = proxied
+    config = StateDBConfig(url=proxy.url, key_prefix=key_prefix, write_budget=0.3)
+    client = redis.Redis.from_url(server.url)
+    client.zadd(config.keys.revoked_key("budget@h"), {"week-old": time.time() - 7 * 86400})
+    revoked = LimitedSet(maxlen=1000, expires=3600)
+    persistence = WorkerStatePersistence(config, "budget@h", revoked=revoked, clock=None)
+    try:
+        persistence.boot()
+        proxy.delay = 1.5
+        started = time.monotonic()
+        assert "week-old" in revoked  # discarded: a revoked task must not run
+        assert time.monotonic() - started < 0.3 + 0.2
+        assert "never-revoked" not in revoked  # no Redis call at all
+    finally:
+        proxy.delay = 0.0
+        persistence.save()
+        client.close()

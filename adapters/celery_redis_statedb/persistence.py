@@ -74,8 +74,10 @@ class WorkerStatePersistence:
         self._lock = threading.RLock()
         self.outage = OutageTracker(config.safe_url, backoff_base=config.retry_backoff_base,
                                     backoff_cap=config.retry_backoff_cap)
-        self.stored = StoredRevokes(self.repository, horizon=config.horizon, pending=self.pending,
-                                    outage=self.outage, lock=self._lock, pending_count=lambda: len(self.pending))
+        # A hit of the index is confirmed before the task may go on: within the write budget too.
+        self.stored = StoredRevokes(self.repository, confirm_with=self.writer, horizon=config.horizon,
+                                    pending=self.pending, outage=self.outage, lock=self._lock,
+                                    pending_count=lambda: len(self.pending))
         self._probe: SyncStateRepository | None = None
         self._seen_connections = 0
         self._needs_resync = False

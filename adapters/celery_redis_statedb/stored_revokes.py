@@ -37,9 +37,11 @@ REVALIDATE_CHUNK = 5_000
 class StoredRevokes:
     """The index of stored ids beyond ``state.revoked``, and the confirmation of its hits."""
 
-    def __init__(self, repository: SyncStateRepository, *, horizon: float | None, pending: Mapping[str, float],
-                 outage: OutageTracker, lock: threading.RLock, pending_count: Callable[[], int]) -> None:
+    def __init__(self, repository: SyncStateRepository, *, confirm_with: SyncStateRepository | None = None,
+                 horizon: float | None, pending: Mapping[str, float], outage: OutageTracker,
+                 lock: threading.RLock, pending_count: Callable[[], int]) -> None:
         self.repository, self.horizon, self.pending, self.outage = repository, horizon, pending, outage
+        self.confirmer = confirm_with or repository
         self.index = StoredIdIndex()
         self._lock = lock
         self._pending_count = pending_count
@@ -112,7 +114,7 @@ class StoredRevokes:
             self._warn_unconfirmed(task_id, None)
             return True
         try:
-            (score,) = self.repository.revoked_scores([task_id])
+            (score,) = self.confirmer.revoked_scores([task_id])
         except StateDBError as exc:
             self.outage.failed(exc, pending=self._pending_count(), warn=False)
             self._warn_unconfirmed(task_id, exc)
