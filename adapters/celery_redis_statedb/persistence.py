@@ -28,9 +28,10 @@ from celery_redis_statedb.repository import ConnectionCounter, SyncStateReposito
 from celery_redis_statedb.revoked_set import attach, detach
 from celery_redis_statedb.stamps import stamps_for
 from celery_redis_statedb.stored_revokes import StoredRevokes
+from celery_redis_statedb.watch import StateWatch
 from statedb.client import boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
-from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
+from statedb.errors import EvictionPolicyError, InvalidInputError, RedisUnavailableError, StateDBError
 from statedb.names import encode_task_id, is_storable_task_id
 
 logger = logging.getLogger("celery_redis_statedb")
@@ -56,13 +57,17 @@ class WorkerStatePersistence:
         self.connections = ConnectionCounter()
         self.repository = repository or SyncStateRepository.open(config, hostname, on_connect=self.connections)
         self.pending: dict[str, float] = {}
+        # Ids in Celery's set read from the fleet set only (worker scope): a repair writes them back there.
+        self.fleet_only: dict[str, None] = {}
+        self.watch = StateWatch(self)
         self.loaded = False
         self.merged = MergeCounts(0, 0)
         self._lock = threading.RLock()
         self.outage = OutageTracker(config.safe_url, backoff_base=config.retry_backoff_base,
                                     backoff_cap=config.retry_backoff_cap)
         self.stored = StoredRevokes(self.repository, horizon=config.horizon, pending=self.pending,
-                                    outage=self.outage, lock=self._lock, pending_count=lambda: len(self.pending))
+                                    outage=self.outage, lock=self._lock, pending_count=lambda: len(self.pending),
+                                    now=self.now)
         self._probe: SyncStateRepository | None = None
         self._seen_connections = 0
         self._needs_resync = False
@@ -73,6 +78,10 @@ class WorkerStatePersistence:
     @property
     def failing(self) -> bool:
         return self.outage.failing
+
+    def now(self) -> float:
+        """Wall-clock time on the Redis server's clock: what revocation times are stamped with."""
+        return self.watch.now()
 
     # -- boot --------------------------------------------------------------
 
@@ -99,7 +108,7 @@ class WorkerStatePersistence:
         retry = Retry(boot_backoff(self.config), -1, supported_errors=(RedisUnavailableError,))
         try:
             with self._lock:
-                retry.call_with_retry(self._load, retry_until_deadline)
+                retry.call_with_retry(lambda: self._load(at_boot=True), retry_until_deadline)
         except RedisUnavailableError as exc:
             if self.config.on_unavailable is not UnavailablePolicy.DEGRADE:
                 detach(self.revoked)
@@ -117,12 +126,22 @@ class WorkerStatePersistence:
     def reload(self) -> None:
         """Merge what Redis holds into memory again (after a migration wrote to it)."""
         with self._lock:
-            self._load()
+            self._load(at_boot=True)
 
-    def _load(self) -> None:
+    def _load(self, *, at_boot: bool) -> None:
         self.repository.ping()
         self.repository.check_server()
-        self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon)
+        try:
+            self.watch.boot_check()
+        except EvictionPolicyError as exc:
+            if at_boot:
+                raise
+            # A degraded start merging late, on the timer: the worker cannot be stopped from here.
+            logger.critical("redis-statedb: %s", exc)
+        self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon,
+                                   now=self.now())
+        data = self.revoked._data
+        self.fleet_only.update((task_id, None) for task_id in self.merged.fleet_ids if task_id in data)
         stamps_for(self).load()
         clock = self._merge_clock()
         self.loaded = True
@@ -146,7 +165,9 @@ class WorkerStatePersistence:
         if not self.clock:
             return None
         value = int(self.clock.adjust(self.repository.read_clock()))
-        return self.repository.advance_clock(value).stored
+        stored = self.repository.advance_clock(value).stored
+        self.watch.clock_saved(stored)
+        return stored
 
     # -- write-through -----------------------------------------------------
 
@@ -155,7 +176,7 @@ class WorkerStatePersistence:
 
         While Redis is failing this does no I/O at all: the ids wait for the timer.
         """
-        now = time.time()
+        now = self.now()
         with self._lock:
             if not self.pending and not self.failing:
                 # The usual case: one ZADD, each id checked as it is encoded.
@@ -196,22 +217,32 @@ class WorkerStatePersistence:
             self.pending.clear()
 
     def _resync(self) -> None:
-        """Write the whole in-memory set again (idempotent: the earliest time wins)."""
+        """Write the whole in-memory set again (idempotent: the earliest time wins), each id to the
+        set it came from: ids read from the fleet set only go back to the fleet set, every other
+        one (revoked here, read from the worker's own set, pending) to the worker's own set.
+        The index of stored ids beyond memory holds hashes only: those cannot be written back."""
         seen = self.connections.count
-        wall, mono = time.time(), time.monotonic()
+        wall, mono = self.now(), time.monotonic()
         earliest: dict[str, float] = {}
+        fleet: dict[str, float] = {}
+        fleet_only = self.fleet_only
         # entry[0] is the monotonic stamp in every Celery release (the entry's shape differs).
         for item, entry in list(self.revoked._data.items()):
             if isinstance(item, str) and is_storable_task_id(item):
-                earliest[item] = wall - max(0.0, mono - entry[0])
+                (fleet if item in fleet_only else earliest)[item] = wall - max(0.0, mono - entry[0])
         for task_id, when in self.pending.items():
             earliest[task_id] = min(when, earliest.get(task_id, when))
         self.repository.add_revoked_at(list(earliest.items()))
+        if fleet:
+            self.repository.add_fleet_revoked_at(list(fleet.items()))
+        if len(fleet) != len(fleet_only):
+            self.fleet_only = {task_id: None for task_id in fleet_only if task_id in fleet}
         self.pending.clear()
         self._needs_resync = False
         self._seen_connections = seen
-        logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s",
-                       len(earliest), self.config.safe_url)
+        where = f" ({len(fleet)} of them to the fleet set)" if fleet else ""
+        logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s%s",
+                       len(earliest) + len(fleet), self.config.safe_url, where)
 
     # -- lifting (restore and purge, told by the control commands) ----------
 
@@ -221,6 +252,7 @@ class WorkerStatePersistence:
             for task_id in task_ids:
                 self.revoked.discard(task_id)
                 self.pending.pop(task_id, None)
+                self.fleet_only.pop(task_id, None)
             self.stored.lift(task_ids)
 
     def purged_before(self, before: float) -> int:
@@ -266,14 +298,19 @@ class WorkerStatePersistence:
                 return
             self._probe_server()
         if not self.loaded:
-            self._load()
-        if time.monotonic() - self._last_clock_save >= self.config.clock_interval:
-            try:
-                self._save_clock()
-            except (StateDataError, InvalidInputError) as exc:
-                # A bad clock key must not hold back the revoked ids: report it and go on.
-                self._last_clock_save = time.monotonic()
-                logger.error("redis-statedb: the clock cannot be saved (%s); revoked ids are still stored", exc)
+            self._load(at_boot=False)
+        # One round trip: loss, rollback, eviction, the server clock; the clock saved when it moved
+        # or is due (a bad clock key is reported there and holds back nothing).
+        advance: int | None = None
+        if self.clock and self.loaded:
+            value = int(self.clock.value)
+            due = time.monotonic() - self._last_clock_save >= self.config.clock_interval
+            if due or value > (self.watch.saved_clock or 0):
+                advance = value
+        if self.loaded and self.watch.check(advance_to=advance) is not None:
+            self._needs_resync = True
+            if advance is None:
+                self._save_clock()  # the clock key is gone or behind: put this worker's back
         if recovering or self.connections.count != self._seen_connections:
             self._needs_resync = True
         stamps_for(self).tick(resync=self._needs_resync)
@@ -289,6 +326,7 @@ class WorkerStatePersistence:
             return
         result = self.repository.advance_clock(int(self.clock.value if value is None else value))
         self._last_clock_save = time.monotonic()
+        self.watch.clock_saved(result.stored)
         if result.created:
             # The clock written at boot is gone: Redis lost its data.
             self._needs_resync = True
