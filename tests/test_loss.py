@@ -280,13 +280,11 @@ def test_eviction_refused_accepted_detected_and_repaired(
             assert client.exists(key) == 0, f"the set was not evicted after {junk} junk keys"
         finally:
             os.kill(worker.process.pid, signal.SIGCONT)
-        started = time.monotonic()
         repaired_in = wait_stored(client, key, revoked, 10, worker)
         line = worker.wait_for_log("writing back every revoked id")
         assert "evicted" in line, line
         guarantee(capsys, "eviction-allkeys-lru", refused_exit=78, evicted_keys=evicted, acked=len(revoked),
                   repaired_s=f"{repaired_in:.2f}", lost=len(missing_from(client, key, revoked)))
-        del started
         assert_discarded(harness, worker, revoked[:5])
 
         client.config_set("maxmemory-policy", "noeviction")

@@ -7,7 +7,10 @@ enters the set is written before the caller (a revoke command) answers. When a w
 fails, the id stays honoured in memory and waits in a pending buffer; while Redis is
 failing nothing else blocks on it (:mod:`outage`): Celery's timer probes it with a
 short timeout, backing off exponentially, and once it answers the whole in-memory set
-is written again, so a Redis that came back empty is repaired.
+is written again, so a Redis that came back empty is repaired. Every tick also checks,
+in one round trip (:mod:`watch`), that Redis still holds what this worker wrote (loss,
+rollback, eviction), measures the server's clock (revocation times are stamped on it)
+and, now and then, the eviction policy.
 """
 
 from __future__ import annotations
