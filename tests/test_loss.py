@@ -424,3 +424,24 @@ def test_a_restore_during_a_partition_is_not_undone(
         if operator is not None:
             operator.close()
         proxy.close()
+
+
+def test_an_acl_without_time_and_info_still_runs_and_says_so(server: PrivateServer, admin: redis.Redis,
+                                                              make: Factory, key_prefix: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from tests.test_security import ACL_PASSWORD, WORKER_COMMANDS, acl_rule
+
+    older = WORKER_COMMANDS.replace(" +time", "").replace(" +info", "")
+    admin.execute_command("ACL", "SETUSER", "old-acl", *acl_rule(key_prefix, older, admin))
+    url = f"redis://old-acl:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+    with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
+        persistence = make(url, clock_interval=0.1)
+        persistence.boot()
+        persistence.revoked.add("a")
+        time.sleep(0.15)
+        persistence.tick()
+        persistence.tick()
+    assert persistence.loaded and not persistence.failing
+    assert caplog.text.count("cannot be checked (grant the worker's ACL user +info and +time)") == 1
+    assert admin.zscore(f"{key_prefix}w@host:revoked", "a") is not None
+    persistence.save()
