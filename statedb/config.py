@@ -71,6 +71,7 @@ class StateDBConfig:
     clock_interval: float = 10.0
     load_chunk_size: int = 10_000
     write_chunk_size: int = 5_000
+    accept_eviction: bool = False
 
     def __post_init__(self) -> None:
         validate_url(self.url)
@@ -97,6 +98,8 @@ class StateDBConfig:
         object.__setattr__(self, "boot_timeout", _positive("boot_timeout", self.boot_timeout, allow_zero=True))
         _positive_int("load_chunk_size", self.load_chunk_size)
         _positive_int("write_chunk_size", self.write_chunk_size)
+        if not isinstance(self.accept_eviction, bool):
+            raise ConfigurationError(f"accept_eviction must be True or False, got {self.accept_eviction!r}")
 
     @property
     def safe_url(self) -> str:

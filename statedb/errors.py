@@ -42,3 +42,7 @@ class WrongKeyTypeError(StateDataError):
 
 class CorruptValueError(StateDataError):
     """A value we own cannot be parsed (a non-numeric clock, a non-finite score)."""
+
+
+class EvictionPolicyError(ConfigurationError):
+    """The server may evict keys without a TTL (``allkeys-*``): stored revokes could vanish."""

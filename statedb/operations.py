@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from statedb import commands, stored_ids
+from statedb import commands, integrity, stored_ids
 from statedb.config import StateDBConfig
 from statedb.keys import WorkerKeys
 
@@ -100,3 +100,16 @@ class StateOperations:
         from statedb import stamps as stamp_commands
 
         return stamp_commands.count_stamps(self.keys.shared_stamps if shared else self.keys.stamps)
+
+    # -- integrity checks (statedb.integrity) -----------------------------------
+
+    def check_health(self, probes: Sequence[integrity.SetProbe], *, clock: bool = True, server_time: bool = True,
+                     policy: bool = False, advance_to: int | None = None
+                     ) -> commands.Operation[integrity.Health]:
+        """The timer's one round trip: the stored clock, the probed sets, TIME, the eviction policy."""
+        return integrity.check_health(self.keys.clock if clock else None, probes, server_time=server_time,
+                                      policy=policy, advance_to=advance_to)
+
+    def add_fleet_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> commands.Operation[int]:
+        """Like :meth:`add_revoked_at`, into the fleet set (ids a worker read there, written back)."""
+        return commands.add_revoked_at(self.keys.shared, stamped, self.write_chunk_size)

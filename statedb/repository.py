@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.exceptions import RedisError
 
-from statedb import commands
+from statedb import commands, integrity
 from statedb.client import COMMAND_RETRIES, client_options, command_backoff
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
@@ -138,3 +138,16 @@ class AsyncStateRepository:
 
     async def count_stamps(self, *, shared: bool = False) -> int:
         return await self._run(self.operations.count_stamps(shared=shared))
+
+    # -- integrity checks (statedb.integrity) -----------------------------------
+
+    async def check_health(self, probes: Sequence[integrity.SetProbe], *, clock: bool = True,
+                           server_time: bool = True, policy: bool = False, advance_to: int | None = None
+                           ) -> integrity.Health:
+        """The stored clock, the probed sets, TIME and (if asked) the eviction policy, in one round trip."""
+        return await self._run(self.operations.check_health(probes, clock=clock, server_time=server_time,
+                                                            policy=policy, advance_to=advance_to))
+
+    async def add_fleet_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> int:
+        """Store ids with a revocation time each in the fleet set (earliest wins)."""
+        return await self._run(self.operations.add_fleet_revoked_at(stamped))

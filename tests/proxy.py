@@ -5,7 +5,10 @@
 delivered ``delay`` seconds after the proxy received it (replies are late, but
 pipelined replies are not delayed one after another). With ``stalled`` set, server ->
 client bytes are held back until it is cleared (a Redis that accepts connections and
-never answers). Threads are fine here: this runs in the test process, never in a worker.
+never answers). :meth:`DelayingProxy.cut` is a network partition: every connection is
+closed and new ones are closed at once (the worker sees resets, not timeouts) until
+:meth:`DelayingProxy.heal`. Threads are fine here: this runs in the test process, never
+in a worker.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class DelayingProxy:
         self.target = (target_host, target_port)
         self.delay = delay
         self._stalled = threading.Event()
+        self._cut = threading.Event()
         self._closed = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,6 +60,9 @@ class DelayingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._cut.is_set():
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -133,7 +140,17 @@ class DelayingProxy:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
             with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it; close alone may not
+            with contextlib.suppress(OSError):
                 sock.close()
+
+    def cut(self) -> None:
+        """Partition: close every connection and refuse new ones until :meth:`heal`."""
+        self._cut.set()
+        self.drop_connections()
+
+    def heal(self) -> None:
+        self._cut.clear()
 
     def close(self) -> None:
         self._closed.set()

@@ -286,3 +286,45 @@ def test_wrong_password_is_access_denied(open_repo: Opener, password_server: Pri
 def test_right_password_works(open_repo: Opener, password_server: PrivateServer) -> None:
     repo = open_repo(StateDBConfig(url=password_server.url))
     assert repo.ping() is True
+
+
+# -- integrity checks (issue 11) ---------------------------------------------------------
+
+
+def test_check_health_reads_the_clock_before_its_advance(open_repo: Opener, config: StateDBConfig,
+                                                         redis_client: redis.Redis) -> None:
+    from statedb.commands import ClockAdvance
+    from statedb.integrity import SetProbe
+
+    repo = open_repo(config)
+    repo.add_revoked(["a", "b"], revoked_at=100.0)
+    missing = repo.check_health([], clock=True, server_time=False, policy=False)
+    assert missing.clock_missing and missing.clock is None
+    redis_client.set(repo.keys.clock, 7)
+    probes = [SetProbe(repo.keys.revoked, ("a", "gone")), SetProbe(repo.keys.shared, ())]
+    health = repo.check_health(probes, clock=True, server_time=True, policy=True, advance_to=9)
+    assert health.clock == 7 and not health.clock_missing  # as stored before the advance staged behind it
+    assert health.advanced == ClockAdvance(9, False)
+    assert [(s.size, s.missing) for s in health.sets] == [(2, ("gone",)), (0, ())]
+    seconds, micros = redis_client.time()
+    assert health.server_time is not None and abs(health.server_time - (seconds + micros / 1e6)) < 2
+    assert health.policy == redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert health.refused == ()
+
+
+def test_check_health_survives_a_corrupt_clock(open_repo: Opener, config: StateDBConfig,
+                                               redis_client: redis.Redis) -> None:
+    repo = open_repo(config)
+    redis_client.set(repo.keys.clock, b"not-a-clock")
+    health = repo.check_health([], clock=True, server_time=False, advance_to=3)
+    assert health.clock is None and not health.clock_missing
+    assert isinstance(health.advanced, CorruptValueError)
+
+
+def test_add_fleet_revoked_at_writes_the_fleet_set(open_repo: Opener, config: StateDBConfig,
+                                                   redis_client: redis.Redis) -> None:
+    repo = open_repo(config)
+    assert repo.add_fleet_revoked_at([("f1", 50.0), ("f2", 60.0)]) == 2
+    assert repo.add_fleet_revoked_at([("f1", 40.0)]) == 0  # the earliest time wins
+    assert redis_client.zscore(repo.keys.shared, "f1") == 40.0
+    assert repo.count_revoked() == 0

@@ -436,7 +436,8 @@ def test_tls_misconfiguration_stops_the_worker_with_one_line(
 # What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, GET, EVAL (whose script calls GET and SET),
 # plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than 0) and CLIENT SETINFO
 # (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the ACL log).
-WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +get +set +eval"
+WORKER_COMMANDS = ("+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +get +set +eval"
+                   " +time +info")
 OPTIONAL_COMMANDS = "+client|setinfo"
 # The admin CLI and APIs add reads, purges and restores over every set of the prefix.
 ADMIN_COMMANDS = WORKER_COMMANDS + " +scan +type +zcard +zrange +zcount +zscore +zmscore +zrem +zremrangebyscore" \

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery.utils.collections import LimitedSet
 
@@ -32,6 +32,8 @@ class MergeCounts:
 
     in_memory: int
     in_index: int
+    # Ids read from the fleet set and not from the worker's own (worker scope): written back there.
+    fleet_ids: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def total(self) -> int:
@@ -58,17 +60,22 @@ def horizon_start(horizon: float | None, wall: float) -> float | None:
 
 
 def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: StoredIdIndex, *,
-                 horizon: float | None) -> MergeCounts:
-    """Merge every stored id within the horizon into ``revoked`` or ``index``."""
-    wall, mono = time.time(), time.monotonic()
+                 horizon: float | None, now: float | None = None) -> MergeCounts:
+    """Merge every stored id within the horizon into ``revoked`` or ``index``.
+
+    ``now`` is the wall-clock time the stored scores are compared with (the server's
+    clock; local time by default)."""
+    wall, mono = time.time() if now is None else now, time.monotonic()
     keys = repository.keys
     start = horizon_start(horizon, wall)
     in_memory = expected = 0
     beyond: list[Iterator[list[bytes]]] = []
+    both = keys.revoked != keys.shared
+    read_ids: dict[bool, list[str]] = {False: [], True: []}
     with gc_paused():
-        for shared in (False, True) if keys.revoked != keys.shared else (False,):
+        for shared in (False, True) if both else (False,):
             read, merged = _merge_newest(repository, revoked, shared=shared, wall=wall, mono=mono,
-                                         not_before=start)
+                                         not_before=start, collect=read_ids[shared] if both else None)
             in_memory += merged
             total, too_old = repository.count_within(start, shared=shared)
             if total - too_old > read:
@@ -76,12 +83,14 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
                 beyond.append(repository.iter_stored_ids(read, total - too_old, shared=shared))
         in_index = index.bulk_load(itertools.chain.from_iterable(itertools.chain.from_iterable(beyond)),
                                    expected=expected)
-    return MergeCounts(in_memory, in_index)
+        fleet = frozenset(read_ids[True]).difference(read_ids[False]) if read_ids[True] else frozenset()
+    return MergeCounts(in_memory, in_index, fleet)
 
 
 def _merge_newest(repository: SyncStateRepository, revoked: LimitedSet, *, shared: bool, wall: float,
-                  mono: float, not_before: float | None) -> tuple[int, int]:
-    """(ids read, ids merged) of the newest ids of one set that fit Celery's limits.
+                  mono: float, not_before: float | None, collect: list[str] | None = None) -> tuple[int, int]:
+    """(ids read, ids merged) of the newest ids of one set that fit Celery's limits; the ids
+    read are appended to ``collect`` if given.
 
     Read newest first (the limit keeps the newest), inserted oldest first: O(1) heap pushes.
     The ids read are the set's first ranks, so the index reads on from there.
@@ -95,7 +104,12 @@ def _merge_newest(repository: SyncStateRepository, revoked: LimitedSet, *, share
             now=wall, newer_than=newer_than, width=expires * STAMP_WINDOW, limit=maxlen or None, shared=shared))
         pages.reverse()
         read = sum(len(ids) for _, ids in pages)
+        if collect is not None:
+            for _, ids in pages:
+                collect.extend(ids)
         return read, merge_unrecorded_pages(revoked, pages, wall=wall, mono=mono)
     rows = list(repository.iter_revoked(newer_than=not_before, limit=maxlen or None, shared=shared))
     rows.reverse()
+    if collect is not None:
+        collect.extend(task_id for task_id, _ in rows)
     return len(rows), merge_unrecorded(revoked, rows, wall=wall, mono=mono)

@@ -7,7 +7,10 @@ enters the set is written before the caller (a revoke command) answers. When a w
 fails, the id stays honoured in memory and waits in a pending buffer; while Redis is
 failing nothing else blocks on it (:mod:`outage`): Celery's timer probes it with a
 short timeout, backing off exponentially, and once it answers the whole in-memory set
-is written again, so a Redis that came back empty is repaired.
+is written again, so a Redis that came back empty is repaired. Every tick also checks,
+in one round trip (:mod:`watch`), that Redis still holds what this worker wrote (loss,
+rollback, eviction), measures the server's clock (revocation times are stamped on it)
+and, now and then, the eviction policy.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from celery_redis_statedb.repository import (
 from celery_redis_statedb.revoked_set import attach, detach
 from celery_redis_statedb.stamps import stamps_for
 from celery_redis_statedb.stored_revokes import StoredRevokes
+from celery_redis_statedb.watch import StateWatch
 from statedb.client import COMMAND_RETRIES, boot_backoff
 from statedb.config import StateDBConfig, UnavailablePolicy
-from statedb.errors import InvalidInputError, RedisUnavailableError, StateDataError, StateDBError
+from statedb.errors import EvictionPolicyError, InvalidInputError, RedisUnavailableError, StateDBError
 from statedb.names import encode_task_id, is_storable_task_id
 from statedb.timeframes import format_duration
 
@@ -69,6 +73,9 @@ class WorkerStatePersistence:
                                 socket_connect_timeout=min(config.write_budget, config.socket_connect_timeout)),
             hostname, on_connect=FirstConnectFree(self.connections), retry_timeouts=False)
         self.pending: dict[str, float] = {}
+        # Ids in Celery's set read from the fleet set only (worker scope): a repair writes them back there.
+        self.fleet_only: dict[str, None] = {}
+        self.watch = StateWatch(self)
         self.loaded = False
         self.merged = MergeCounts(0, 0)
         self._lock = threading.RLock()
@@ -77,7 +84,7 @@ class WorkerStatePersistence:
         # A hit of the index is confirmed before the task may go on: within the write budget too.
         self.stored = StoredRevokes(self.repository, confirm_with=self.writer, horizon=config.horizon,
                                     pending=self.pending, outage=self.outage, lock=self._lock,
-                                    pending_count=lambda: len(self.pending))
+                                    pending_count=lambda: len(self.pending), now=self.now)
         self._probe: SyncStateRepository | None = None
         self._seen_connections = 0
         self._needs_resync = False
@@ -88,6 +95,10 @@ class WorkerStatePersistence:
     @property
     def failing(self) -> bool:
         return self.outage.failing
+
+    def now(self) -> float:
+        """Wall-clock time on the Redis server's clock: what revocation times are stamped with."""
+        return self.watch.now()
 
     # -- boot --------------------------------------------------------------
 
@@ -142,7 +153,7 @@ class WorkerStatePersistence:
         config = self.config
         worst = (COMMAND_RETRIES + 1) * (config.socket_timeout + config.socket_connect_timeout)
         if config.boot_timeout == 0 or remaining >= worst:
-            self._load()
+            self._load(at_boot=True)
             return
         half = max(remaining / 2, MIN_ATTEMPT / 2)
         bounded = open_sync_client(dataclasses.replace(
@@ -150,7 +161,7 @@ class WorkerStatePersistence:
             socket_connect_timeout=min(half, config.socket_connect_timeout)), on_connect=self.connections, retries=0)
         normal, self.repository.client = self.repository.client, bounded
         try:
-            self._load()
+            self._load(at_boot=True)
         except BaseException:
             self.repository.client = normal
             raise
@@ -163,12 +174,22 @@ class WorkerStatePersistence:
     def reload(self) -> None:
         """Merge what Redis holds into memory again (after a migration wrote to it)."""
         with self._lock:
-            self._load()
+            self._load(at_boot=True)
 
-    def _load(self) -> None:
+    def _load(self, *, at_boot: bool) -> None:
         self.repository.ping()
         self.repository.check_server()
-        self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon)
+        try:
+            self.watch.boot_check()
+        except EvictionPolicyError as exc:
+            if at_boot:
+                raise
+            # A degraded start merging late, on the timer: the worker cannot be stopped from here.
+            logger.critical("redis-statedb: %s", exc)
+        self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon,
+                                   now=self.now())
+        data = self.revoked._data
+        self.fleet_only.update((task_id, None) for task_id in self.merged.fleet_ids if task_id in data)
         stamps_for(self).load()
         clock = self._merge_clock()
         self.loaded = True
@@ -192,7 +213,9 @@ class WorkerStatePersistence:
         if not self.clock:
             return None
         value = int(self.clock.adjust(self.repository.read_clock()))
-        return self.repository.advance_clock(value).stored
+        stored = self.repository.advance_clock(value).stored
+        self.watch.clock_saved(stored)
+        return stored
 
     # -- write-through -----------------------------------------------------
 
@@ -203,7 +226,7 @@ class WorkerStatePersistence:
         slower than ``write_budget`` counts as failed (the ids wait for the timer too); it may
         have been applied anyway, which is harmless (ZADD LT keeps the earliest time).
         """
-        now = time.time()
+        now = self.now()
         with self._lock:
             if not self.pending and not self.failing:
                 # The usual case: one ZADD, each id checked as it is encoded.
@@ -245,22 +268,32 @@ class WorkerStatePersistence:
             self.pending.clear()
 
     def _resync(self) -> None:
-        """Write the whole in-memory set again (idempotent: the earliest time wins)."""
+        """Write the whole in-memory set again (idempotent: the earliest time wins), each id to the
+        set it came from: ids read from the fleet set only go back to the fleet set, every other
+        one (revoked here, read from the worker's own set, pending) to the worker's own set.
+        The index of stored ids beyond memory holds hashes only: those cannot be written back."""
         seen = self.connections.count
-        wall, mono = time.time(), time.monotonic()
+        wall, mono = self.now(), time.monotonic()
         earliest: dict[str, float] = {}
+        fleet: dict[str, float] = {}
+        fleet_only = self.fleet_only
         # entry[0] is the monotonic stamp in every Celery release (the entry's shape differs).
         for item, entry in list(self.revoked._data.items()):
             if isinstance(item, str) and is_storable_task_id(item):
-                earliest[item] = wall - max(0.0, mono - entry[0])
+                (fleet if item in fleet_only else earliest)[item] = wall - max(0.0, mono - entry[0])
         for task_id, when in self.pending.items():
             earliest[task_id] = min(when, earliest.get(task_id, when))
         self.repository.add_revoked_at(list(earliest.items()))
+        if fleet:
+            self.repository.add_fleet_revoked_at(list(fleet.items()))
+        if len(fleet) != len(fleet_only):
+            self.fleet_only = {task_id: None for task_id in fleet_only if task_id in fleet}
         self.pending.clear()
         self._needs_resync = False
         self._seen_connections = seen
-        logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s",
-                       len(earliest), self.config.safe_url)
+        where = f" ({len(fleet)} of them to the fleet set)" if fleet else ""
+        logger.warning("redis-statedb: wrote %d revoked ids held in memory back to %s%s",
+                       len(earliest) + len(fleet), self.config.safe_url, where)
 
     # -- lifting (restore and purge, told by the control commands) ----------
 
@@ -270,6 +303,7 @@ class WorkerStatePersistence:
             for task_id in task_ids:
                 self.revoked.discard(task_id)
                 self.pending.pop(task_id, None)
+                self.fleet_only.pop(task_id, None)
             self.stored.lift(task_ids)
 
     def purged_before(self, before: float) -> int:
@@ -318,14 +352,19 @@ class WorkerStatePersistence:
                 return
             self._probe_server()
         if not self.loaded:
-            self._load()
-        if time.monotonic() - self._last_clock_save >= self.config.clock_interval:
-            try:
-                self._save_clock()
-            except (StateDataError, InvalidInputError) as exc:
-                # A bad clock key must not hold back the revoked ids: report it and go on.
-                self._last_clock_save = time.monotonic()
-                logger.error("redis-statedb: the clock cannot be saved (%s); revoked ids are still stored", exc)
+            self._load(at_boot=False)
+        # One round trip: loss, rollback, eviction, the server clock; the clock saved when it moved
+        # or is due (a bad clock key is reported there and holds back nothing).
+        advance: int | None = None
+        if self.clock and self.loaded:
+            value = int(self.clock.value)
+            due = time.monotonic() - self._last_clock_save >= self.config.clock_interval
+            if due or value > (self.watch.saved_clock or 0):
+                advance = value
+        if self.loaded and self.watch.check(advance_to=advance) is not None:
+            self._needs_resync = True
+            if advance is None:
+                self._save_clock()  # the clock key is gone or behind: put this worker's back
         if recovering or self.connections.count != self._seen_connections:
             self._needs_resync = True
         stamps_for(self).tick(resync=self._needs_resync)
@@ -340,6 +379,7 @@ class WorkerStatePersistence:
             return
         result = self.repository.advance_clock(int(self.clock.value if value is None else value))
         self._last_clock_save = time.monotonic()
+        self.watch.clock_saved(result.stored)
         if result.created:
             # The clock written at boot is gone: Redis lost its data.
             self._needs_resync = True

@@ -37,6 +37,24 @@ def _horizon(value: object) -> float | None:
         raise ValueError("expected a duration such as 30d, 12h or 3600, or 0/none for no limit") from None
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _boolean(value: object) -> bool:
+    """A yes/no setting: a bool, 1/0, or true/false, yes/no, on/off (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError("expected true or false (also 1/0, yes/no, on/off)")
+
+
 def _text(value: object) -> str:
     return str(value).strip()
 
@@ -82,6 +100,10 @@ SETTINGS: tuple[Setting, ...] = (
             "its ids left to the timer (default 0.5)."),
     Setting("clock_interval", "redis_state_clock_interval", "CELERY_REDIS_STATE_CLOCK_INTERVAL",
             None, _number, "Seconds between clock saves and data-loss checks (default 10)."),
+    Setting("accept_eviction", "redis_state_accept_eviction", "CELERY_REDIS_STATE_ACCEPT_EVICTION",
+            None, _boolean,
+            "Start even when Redis may evict keys without a TTL (maxmemory-policy allkeys-*): stored revokes can "
+            "then vanish; the worker warns and writes back what it holds (default false: refuse to start)."),
 )
 
 

@@ -23,7 +23,6 @@ and never persisted. With the Redis statedb:
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -124,7 +123,7 @@ class WorkerStamps:
     def load(self) -> int:
         """Merge the worker's and the fleet's stamps into memory (within the horizon). Raises StateDBError."""
         repository, horizon = self.persistence.repository, self.persistence.config.horizon
-        now = time.time()
+        now = self.persistence.now()
         newer_than = None if horizon is None else now - horizon
         keys = repository.keys
         rows: list[tuple[str, Any, float, bool]] = []
@@ -147,7 +146,7 @@ class WorkerStamps:
 
     def record(self, pairs: Sequence[Stamp]) -> None:
         """Store pairs that are about to enter ``revoked_stamps``. Never raises."""
-        now = time.time()
+        now = self.persistence.now()
         members: list[bytes] = []
         for header, value in pairs:
             try:
@@ -207,7 +206,7 @@ class WorkerStamps:
         horizon = self.persistence.config.horizon
         if horizon is None or not self.times:
             return 0
-        return self.lift_before((time.time() if now is None else now) - horizon, fleet=True)
+        return self.lift_before((self.persistence.now() if now is None else now) - horizon, fleet=True)
 
     # -- lifting ---------------------------------------------------------------
 

@@ -39,9 +39,11 @@ class StoredRevokes:
 
     def __init__(self, repository: SyncStateRepository, *, confirm_with: SyncStateRepository | None = None,
                  horizon: float | None, pending: Mapping[str, float], outage: OutageTracker,
-                 lock: threading.RLock, pending_count: Callable[[], int]) -> None:
+                 lock: threading.RLock, pending_count: Callable[[], int],
+                 now: Callable[[], float] = time.time) -> None:
         self.repository, self.horizon, self.pending, self.outage = repository, horizon, pending, outage
         self.confirmer = confirm_with or repository
+        self.now = now  # wall clock of the stored scores (the server's)
         self.index = StoredIdIndex()
         self._lock = lock
         self._pending_count = pending_count
@@ -85,7 +87,7 @@ class StoredRevokes:
                     del self._confirmed[task_id]
             if self.outage.failing:
                 return 0
-            mono_limit = time.monotonic() - (time.time() - before) + slack
+            mono_limit = time.monotonic() - (self.now() - before) + slack
             candidates = [item for item, entry in list(revoked._data.items())
                           if entry[0] < mono_limit and item not in self.pending and is_storable_task_id(item)]
             dropped = 0
@@ -101,7 +103,7 @@ class StoredRevokes:
     # -- internals ---------------------------------------------------------
 
     def _within_horizon(self, revoked_at: float) -> bool:
-        return self.horizon is None or revoked_at >= time.time() - self.horizon
+        return self.horizon is None or revoked_at >= self.now() - self.horizon
 
     def _confirm(self, task_id: str) -> bool:
         if task_id in self.pending:
