@@ -191,6 +191,10 @@ class BadMembers:
         self.count = 0  # members skipped
         self.errors: list[StateDataError] = []  # the first KEPT, to report
         self.reported = 0  # errors[:reported] were reported already (the caller's bookkeeping)
+        self.unreadable: dict[str, StateDataError] = {}  # key -> why it could not be read at all (its type)
+
+    def key_unreadable(self, error: StateDataError) -> None:
+        self.unreadable.setdefault(error.key, error)
 
     def skip(self, error: StateDataError) -> None:
         self.count += 1

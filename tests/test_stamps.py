@@ -214,7 +214,7 @@ async def test_restore_from_every_set_or_one_worker(aclient: aioredis.Redis, red
     assert redis_client.zrange(keys["fleet"], 0, -1) == [member("batch", "fleet")]
     assert await restore_stamps(aclient, [], key_prefix=key_prefix) == 0
     with pytest.raises(InvalidInputError):
-        await restore_stamps(aclient, [("h", "x" * 10_000)], key_prefix=key_prefix)
+        await restore_stamps(aclient, [("h", "x" * (MAX_TASK_ID_BYTES + 1))], key_prefix=key_prefix)
 
 
 async def test_purge_by_age_bounds_and_dry_run(aclient: aioredis.Redis, redis_client: redis.Redis,
@@ -415,12 +415,15 @@ def test_write_through_before_the_reply_and_replies_unchanged(
 def test_unstorable_stamps_are_honoured_in_memory(make: Factory, redis_client: redis.Redis, key_prefix: str,
                                                   stamps_memory: dict[Any, Any],
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    make().boot()
+    persistence = make()
+    persistence.boot()
     with caplog.at_level(logging.ERROR, "celery_redis_statedb"):
-        handler()(FakeState(), {"big": "x" * 10_000, "ok": "v"})
-    assert stamps_memory["big"] == ["x" * 10_000]
+        handler()(FakeState(), {"big": "x" * (MAX_TASK_ID_BYTES + 1), "ok": "v"})
+    assert stamps_memory["big"] == ["x" * (MAX_TASK_ID_BYTES + 1)]
     assert redis_client.zrange(stamps_key(key_prefix, "w@host"), 0, -1) == [member("ok", "v")]
     assert "honoured in memory only" in caplog.text
+    status = persistence.status()
+    assert status["unstorable"] == 1 and "bytes long" in status["last_unstorable"]
 
 
 def test_boot_merges_own_and_fleet_within_the_horizon(
@@ -451,12 +454,21 @@ def test_boot_merges_own_and_fleet_within_the_horizon(
     assert stamps_memory["batch"] == ["own", "dup", "too-old"]
 
 
-def test_a_corrupt_member_stops_the_boot_naming_the_key(make: Factory, redis_client: redis.Redis,
-                                                        key_prefix: str) -> None:
-    redis_client.zadd(fleet_key(key_prefix), {b"not json": time.time()})
-    with pytest.raises(CorruptValueError) as caught:
-        make().boot()
-    assert caught.value.key == fleet_key(key_prefix)
+def test_a_corrupt_member_is_skipped_at_boot_naming_the_key(make: Factory, redis_client: redis.Redis,
+                                                             key_prefix: str, stamps_memory: dict[Any, Any],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    redis_client.zadd(fleet_key(key_prefix), {b"not json": time.time(), member("batch", "ok"): time.time(),
+                                              member("batch", "inf"): float("inf")})
+    redis_client.set(stamps_key(key_prefix, "w@host"), "a string")
+    persistence = make()
+    with caplog.at_level(logging.ERROR, "celery_redis_statedb"):
+        persistence.boot()
+    assert stamps_memory == {"batch": ["ok"]}
+    assert persistence.status()["bad_members"] == 2
+    assert persistence.status()["unreadable_keys"] == [stamps_key(key_prefix, "w@host")]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(repr(fleet_key(key_prefix)) in e and "not a stamped header" in e for e in errors), errors
+    assert any(repr(stamps_key(key_prefix, "w@host")) in e and "another type" in e for e in errors), errors
 
 
 def test_reset_state_in_children_never_touches_redis(make: Factory, redis_client: redis.Redis, key_prefix: str,
