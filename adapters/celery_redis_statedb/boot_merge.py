@@ -68,9 +68,12 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
     beyond: list[Iterator[list[bytes]]] = []
     with gc_paused():
         for shared in (False, True) if keys.revoked != keys.shared else (False,):
+            skipped = repository.bad.count if repository.bad is not None else 0
             try:
                 read, merged = _merge_newest(repository, revoked, shared=shared, wall=wall, mono=mono,
                                              not_before=start)
+                if repository.bad is not None:  # bad members skipped were read too: the index reads on below them
+                    read += repository.bad.count - skipped
                 total, too_old = repository.count_within(start, shared=shared)
             except WrongKeyTypeError as exc:  # reported by the caller; boot on what can be read
                 if repository.bad is None:

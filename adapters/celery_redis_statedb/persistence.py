@@ -168,9 +168,8 @@ class WorkerStatePersistence:
         key = self.repository.keys.clock
         try:
             stored = self.repository.read_clock()
-        except StateDataError as exc:
-            logger.error("redis-statedb: %s; booting on the local clock (%s), the key is left as it is: fix or "
-                         "delete it", exc, self.clock.value)
+        except StateDataError as exc:  # reported with the other keys that cannot be read; the key is left alone
+            self.bad.key_unreadable(exc)
             return int(self.clock.value)
         self._check_clock(stored, key)
         value = int(self.clock.adjust(stored))
@@ -203,7 +202,8 @@ class WorkerStatePersistence:
         for key, error in self.bad.unreadable.items():
             if key not in self._bad_keys_reported:
                 self._bad_keys_reported.add(key)
-                logger.error("redis-statedb: %s: not read, the worker boots on what it can read", error)
+                logger.error("redis-statedb: %s: not read, the worker boots on what it can read (the key is left "
+                             "as it is: fix or delete it)", error)
         if self.bad.count > self.bad.reported:
             logger.error("redis-statedb: %d bad members skipped in all (remove them with ZREM)", self.bad.count)
 
