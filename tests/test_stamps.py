@@ -1,10 +1,9 @@
 """Stamped-header revokes against a real server: the command layer, the admin APIs and CLI,
 and the worker side in process (write-through, boot merge, outages, lifting).
 
-Corrupt stored members are a CorruptValueError naming the key, everywhere (reads in the
-admin APIs and CLI, and a worker's boot, which then stops with exit code 65 like a corrupt
-id): a member that is not the JSON text ``["header", value]`` was not written by this
-library or by Celery, and skipping it could silently drop a revoke a producer meant.
+Corrupt stored members are a CorruptValueError naming the key in the repository and admin
+reads; a worker's boot and ``celery statedb ls`` skip them instead, with an error line naming
+the key, and count them (``statedb_status``): one bad member must not stop the fleet.
 """
 
 from __future__ import annotations
