@@ -259,13 +259,16 @@ async def inspect_worker(
 async def iter_revoked(
     redis: RedisTarget, worker: str | None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
     scope: Scope | str = Scope.WORKER, newer_than: float | None = None, limit: int | None = None,
+    bad: commands.BadMembers | None = None,
 ) -> AsyncIterator[tuple[str, float]]:
-    """(task id, revocation time) of a worker's set (None: the fleet set), newest first, in chunks."""
+    """(task id, revocation time) of a worker's set (None: the fleet set), newest first, in chunks.
+
+    A member that cannot be an id raises CorruptValueError, or, given ``bad``, is skipped and counted there."""
     async with _session(redis, key_prefix, scope) as session:
         # Any name gives the fleet key; shared=True below reads it when worker is None.
         keys = session.schema.for_worker(worker or "fleet", session.scope)
         operations = StateOperations(keys, session.target)
-        repository = AsyncStateRepository(session.client, operations)
+        repository = AsyncStateRepository(session.client, operations, bad=bad)
         async for row in repository.iter_revoked(newer_than=newer_than, limit=limit, shared=worker is None):
             yield row
 

@@ -15,34 +15,56 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from statedb.errors import CorruptValueError, InvalidInputError
+from statedb.errors import CorruptValueError, InvalidInputError, StateDataError
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp, encode_task_id
 from statedb.translate import CLOCK_CORRUPT_MARKER, translate_reply_error
 
 T = TypeVar("T")
 R_co = TypeVar("R_co", covariant=True)
-MAX_CLOCK = 2**53 - 1
-# A stored clock this close to the limit cannot be real (one tick per event); treat it as corrupt.
-MAX_STORED_CLOCK = MAX_CLOCK - 2**32
-_DIGITS = re.compile(rb"\d{1,16}")
+# Celery's Lamport clock is an unbounded integer: it is stored and compared as decimal text, never
+# as a float (a double stops counting at 2**53). Above these it is stored all the same, and reported:
+MAX_CLOCK = 2**53 - 1  # the largest clock a double holds exactly: beyond it a clock is implausible
+IMPLAUSIBLE_JUMP = 2**32  # a clock moving this much at once (one tick per event) was forged or corrupted
+# Python refuses to convert integers of more than 4 300 digits to text (int_max_str_digits): a longer
+# stored clock is corrupt, and a local one that long is not stored.
+MAX_CLOCK_DIGITS = 4000
+_DIGITS = re.compile(rb"[0-9]+")
 
-# Moves the clock forward only, so concurrent writers can never make it go back.
-# Replies {stored value, 1 if the key was missing}: a missing clock of a worker
-# that wrote one before means Redis lost its data.
+# Moves the clock forward only, so concurrent writers can never make it go back. Compares
+# decimal text (leading zeros aside: by length, then 15 digits at a time, which Lua numbers
+# hold exactly), so a clock of any size is ordered right. Replies {stored value, 1 if the
+# key was missing}: a missing clock of a worker that wrote one before means Redis lost its data.
 ADVANCE_CLOCK_SCRIPT = f"""
 local current = redis.call('GET', KEYS[1])
+local new = ARGV[1]
 if not current then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return {{ARGV[1], 1}}
+  redis.call('SET', KEYS[1], new)
+  return {{new, 1}}
 end
-if not string.match(current, '^%d+$') or string.len(current) > 16 then
+if not string.match(current, '^%d+$') then
   return redis.error_reply('ERR {CLOCK_CORRUPT_MARKER}')
 end
-if tonumber(current) >= tonumber(ARGV[1]) then
-  return {{current, 0}}
+local old = string.match(current, '^0*(%d.*)$')
+if string.len(old) ~= string.len(new) then
+  if string.len(old) > string.len(new) then
+    return {{current, 0}}
+  end
+else
+  for i = 1, string.len(new), 15 do
+    local a, b = tonumber(string.sub(old, i, i + 14)), tonumber(string.sub(new, i, i + 14))
+    if a ~= b then
+      if a > b then
+        return {{current, 0}}
+      end
+      break
+    end
+    if i + 15 > string.len(new) then
+      return {{current, 0}}
+    end
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return {{ARGV[1], 0}}
+redis.call('SET', KEYS[1], new)
+return {{new, 0}}
 """
 
 
@@ -157,8 +179,44 @@ def count_revoked(key: str) -> Operation[int]:
     return Operation((key,), lambda pipe: pipe.zcard(key), lambda replies: int(replies[0]))
 
 
-def decode_revoked_page(key: str, rows: Sequence[tuple[bytes, float]]) -> list[tuple[str, float]]:
-    """(task id, revocation time) pairs; corrupt members or scores name the key.
+class BadMembers:
+    """What reads skipped: members that cannot be ids (not UTF-8, a non-finite score...) and keys
+    of another type. One bad member must not stop a worker's boot nor a listing: it is left in
+    Redis, skipped, and counted here; the caller reports it (rate-limited) and shows the count.
+    """
+
+    KEPT = 20
+
+    def __init__(self) -> None:
+        self.count = 0  # members skipped
+        self.errors: list[StateDataError] = []  # the first KEPT, to report
+        self.reported = 0  # errors[:reported] were reported already (the caller's bookkeeping)
+        self.unreadable: dict[str, StateDataError] = {}  # key -> why it could not be read at all (its type)
+
+    def key_unreadable(self, error: StateDataError) -> None:
+        self.unreadable.setdefault(error.key, error)
+
+    def skip(self, error: StateDataError) -> None:
+        self.count += 1
+        if len(self.errors) < self.KEPT:
+            self.errors.append(error)
+
+    def unreported(self) -> list[StateDataError]:
+        new = self.errors[self.reported :]
+        self.reported = len(self.errors)
+        return new
+
+
+def _bad(key: str, bad: BadMembers | None, error: CorruptValueError) -> None:
+    if bad is None:
+        raise error
+    bad.skip(error)
+
+
+def decode_revoked_page(key: str, rows: Sequence[tuple[bytes, float]], bad: BadMembers | None = None
+                        ) -> list[tuple[str, float]]:
+    """(task id, revocation time) pairs; corrupt members or scores name the key (skipped into ``bad``
+    if given, else raised).
 
     Boot reads up to a million rows through here: the common case is checked a
     whole page at a time (a non-finite score makes the sum non-finite), and only
@@ -172,30 +230,30 @@ def decode_revoked_page(key: str, rows: Sequence[tuple[bytes, float]]) -> list[t
     except UnicodeDecodeError:
         task_ids = None
     if task_ids is None or not math.isfinite(sum(scores)):
-        return _decode_revoked_rows(key, rows)
+        return _decode_revoked_rows(key, rows, bad)
     return list(zip(task_ids, scores, strict=True))
 
 
-def _decode_revoked_rows(key: str, rows: Sequence[tuple[bytes, float]]) -> list[tuple[str, float]]:
+def _decode_revoked_rows(key: str, rows: Sequence[tuple[bytes, float]], bad: BadMembers | None
+                         ) -> list[tuple[str, float]]:
     page = []
     for member, score in rows:
         try:
             task_id = member.decode("utf-8")
         except UnicodeDecodeError:
-            raise CorruptValueError(
-                f"Redis key {key!r} holds a member that is not UTF-8 text: {member[:60]!r}", key=key
-            ) from None
+            _bad(key, bad, CorruptValueError(
+                f"Redis key {key!r} holds a member that is not UTF-8 text: {member[:60]!r}", key=key))
+            continue
         if not math.isfinite(score):
-            raise CorruptValueError(
-                f"Redis key {key!r} holds task id {task_id[:60]!r} with a non-finite score {score!r}",
-                key=key,
-            )
+            _bad(key, bad, CorruptValueError(
+                f"Redis key {key!r} holds task id {task_id[:60]!r} with a non-finite score {score!r}", key=key))
+            continue
         page.append((task_id, score))
     return page
 
 
 def revoked_page(key: str, *, newer_than: float | None, offset: int, count: int,
-                 high: float | str = "+inf") -> Operation[list[tuple[str, float]]]:
+                 high: float | str = "+inf", bad: BadMembers | None = None) -> Operation[list[tuple[str, float]]]:
     """One page of ids, newest first, revoked at or before ``high`` (skipping ``offset`` of
     those) and at or after ``newer_than`` (all if None)."""
     low: float | str = "-inf" if newer_than is None else newer_than
@@ -203,13 +261,14 @@ def revoked_page(key: str, *, newer_than: float | None, offset: int, count: int,
     def stage(pipe: PipelineLike) -> None:
         pipe.zrevrangebyscore(key, high, low, start=offset, num=count, withscores=True)
 
-    return Operation((key,), stage, lambda replies: decode_revoked_page(key, replies[0]))
+    return Operation((key,), stage, lambda replies: decode_revoked_page(key, replies[0], bad))
 
 
 def parse_clock(key: str, raw: object) -> int:
+    """A stored clock: any non-negative integer (decimal text); anything else names the key."""
     if raw is None:
         return 0
-    if isinstance(raw, bytes) and _DIGITS.fullmatch(raw) and int(raw) <= MAX_STORED_CLOCK:
+    if isinstance(raw, bytes) and len(raw) <= MAX_CLOCK_DIGITS and _DIGITS.fullmatch(raw):
         return int(raw)
     raise CorruptValueError(
         f"Redis key {key!r} does not hold a non-negative integer clock: {raw!r:.60}", key=key
@@ -221,14 +280,27 @@ def read_clock(key: str) -> Operation[int]:
 
 
 def check_clock_value(value: object, key: str) -> int:
-    """A clock value to store: what can be written can also be read back (same bound as parse_clock)."""
+    """A clock value to store: any non-negative integer that parse_clock reads back."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInputError(f"clock value must be a non-negative integer, got {value!r:.60}")
-    if value > MAX_STORED_CLOCK:
-        # Only a corrupt stored clock, adjusted, gets here: a real one ticks once per event.
-        raise CorruptValueError(f"the clock for Redis key {key!r} would exceed {MAX_STORED_CLOCK}: "
-                                f"the stored clock is not a real one", key=key)
+    if value.bit_length() > MAX_CLOCK_DIGITS * 3:  # 3 bits a digit is less than log2(10): within the digits
+        raise InvalidInputError(f"the clock for Redis key {key!r} is {value.bit_length()} bits long: "
+                                f"not stored (a real clock ticks once per event)")
     return value
+
+
+def implausible_clock(value: int, previous: int | None) -> str | None:
+    """Why ``value`` (coming after ``previous``) cannot be a real clock, or None if it can be.
+
+    A clock ticks once per event: beyond 2**53 ticks, or a jump of 2**32 at once, it was
+    forged (a ``worker-heartbeat`` event with any clock is enough) or corrupted. It is
+    stored and used all the same (a clock must never stop a worker), and reported.
+    """
+    if value > MAX_CLOCK:
+        return f"clock {value} is above 2**53"
+    if previous is not None and value - previous > IMPLAUSIBLE_JUMP:
+        return f"clock jumped by {value - previous} at once (from {previous} to {value})"
+    return None
 
 
 def advance_clock(key: str, value: int) -> Operation[ClockAdvance]:
@@ -236,7 +308,7 @@ def advance_clock(key: str, value: int) -> Operation[ClockAdvance]:
     checked = check_clock_value(value, key)
 
     def stage(pipe: PipelineLike) -> None:
-        pipe.eval(ADVANCE_CLOCK_SCRIPT, 1, key, checked)
+        pipe.eval(ADVANCE_CLOCK_SCRIPT, 1, key, str(checked))
 
     def parse(replies: Sequence[Any]) -> ClockAdvance:
         stored, created = replies[0]
@@ -272,7 +344,9 @@ class KeysetCursor(Generic[R_co]):
     row's score is.
     """
 
-    def __init__(self, key: str, *, newer_than: float | None, limit: int | None, chunk_size: int) -> None:
+    def __init__(self, key: str, *, newer_than: float | None, limit: int | None, chunk_size: int,
+                 bad: BadMembers | None = None) -> None:
+        self.bad = bad  # where bad members are skipped to (None: raised)
         if chunk_size < 1:
             raise InvalidInputError(f"chunk size must be at least 1, got {chunk_size!r}")
         self.key, self.newer_than, self.limit, self.chunk_size = key, newer_than, limit, chunk_size
@@ -280,6 +354,7 @@ class KeysetCursor(Generic[R_co]):
         self.high: float | str = "+inf"  # the score the next page starts at
         self.skip = 0  # rows already read at exactly that score
         self._requested = 0
+        self._raw: Sequence[Any] | None = None  # the last page's rows as read (set by its parse)
         self.done = limit is not None and limit <= 0
 
     def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[R_co]]:
@@ -294,17 +369,28 @@ class KeysetCursor(Generic[R_co]):
             return None
         left = None if self.limit is None else self.limit - self.offset
         self._requested = self.chunk_size if left is None else min(self.chunk_size, left)
-        return self.page(offset=self.skip, count=self._requested, high=self.high)
+        self._raw = None
+        operation = self.page(offset=self.skip, count=self._requested, high=self.high)
+        parse = operation.parse
+
+        def keep_raw(replies: Sequence[Any]) -> list[R_co]:
+            self._raw = replies[0]  # the (member, score) rows as read, bad ones included
+            return parse(replies)
+
+        return Operation(operation.keys, operation.stage, keep_raw)
 
     def feed(self, page: list[R_co]) -> list[R_co]:
-        self.offset += len(page)
-        if len(page) < self._requested or (self.limit is not None and self.offset >= self.limit):
+        # Paging follows the rows as read: a bad member skipped from the page still counts.
+        raw = self._raw
+        rows, score = (page, self.score) if raw is None else (raw, lambda row: float(row[1]))
+        self.offset += len(rows)
+        if len(rows) < self._requested or (self.limit is not None and self.offset >= self.limit):
             self.done = True
-        elif page:
-            last = self.score(page[-1])
+        elif rows:
+            last = score(rows[-1])
             ties = 0
-            for row in reversed(page):
-                if self.score(row) != last:
+            for row in reversed(rows):
+                if score(row) != last:
                     break
                 ties += 1
             self.skip = self.skip + ties if last == self.high else ties
@@ -316,20 +402,21 @@ class PageCursor(KeysetCursor[tuple[str, float]]):
     """(task id, revocation time) rows of a revoked set, newest first."""
 
     def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[tuple[str, float]]]:
-        return revoked_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high)
+        return revoked_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high,
+                            bad=self.bad)
 
     @staticmethod
     def score(row: Any) -> float:
         return float(row[1])
 
 
-def decode_task_ids(key: str, members: Sequence[bytes]) -> list[str]:
-    """Stored members as task ids; a member that is not UTF-8 names the key."""
+def decode_task_ids(key: str, members: Sequence[bytes], bad: BadMembers | None = None) -> list[str]:
+    """Stored members as task ids; a member that is not UTF-8 names the key (skipped into ``bad``
+    if given, else raised)."""
     try:
         return list(map(bytes.decode, members))
     except UnicodeDecodeError:
-        _decode_revoked_rows(key, [(member, 0.0) for member in members])
-        raise  # pragma: no cover (the line above raises)
+        return [task_id for task_id, _ in _decode_revoked_rows(key, [(member, 0.0) for member in members], bad)]
 
 
 MAX_WINDOWS = 1000
@@ -379,11 +466,12 @@ class WindowCursor:
     """
 
     def __init__(self, key: str, *, now: float, newer_than: float, width: float, limit: int | None,
-                 chunk_size: int, per_trip: int = 8) -> None:
-        self.key, self.limit, self.chunk_size, self.per_trip = key, limit, chunk_size, per_trip
+                 chunk_size: int, per_trip: int = 8, bad: BadMembers | None = None) -> None:
+        self.key, self.limit, self.chunk_size, self.per_trip, self.bad = key, limit, chunk_size, per_trip, bad
         self.windows = revoked_windows(now, newer_than, width)
         self.expect = (0, 0)  # the (window, offset) page to hand out next
-        self.received: dict[tuple[int, int], tuple[int, list[str]]] = {}  # page -> (ids asked for, ids)
+        self.received: dict[tuple[int, int], tuple[int, list[str], int]] = {}  # page -> (asked for, ids, read)
+        self._raw_lengths: list[int] = []
         self.loaded = 0
         self.reach = per_trip  # windows read ahead in one trip
         self.done = limit is not None and limit <= 0
@@ -401,7 +489,7 @@ class WindowCursor:
         else:
             plan = [(w, 0, count) for w in range(window, min(window + self.reach, len(self.windows)))]
         plan = self._plan = [page for page in plan if page[:2] not in self.received]
-        key, windows = self.key, self.windows
+        key, windows, bad = self.key, self.windows, self.bad
 
         def stage(pipe: PipelineLike) -> None:
             for w, start, num in plan:
@@ -411,24 +499,27 @@ class WindowCursor:
                 pipe.zrevrangebyscore(key, high, low, start=start, num=num, withscores=w == 0)
 
         def parse(replies: Sequence[Any]) -> list[list[str]]:
-            return [[task_id for task_id, _ in decode_revoked_page(key, reply)] if w == 0
-                    else decode_task_ids(key, reply) for (w, _, _), reply in zip(plan, replies, strict=True)]
+            self._raw_lengths = [len(reply) for reply in replies]  # bad members skipped still count
+            return [[task_id for task_id, _ in decode_revoked_page(key, reply, bad)] if w == 0
+                    else decode_task_ids(key, reply, bad) for (w, _, _), reply in zip(plan, replies, strict=True)]
 
         return Operation((key,) * len(plan), stage, parse)
 
     def feed(self, pages: list[list[str]]) -> list[tuple[float, list[str]]]:
         """The pages now ready, in order: (wall-clock stamp, ids newest first)."""
-        for (w, start, num), ids in zip(self._plan, pages, strict=True):
-            self.received[w, start] = (num, ids)
-        heads = [len(ids) < num for (_, start, num), ids in zip(self._plan, pages, strict=True) if not start]
+        raw = self._raw_lengths if len(self._raw_lengths) == len(pages) else [len(ids) for ids in pages]
+        self._raw_lengths = []
+        for (w, start, num), ids, got in zip(self._plan, pages, raw, strict=True):
+            self.received[w, start] = (num, ids, got)
+        heads = [got < num for (_, start, num), got in zip(self._plan, raw, strict=True) if not start]
         if heads:  # windows read from their start: all short means a sparse stretch, read further ahead
             self.reach = min(MAX_READ_AHEAD, self.reach * 2) if all(heads) else self.per_trip
         ready: list[tuple[float, list[str]]] = []
         while not self.done and self.expect in self.received:
             window, offset = self.expect
-            asked, ids = self.received.pop(self.expect)
+            asked, ids, got = self.received.pop(self.expect)
             # A page cut short by the limit is "full" too: the limit then ends the walk below.
-            full = len(ids) == asked
+            full = got == asked
             if self.limit is not None:
                 ids = ids[: self.limit - self.loaded]
             if ids:

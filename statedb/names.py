@@ -7,7 +7,12 @@ import unicodedata
 
 from statedb.errors import InvalidInputError
 
-MAX_TASK_ID_BYTES = 8192
+# The longest task id (and stamped header, encoded) stored. Redis takes members up to 512 MB, but
+# every id is carried whole by one write command (5 000 ids a ZADD: at most 320 MiB at this limit,
+# under Redis's 1 GB query buffer) and one boot page (10 000 ids: 640 MiB at most), so the limit is
+# far above any real id (a UUID is 36 bytes) and far below what would strain one command. Longer
+# ids are honoured in memory only, counted (``statedb_status``) and logged: lost at a restart.
+MAX_TASK_ID_BYTES = 65_536
 MAX_NAME_CHARS = 1024
 
 

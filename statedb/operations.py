@@ -49,16 +49,17 @@ class StateOperations:
     def count_revoked(self) -> commands.Operation[int]:
         return commands.count_revoked(self.keys.revoked)
 
-    def revoked_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False
-                      ) -> commands.PageCursor:
+    def revoked_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False,
+                      bad: commands.BadMembers | None = None) -> commands.PageCursor:
         key = self.keys.shared if shared else self.keys.revoked
-        return commands.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size)
+        return commands.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size,
+                                   bad=bad)
 
     def revoked_windows(self, now: float, newer_than: float, width: float, limit: int | None, *,
-                        shared: bool = False) -> commands.WindowCursor:
+                        shared: bool = False, bad: commands.BadMembers | None = None) -> commands.WindowCursor:
         key = self.keys.shared if shared else self.keys.revoked
         return commands.WindowCursor(key, now=now, newer_than=newer_than, width=width, limit=limit,
-                                     chunk_size=self.load_chunk_size)
+                                     chunk_size=self.load_chunk_size, bad=bad)
 
     def read_clock(self) -> commands.Operation[int]:
         return commands.read_clock(self.keys.clock)
@@ -70,9 +71,10 @@ class StateOperations:
                      ) -> commands.Operation[tuple[int, int]]:
         return stored_ids.count_within(self.keys.shared if shared else self.keys.revoked, horizon_start)
 
-    def stored_ranks(self, start: int, stop: int, *, shared: bool = False) -> stored_ids.RankCursor:
+    def stored_ranks(self, start: int, stop: int, *, shared: bool = False,
+                     bad: commands.BadMembers | None = None) -> stored_ids.RankCursor:
         key = self.keys.shared if shared else self.keys.revoked
-        return stored_ids.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size)
+        return stored_ids.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size, bad=bad)
 
     def revoked_scores(self, task_ids: Sequence[object]) -> commands.Operation[list[float | None]]:
         """The earliest score of each id in this worker's set or the fleet set."""
@@ -88,13 +90,13 @@ class StateOperations:
         when = time.time() if revoked_at is None else revoked_at
         return stamp_commands.add_stamps(self.keys.stamps, stamps, when, self.write_chunk_size)
 
-    def stamp_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False
-                    ) -> commands.Cursor[tuple[str, object, float]]:
+    def stamp_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False,
+                    bad: commands.BadMembers | None = None) -> commands.Cursor[tuple[str, object, float]]:
         from statedb import stamps as stamp_commands
 
         key = self.keys.shared_stamps if shared else self.keys.stamps
         return stamp_commands.StampPageCursor(key, newer_than=newer_than, limit=limit,
-                                              chunk_size=self.load_chunk_size)
+                                              chunk_size=self.load_chunk_size, bad=bad)
 
     def count_stamps(self, *, shared: bool = False) -> commands.Operation[int]:
         from statedb import stamps as stamp_commands

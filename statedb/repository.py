@@ -36,8 +36,11 @@ class AsyncStateRepository:
     A client passed in is never closed here; one opened by :meth:`open` is closed by :meth:`aclose`.
     """
 
-    def __init__(self, client: aioredis.Redis, operations: StateOperations, *, owns_client: bool = False) -> None:
+    def __init__(self, client: aioredis.Redis, operations: StateOperations, *, owns_client: bool = False,
+                 bad: commands.BadMembers | None = None) -> None:
         self.client, self.operations, self._owns_client = client, operations, owns_client
+        # Given ``bad``, reads skip members that cannot be ids into it; else they raise CorruptValueError.
+        self.bad = bad
 
     @classmethod
     def open(cls, config: StateDBConfig, worker: str) -> AsyncStateRepository:
@@ -93,7 +96,7 @@ class AsyncStateRepository:
         self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
     ) -> AsyncIterator[tuple[str, float]]:
         """(task id, revocation time) pairs, newest first, streamed in chunks (of the fleet set if shared)."""
-        cursor = self.operations.revoked_pages(newer_than, limit, shared=shared)
+        cursor = self.operations.revoked_pages(newer_than, limit, shared=shared, bad=self.bad)
         while (operation := cursor.next_operation()) is not None:
             for row in cursor.feed(await self._run(operation)):
                 yield row
@@ -112,7 +115,7 @@ class AsyncStateRepository:
     async def iter_stored_ids(self, start: int, stop: int, *, shared: bool = False
                               ) -> AsyncIterator[list[bytes]]:
         """Pages of stored ids (bytes) of ranks ``start`` to ``stop - 1``, newest first."""
-        cursor = self.operations.stored_ranks(start, stop, shared=shared)
+        cursor = self.operations.stored_ranks(start, stop, shared=shared, bad=self.bad)
         while (operation := cursor.next_operation()) is not None:
             for page in cursor.feed(await self._run(operation)):
                 yield page
@@ -131,7 +134,7 @@ class AsyncStateRepository:
         self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
     ) -> AsyncIterator[tuple[str, object, float]]:
         """(header, value, revocation time), newest first (of the fleet stamps key if shared)."""
-        cursor = self.operations.stamp_pages(newer_than, limit, shared=shared)
+        cursor = self.operations.stamp_pages(newer_than, limit, shared=shared, bad=self.bad)
         while (operation := cursor.next_operation()) is not None:
             for row in cursor.feed(await self._run(operation)):
                 yield row

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from statedb.commands import KeysetCursor, Operation, PipelineLike
+from statedb.commands import BadMembers, KeysetCursor, Operation, PipelineLike
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.keys import RedisKey, key_text
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp
@@ -101,20 +101,28 @@ def remove_stamps(key: RedisKey, stamps: Iterable[Stamp]) -> Operation[int]:
 StampRow = tuple[str, Any, float]  # (header, value, revocation time)
 
 
-def decode_stamps_page(key: str, rows: Sequence[tuple[bytes, float]]) -> list[StampRow]:
-    """(header, value, revocation time) rows; a corrupt member or a non-finite score names the key."""
+def decode_stamps_page(key: str, rows: Sequence[tuple[bytes, float]], bad: BadMembers | None = None
+                       ) -> list[StampRow]:
+    """(header, value, revocation time) rows; a corrupt member or a non-finite score names the key
+    (skipped into ``bad`` if given, else raised)."""
     page: list[StampRow] = []
     for member, score in rows:
-        header, value = decode_stamp(key, member)
-        if not math.isfinite(score):
-            raise CorruptValueError(f"Redis key {key!r} holds stamped header {header!r:.60} with a non-finite "
-                                    f"score {score!r}", key=key)
+        try:
+            header, value = decode_stamp(key, member)
+            if not math.isfinite(score):
+                raise CorruptValueError(f"Redis key {key!r} holds stamped header {header!r:.60} with a non-finite "
+                                        f"score {score!r}", key=key)
+        except CorruptValueError as error:
+            if bad is None:
+                raise
+            bad.skip(error)
+            continue
         page.append((header, value, float(score)))
     return page
 
 
 def stamps_page(key: str, *, newer_than: float | None, offset: int, count: int,
-                high: float | str = "+inf") -> Operation[list[StampRow]]:
+                high: float | str = "+inf", bad: BadMembers | None = None) -> Operation[list[StampRow]]:
     """One page of stamps, newest first, revoked at or before ``high`` (skipping ``offset`` of
     those) and at or after ``newer_than`` (all if None)."""
     low: float | str = "-inf" if newer_than is None else newer_than
@@ -122,7 +130,7 @@ def stamps_page(key: str, *, newer_than: float | None, offset: int, count: int,
     def stage(pipe: PipelineLike) -> None:
         pipe.zrevrangebyscore(key, high, low, start=offset, num=count, withscores=True)
 
-    return Operation((key,), stage, lambda replies: decode_stamps_page(key, replies[0]))
+    return Operation((key,), stage, lambda replies: decode_stamps_page(key, replies[0], bad))
 
 
 class StampPageCursor(KeysetCursor[StampRow]):
@@ -130,7 +138,8 @@ class StampPageCursor(KeysetCursor[StampRow]):
     :class:`statedb.commands.PageCursor`). ZREVRANGEBYSCORE ... WITHSCORES only."""
 
     def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[StampRow]]:
-        return stamps_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high)
+        return stamps_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high,
+                           bad=self.bad)
 
     @staticmethod
     def score(row: Any) -> float:

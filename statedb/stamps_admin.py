@@ -17,6 +17,7 @@ from typing import Any
 
 from statedb import stamps as stamp_commands
 from statedb.admin import CONCURRENCY, Progress, RedisTarget, _in_batches, _Session, _session
+from statedb.commands import BadMembers
 from statedb.keys import DEFAULT_KEY_PREFIX, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
 from statedb.repository import AsyncStateRepository
@@ -88,11 +89,13 @@ async def inspect_stamps(
 async def iter_stamps(
     redis: RedisTarget, worker: str | None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
     scope: Scope | str = Scope.WORKER, newer_than: float | None = None, limit: int | None = None,
+    bad: BadMembers | None = None,
 ) -> AsyncIterator[StampRow]:
-    """(header, value, revocation time) of a worker's stamps (None: the fleet's), newest first, in chunks."""
+    """(header, value, revocation time) of a worker's stamps (None: the fleet's), newest first, in chunks
+    (a corrupt member raises CorruptValueError, or, given ``bad``, is skipped and counted there)."""
     async with _session(redis, key_prefix, scope) as session:
         keys = session.schema.for_worker(worker or "fleet", session.scope)
-        repository = AsyncStateRepository(session.client, StateOperations(keys, session.target))
+        repository = AsyncStateRepository(session.client, StateOperations(keys, session.target), bad=bad)
         async for row in repository.iter_stamps(newer_than=newer_than, limit=limit, shared=worker is None):
             yield row
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from statedb.commands import Operation, PipelineLike, encode_task_ids
+from statedb.commands import BadMembers, Operation, PipelineLike, encode_task_ids
 from statedb.errors import CorruptValueError
 
 MAX_PAGES_PER_TRIP = 4
@@ -38,8 +38,9 @@ class RankCursor:
     """
 
     def __init__(self, key: str, *, start: int, stop: int, chunk_size: int,
-                 per_trip: int = MAX_PAGES_PER_TRIP) -> None:
+                 per_trip: int = MAX_PAGES_PER_TRIP, bad: BadMembers | None = None) -> None:
         self.key, self.next, self.stop, self.chunk_size, self.per_trip = key, start, stop, chunk_size, per_trip
+        self.bad = bad  # where members that are not UTF-8 are skipped to (None: kept, inert in the index)
         self._plan: list[tuple[int, int]] = []
 
     def next_operation(self) -> Operation[list[list[bytes]]] | None:
@@ -64,7 +65,23 @@ class RankCursor:
     def feed(self, pages: list[list[bytes]]) -> list[list[bytes]]:
         if any(len(page) < last - first + 1 for (first, last), page in zip(self._plan, pages, strict=True)):
             self.next = self.stop  # the set shrank meanwhile: nothing further down
+        if self.bad is not None:
+            pages = [page if b"".join(page).isascii() else self._text_only(page) for page in pages]
         return pages
+
+    def _text_only(self, page: list[bytes]) -> list[bytes]:
+        """The members of ``page`` that are UTF-8 (no task id can be any other); the rest are skipped."""
+        kept = []
+        for member in page:
+            try:
+                member.decode("utf-8")
+            except UnicodeDecodeError:
+                assert self.bad is not None
+                self.bad.skip(CorruptValueError(
+                    f"Redis key {self.key!r} holds a member that is not UTF-8 text: {member[:60]!r}", key=self.key))
+                continue
+            kept.append(member)
+        return kept
 
 
 def revoked_scores(keys: Sequence[str], task_ids: Sequence[object]) -> Operation[list[float | None]]:

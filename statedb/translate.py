@@ -14,7 +14,10 @@ from statedb.errors import (
     WrongKeyTypeError,
 )
 
-_AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username")
+_AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username",
+                 # An ACL refusal inside a Lua script (the clock's SET) comes back as a script error:
+                 "The user executing the script can't",  # Redis 7.0
+                 "ACL failure in script")  # Redis 7.2, Valkey
 # Error replies of a server that is failing over, full, loading or read-only: wait, do not give up.
 # redis-py turns some of them into classes (and strips the code), the others keep their code.
 _TRANSIENT_MARKERS = ("READONLY", "LOADING", "OOM", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")

@@ -136,12 +136,12 @@ def test_without_the_redis_statedb_stamps_are_celerys_alone(
 
 def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarness, state_prefix: str) -> None:
     from tests.servers import PrivateServer
-    from tests.test_security import ACL_PASSWORD, ADMIN_COMMANDS, FAST_ENV, WORKER_COMMANDS, acl_log, acl_rule
+    from tests.test_security import ACL_PASSWORD, ADMIN_COMMANDS, FAST_ENV, acl_log, acl_rule, worker_acl_rule
 
     server = PrivateServer().start()
     admin = server.client()
     try:
-        admin.execute_command("ACL", "SETUSER", "statedb", *acl_rule(state_prefix, WORKER_COMMANDS, admin))
+        admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin))
         admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(state_prefix, ADMIN_COMMANDS, admin))
         admin.execute_command("ACL", "LOG", "RESET")
         admin.zadd(fleet_key(state_prefix), {member("tenant", "t-1"): time.time()})
@@ -184,9 +184,10 @@ def test_planted_pickles_in_stamps_keys_are_never_loaded(
         worker = harness.worker(app, redis_url)
         key = stamps_key(state_prefix, worker.name)
         redis_client.zadd(key, {payload: time.time()})
-        worker.start(wait_ready=False)
-        assert worker.wait_exit(30) == 65, worker.log()
-        assert repr(key) in worker.log() and "Traceback" not in worker.log()
+        worker.start()  # skipped, with an error line naming the key: never loaded
+        assert any("ERROR" in line and repr(key) in line for line in worker.log().splitlines()), worker.log()
+        assert "Traceback" not in worker.log()
+        worker.kill()
         control = harness.control_app
         control.conf.redis_state_key_prefix = state_prefix
         with pytest.raises(CorruptValueError):

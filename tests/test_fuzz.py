@@ -238,7 +238,7 @@ def test_parse_clock_is_an_integer_in_range_or_corrupt(raw: bytes | None) -> Non
     except CorruptValueError as exc:
         assert exc.key == "c"
         return
-    assert 0 <= value <= commands.MAX_CLOCK
+    assert value >= 0
     assert raw is None or raw == str(value).encode() or raw.lstrip(b"0") == str(value).encode().lstrip(b"0")
 
 
@@ -250,10 +250,7 @@ def test_advance_clock_takes_only_integers_in_range(value: object) -> None:
     except InvalidInputError:
         assert isinstance(value, bool) or not isinstance(value, int) or value < 0
         return
-    except CorruptValueError:  # what could not be read back is never written
-        assert isinstance(value, int) and value > commands.MAX_STORED_CLOCK
-        return
-    assert calls == [("eval", (commands.ADVANCE_CLOCK_SCRIPT, 1, "c", value), {})]
+    assert calls == [("eval", (commands.ADVANCE_CLOCK_SCRIPT, 1, "c", str(value)), {})]
 
 
 def _score_bound(bound: float | str) -> tuple[float, bool]:
@@ -403,7 +400,7 @@ def test_listing_finds_exactly_the_workers_of_the_prefix(
 
 @SERVER
 @given(prefix=any_names, worker=any_names, stamped=st.lists(st.tuples(task_ids, times), min_size=1, max_size=25),
-       removed=st.integers(0, 5), clocks=st.lists(st.integers(0, commands.MAX_STORED_CLOCK), min_size=1, max_size=4))
+       removed=st.integers(0, 5), clocks=st.lists(st.integers(0, 2**70), min_size=1, max_size=4))
 def test_a_real_server_round_trip(
     fuzz_server: PrivateServer, fuzz_client: redis.Redis, prefix: str, worker: str,
     stamped: list[tuple[str, float]], removed: int, clocks: list[int],

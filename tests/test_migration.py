@@ -328,7 +328,7 @@ def test_malicious_pickle_in_the_file_runs_nothing(where: str, tmp_path: Path, o
 def test_ids_redis_cannot_hold_are_skipped_and_counted(tmp_path: Path, open_repo: Opener,
                                                        redis_client: redis.Redis) -> None:
     path = tmp_path / "worker.db"
-    write_shelf(dbm, path, {"revoked": {"ok": 1.0, "": 1.0, "x" * 9000: 1.0, 42: 1.0, b"raw": 1.0, "ok2": 1.0}})
+    write_shelf(dbm, path, {"revoked": {"ok": 1.0, "": 1.0, "x" * 70_000: 1.0, 42: 1.0, b"raw": 1.0, "ok2": 1.0}})
     repository = open_repo()
     report = migrate_file_statedb(path, repository)
     assert (report.ids_found, report.ids_added, report.ids_skipped) == (6, 2, 4)

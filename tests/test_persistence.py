@@ -252,11 +252,25 @@ def test_degrade_starts_without_redis_and_merges_later(
     assert {"stored-before", "while-degraded"} <= set(stored(private_server.url, key))
 
 
-def test_boot_stops_on_data_errors_even_when_degrading(make: Factory, redis_client: redis.Redis,
-                                                       key_prefix: str) -> None:
-    redis_client.set(f"{key_prefix}w@host:revoked", b"old blob")
+def test_a_key_of_another_type_is_reported_and_the_boot_goes_on(
+    make: Factory, redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = f"{key_prefix}w@host:revoked"
+    redis_client.set(key, b"old blob")
+    redis_client.zadd(f"{key_prefix}shared:fleet-revoked", {"fleet-id": time.time()})
+    revoked = LimitedSet(maxlen=100, expires=100)
+    persistence = make(revoked=revoked)
+    with caplog.at_level(logging.ERROR, logger="celery_redis_statedb"):
+        persistence.boot()
+    assert "fleet-id" in revoked  # what can be read is honoured
+    assert any(repr(key) in r.getMessage() and "another type" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.ERROR), caplog.text
+    assert persistence.status()["unreadable_keys"] == [key]
+    revoked.add("new")  # honoured in memory, waiting for the key to be repaired
+    assert "new" in revoked and "new" in persistence.pending
+    assert redis_client.get(key) == b"old blob"
     with pytest.raises(WrongKeyTypeError):
-        make(on_unavailable="degrade").boot()
+        persistence.repository.add_revoked(["x"])
 
 
 def test_wrong_password_stops_boot_at_once(make: Factory) -> None:

@@ -1,10 +1,9 @@
 """Stamped-header revokes against a real server: the command layer, the admin APIs and CLI,
 and the worker side in process (write-through, boot merge, outages, lifting).
 
-Corrupt stored members are a CorruptValueError naming the key, everywhere (reads in the
-admin APIs and CLI, and a worker's boot, which then stops with exit code 65 like a corrupt
-id): a member that is not the JSON text ``["header", value]`` was not written by this
-library or by Celery, and skipping it could silently drop a revoke a producer meant.
+Corrupt stored members are a CorruptValueError naming the key in the repository and admin
+reads; a worker's boot and ``celery statedb ls`` skip them instead, with an error line naming
+the key, and count them (``statedb_status``): one bad member must not stop the fleet.
 """
 
 from __future__ import annotations
@@ -214,7 +213,7 @@ async def test_restore_from_every_set_or_one_worker(aclient: aioredis.Redis, red
     assert redis_client.zrange(keys["fleet"], 0, -1) == [member("batch", "fleet")]
     assert await restore_stamps(aclient, [], key_prefix=key_prefix) == 0
     with pytest.raises(InvalidInputError):
-        await restore_stamps(aclient, [("h", "x" * 10_000)], key_prefix=key_prefix)
+        await restore_stamps(aclient, [("h", "x" * (MAX_TASK_ID_BYTES + 1))], key_prefix=key_prefix)
 
 
 async def test_purge_by_age_bounds_and_dry_run(aclient: aioredis.Redis, redis_client: redis.Redis,
@@ -415,12 +414,15 @@ def test_write_through_before_the_reply_and_replies_unchanged(
 def test_unstorable_stamps_are_honoured_in_memory(make: Factory, redis_client: redis.Redis, key_prefix: str,
                                                   stamps_memory: dict[Any, Any],
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    make().boot()
+    persistence = make()
+    persistence.boot()
     with caplog.at_level(logging.ERROR, "celery_redis_statedb"):
-        handler()(FakeState(), {"big": "x" * 10_000, "ok": "v"})
-    assert stamps_memory["big"] == ["x" * 10_000]
+        handler()(FakeState(), {"big": "x" * (MAX_TASK_ID_BYTES + 1), "ok": "v"})
+    assert stamps_memory["big"] == ["x" * (MAX_TASK_ID_BYTES + 1)]
     assert redis_client.zrange(stamps_key(key_prefix, "w@host"), 0, -1) == [member("ok", "v")]
     assert "honoured in memory only" in caplog.text
+    status = persistence.status()
+    assert status["unstorable"] == 1 and "bytes long" in status["last_unstorable"]
 
 
 def test_boot_merges_own_and_fleet_within_the_horizon(
@@ -451,12 +453,21 @@ def test_boot_merges_own_and_fleet_within_the_horizon(
     assert stamps_memory["batch"] == ["own", "dup", "too-old"]
 
 
-def test_a_corrupt_member_stops_the_boot_naming_the_key(make: Factory, redis_client: redis.Redis,
-                                                        key_prefix: str) -> None:
-    redis_client.zadd(fleet_key(key_prefix), {b"not json": time.time()})
-    with pytest.raises(CorruptValueError) as caught:
-        make().boot()
-    assert caught.value.key == fleet_key(key_prefix)
+def test_a_corrupt_member_is_skipped_at_boot_naming_the_key(make: Factory, redis_client: redis.Redis,
+                                                             key_prefix: str, stamps_memory: dict[Any, Any],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    redis_client.zadd(fleet_key(key_prefix), {b"not json": time.time(), member("batch", "ok"): time.time(),
+                                              member("batch", "inf"): float("inf")})
+    redis_client.set(stamps_key(key_prefix, "w@host"), "a string")
+    persistence = make()
+    with caplog.at_level(logging.ERROR, "celery_redis_statedb"):
+        persistence.boot()
+    assert stamps_memory == {"batch": ["ok"]}
+    assert persistence.status()["bad_members"] == 2
+    assert persistence.status()["unreadable_keys"] == [stamps_key(key_prefix, "w@host")]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(repr(fleet_key(key_prefix)) in e and "not a stamped header" in e for e in errors), errors
+    assert any(repr(stamps_key(key_prefix, "w@host")) in e and "another type" in e for e in errors), errors
 
 
 def test_reset_state_in_children_never_touches_redis(make: Factory, redis_client: redis.Redis, key_prefix: str,

@@ -141,6 +141,8 @@ class WorkerProcess:
     # Run the ``celery`` console script instead of ``python -m celery``: Celery's SIGHUP restart
     # re-executes ``sys.argv``, which only works for the script.
     script: bool = False
+    # Gossip on (no --without-gossip): the worker follows other workers' events, and their clocks.
+    gossip: bool = False
 
     @property
     def launcher(self) -> list[str]:
@@ -154,7 +156,7 @@ class WorkerProcess:
             *self.launcher, "-A", MODULE, "worker",
             "-n", self.name, "-P", self.pool, "-c", str(self.concurrency),
             *(["--statedb", self.statedb] if self.statedb is not None else []), "-Q", self.queue,
-            "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info",
+            "--without-mingle", *([] if self.gossip else ["--without-gossip"]), "--without-heartbeat", "-l", "info",
             *self.extra_args,
         ]
 
@@ -307,13 +309,14 @@ class WorkerHarness:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         script: bool = False,
+        gossip: bool = False,
     ) -> WorkerProcess:
         """A worker (not started yet) with a unique hostname and queue unless told."""
         token = uuid.uuid4().hex[:12]
         worker = WorkerProcess(
             app=app, name=name or f"e2e-{token}@statedb-test", queue=f"statedb-e2e-{token}",
             statedb=statedb, pool=pool, concurrency=concurrency, extra_args=tuple(extra_args),
-            env=dict(env or {}), script=script,
+            env=dict(env or {}), script=script, gossip=gossip,
         )
         self.workers.append(worker)
         return worker
@@ -373,6 +376,17 @@ class WorkerHarness:
             broker_connection_timeout=5,
         )
         return app
+
+    def statedb_status(self, worker: WorkerProcess, timeout: float = 5.0) -> dict[str, Any]:
+        """The worker's ``statedb_status`` control reply (counts: pending, unstorable, bad members...)."""
+        self.wait_reachable(worker)
+        replies = self.control_app.control.broadcast("statedb_status", destination=[worker.name], reply=True,
+                                                     timeout=timeout) or []
+        for reply in replies:
+            if worker.name in reply:
+                status: dict[str, Any] = reply[worker.name]
+                return status
+        raise AssertionError(f"no reply to statedb_status from {worker.name}: {replies}")
 
     def revoked_in_memory(self, worker: WorkerProcess, timeout: float = 5.0) -> set[str]:
         """The ids in the worker's ``state.revoked`` (Celery's ``inspect revoked``)."""

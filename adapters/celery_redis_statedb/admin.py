@@ -24,6 +24,7 @@ from celery_redis_statedb.control import PURGE_COMMAND
 from celery_redis_statedb.settings import resolve_config
 from statedb import admin
 from statedb.admin import Progress, Revocation, RevokedSetState
+from statedb.commands import BadMembers
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
 from statedb.timeframes import cutoff
@@ -109,14 +110,16 @@ def inspect_worker(app: Celery, worker: str | None, redis_url: str | None = None
 
 
 def revoked_ids(
-    app: Celery, worker: str | None, redis_url: str | None = None, *, limit: int | None = None
+    app: Celery, worker: str | None, redis_url: str | None = None, *, limit: int | None = None,
+    bad: BadMembers | None = None,
 ) -> list[tuple[str, float]]:
-    """(task id, revocation time) of a worker's set (None: the fleet set), newest first."""
+    """(task id, revocation time) of a worker's set (None: the fleet set), newest first (bad members
+    raise CorruptValueError, or, given ``bad``, are skipped and counted there)."""
     config = app_config(app, redis_url)
 
     async def collect() -> list[tuple[str, float]]:
         rows: AsyncIterator[tuple[str, float]] = admin.iter_revoked(
-            config.url, worker, scope=config.scope, limit=limit, **_target(config))
+            config.url, worker, scope=config.scope, limit=limit, bad=bad, **_target(config))
         return [row async for row in rows]
 
     result: list[tuple[str, float]] = anyio.run(collect)
@@ -176,7 +179,8 @@ def restore_tasks(
 
 
 def stamp_rows(
-    app: Celery, worker: str | None, redis_url: str | None = None, *, limit: int | None = None
+    app: Celery, worker: str | None, redis_url: str | None = None, *, limit: int | None = None,
+    bad: BadMembers | None = None,
 ) -> list[tuple[str, Any, float]]:
     """(header, value, revocation time) of a worker's stamps (None: the fleet's), newest first."""
     from statedb import stamps_admin
@@ -184,7 +188,8 @@ def stamp_rows(
     config = app_config(app, redis_url)
 
     async def collect() -> list[tuple[str, Any, float]]:
-        rows = stamps_admin.iter_stamps(config.url, worker, scope=config.scope, limit=limit, **_target(config))
+        rows = stamps_admin.iter_stamps(config.url, worker, scope=config.scope, limit=limit, bad=bad,
+                                        **_target(config))
         return [row async for row in rows]
 
     result: list[tuple[str, Any, float]] = anyio.run(collect)

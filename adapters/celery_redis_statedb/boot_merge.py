@@ -21,6 +21,7 @@ from celery.utils.collections import LimitedSet
 from celery_redis_statedb.repository import SyncStateRepository
 from celery_redis_statedb.revoked_set import merge_unrecorded, merge_unrecorded_pages
 from celery_redis_statedb.stored_index import StoredIdIndex
+from statedb.errors import WrongKeyTypeError
 
 # Boot stamps ids by windows of this share of the revoke expiry (see commands.WindowCursor).
 STAMP_WINDOW = 0.01
@@ -74,10 +75,19 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
     read_ids: dict[bool, list[str]] = {False: [], True: []}
     with gc_paused():
         for shared in (False, True) if both else (False,):
-            read, merged = _merge_newest(repository, revoked, shared=shared, wall=wall, mono=mono,
-                                         not_before=start, collect=read_ids[shared] if both else None)
+            skipped = repository.bad.count if repository.bad is not None else 0
+            try:
+                read, merged = _merge_newest(repository, revoked, shared=shared, wall=wall, mono=mono,
+                                             not_before=start, collect=read_ids[shared] if both else None)
+                if repository.bad is not None:  # bad members skipped were read too: the index reads on below them
+                    read += repository.bad.count - skipped
+                total, too_old = repository.count_within(start, shared=shared)
+            except WrongKeyTypeError as exc:  # reported by the caller; boot on what can be read
+                if repository.bad is None:
+                    raise
+                repository.bad.key_unreadable(exc)
+                continue
             in_memory += merged
-            total, too_old = repository.count_within(start, shared=shared)
             if total - too_old > read:
                 expected += total - too_old - read
                 beyond.append(repository.iter_stored_ids(read, total - too_old, shared=shared))

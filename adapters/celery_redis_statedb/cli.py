@@ -27,6 +27,7 @@ from celery_redis_statedb.durable_control import use_durable_control_by_default
 from celery_redis_statedb.install import connect_worker_hook, register_worker_options
 from celery_redis_statedb.repository import SyncStateRepository
 from statedb.admin import Progress
+from statedb.commands import BadMembers
 from statedb.errors import StateDBError
 from statedb.timeframes import format_duration, parse_duration
 
@@ -200,12 +201,21 @@ def ls_command(ctx: click.Context, worker: str | None, fleet: bool, limit: int |
     if stamps:
         _ls_stamps(ctx, _pick(worker, fleet), limit, as_json)
         return
-    rows = admin.revoked_ids(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx), limit=limit)
+    bad = BadMembers()
+    rows = admin.revoked_ids(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx), limit=limit, bad=bad)
     if as_json:
         click.echo(json.dumps([{"task_id": task_id, "revoked_at": when} for task_id, when in rows]))
-        return
-    for task_id, when in rows:
-        click.echo(f"{_when(when)}  {shown(task_id)}")
+    else:
+        for task_id, when in rows:
+            click.echo(f"{_when(when)}  {shown(task_id)}")
+    _flag_bad(bad)
+
+
+def _flag_bad(bad: BadMembers) -> None:
+    """Bad members skipped by a listing: one line on stderr (the listing itself is what could be read)."""
+    if bad.count:
+        click.echo(f"error: skipped {bad.count} bad members (left in Redis; remove them with ZREM), the first: "
+                   f"{str(bad.errors[0])!r}", err=True)
 
 
 @statedb.command()
@@ -350,13 +360,15 @@ def shown(value: Any) -> str:
 
 
 def _ls_stamps(ctx: click.Context, worker: str | None, limit: int | None, as_json: bool) -> None:
-    rows = admin.stamp_rows(_app(ctx), worker, redis_url=_url(ctx), limit=limit)
+    bad = BadMembers()
+    rows = admin.stamp_rows(_app(ctx), worker, redis_url=_url(ctx), limit=limit, bad=bad)
     if as_json:
         click.echo(json.dumps([{"header": header, "value": value, "revoked_at": when}
                                for header, value, when in rows]))
-        return
-    for header, value, when in rows:
-        click.echo(f"{_when(when)}  {shown(header)}={shown(value)}")
+    else:
+        for header, value, when in rows:
+            click.echo(f"{_when(when)}  {shown(header)}={shown(value)}")
+    _flag_bad(bad)
 
 
 def parse_stamp(text: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, ok
 
 COMMAND = "statedb_restore"
+STATUS_COMMAND = "statedb_status"
 PURGE_COMMAND = "statedb_purge"
 
 
@@ -53,3 +54,15 @@ def statedb_purge(state: Any, before: Any = None, **kwargs: Any) -> dict[str, st
         return ok("no Redis statedb on this worker")  # type: ignore[no-any-return]
     dropped = persistence.purged_before(cutoff)
     return ok(f"{dropped} purged ids dropped from memory")  # type: ignore[no-any-return]
+
+
+@control_command()  # type: ignore[untyped-decorator]
+def statedb_status(state: Any, **kwargs: Any) -> dict[str, Any]:
+    """This worker's statedb at a glance (JSON-able): ids waiting to be written, ids honoured in memory
+    only (not storable), bad members skipped at boot, keys that could not be read, since when Redis
+    has been failing (wall clock, or None), and the size of the index of stored revokes."""
+    persistence = _persistence()
+    if persistence is None or not hasattr(persistence, "status"):
+        return ok("no Redis statedb on this worker")  # type: ignore[no-any-return]
+    status: dict[str, Any] = persistence.status()
+    return status

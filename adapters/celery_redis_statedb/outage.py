@@ -53,6 +53,13 @@ class OutageTracker:
         return self._failing_since is not None
 
     @property
+    def failing_since(self) -> float | None:
+        """Since when (wall clock) Redis has been failing; None while it is not."""
+        if self._failing_since is None:
+            return None
+        return time.time() - (time.monotonic() - self._failing_since)
+
+    @property
     def due(self) -> bool:
         """True when Redis may be tried again (always, while it is not failing)."""
         return self._failing_since is None or time.monotonic() >= self._next_attempt

@@ -37,8 +37,16 @@ from celery_redis_statedb.stamps import stamps_for
 from celery_redis_statedb.stored_revokes import StoredRevokes
 from celery_redis_statedb.watch import StateWatch
 from statedb.client import COMMAND_RETRIES, boot_backoff
+from statedb.commands import IMPLAUSIBLE_JUMP, MAX_CLOCK, BadMembers, implausible_clock
 from statedb.config import StateDBConfig, UnavailablePolicy
-from statedb.errors import EvictionPolicyError, InvalidInputError, RedisUnavailableError, StateDBError
+from statedb.errors import (
+    EvictionPolicyError,
+    InvalidInputError,
+    RedisUnavailableError,
+    StateDataError,
+    StateDBError,
+    WrongKeyTypeError,
+)
 from statedb.names import encode_task_id, is_storable_task_id
 from statedb.timeframes import format_duration
 
@@ -72,6 +80,13 @@ class WorkerStatePersistence:
             dataclasses.replace(config, socket_timeout=min(config.write_budget, config.socket_timeout),
                                 socket_connect_timeout=min(config.write_budget, config.socket_connect_timeout)),
             hostname, on_connect=FirstConnectFree(self.connections), retry_timeouts=False)
+        # Bad members and keys of another type are skipped at boot, reported and counted, never fatal.
+        self.bad = self.repository.bad = self.repository.bad or BadMembers()
+        self._bad_keys_reported: set[str] = set()
+        self.unstorable = 0  # ids (and stamps) honoured in memory only: lost at the next restart
+        self.last_unstorable: str | None = None
+        self._clock_stored: int | None = None  # the clock last read or written (to spot forged jumps)
+        self._clock_warned_high = False
         self.pending: dict[str, float] = {}
         # Ids in Celery's set read from the fleet set only (worker scope): a repair writes them back there.
         self.fleet_only: dict[str, None] = {}
@@ -178,7 +193,10 @@ class WorkerStatePersistence:
 
     def _load(self, *, at_boot: bool) -> None:
         self.repository.ping()
-        self.repository.check_server()
+        try:
+            self.repository.check_server()
+        except WrongKeyTypeError as exc:  # the worker's own set: reported below, revokes then wait in memory
+            self.bad.key_unreadable(exc)
         try:
             self.watch.boot_check()
         except EvictionPolicyError as exc:
@@ -192,6 +210,7 @@ class WorkerStatePersistence:
         self.fleet_only.update((task_id, None) for task_id in self.merged.fleet_ids if task_id in data)
         stamps_for(self).load()
         clock = self._merge_clock()
+        self._report_bad()
         self.loaded = True
         self._seen_connections = self.connections.count
         self._last_clock_save = time.monotonic()
@@ -210,12 +229,67 @@ class WorkerStatePersistence:
             )
 
     def _merge_clock(self) -> int | None:
+        """No clock value stops a boot: a corrupt clock key is reported and left alone (the clock
+        goes on from the local value), an implausible one is merged with a warning."""
         if not self.clock:
             return None
-        value = int(self.clock.adjust(self.repository.read_clock()))
-        stored = self.repository.advance_clock(value).stored
-        self.watch.clock_saved(stored)
-        return stored
+        key = self.repository.keys.clock
+        try:
+            stored = self.repository.read_clock()
+        except StateDataError as exc:  # reported with the other keys that cannot be read; the key is left alone
+            self.bad.key_unreadable(exc)
+            return int(self.clock.value)
+        self._check_clock(stored, key)
+        value = int(self.clock.adjust(stored))
+        try:
+            result = self.repository.advance_clock(value)
+        except (StateDataError, InvalidInputError) as exc:
+            logger.error("redis-statedb: the clock cannot be saved at boot (%s); booting on the local clock", exc)
+            return value
+        self._clock_stored = result.stored
+        self.watch.clock_saved(result.stored)
+        return result.stored
+
+    def _check_clock(self, value: int, key: str) -> None:
+        """Warn (loudly, never refusing) about a clock no real worker reaches: above 2**53, or a
+        jump of 2**32 at once (a forged ``worker-heartbeat`` event is enough)."""
+        previous, self._clock_stored = self._clock_stored, max(value, self._clock_stored or 0)
+        why = implausible_clock(value, previous)
+        if why is None or (previous is not None and value <= previous):
+            return
+        high = value > MAX_CLOCK
+        if high and self._clock_warned_high and (previous is None or value - previous <= IMPLAUSIBLE_JUMP):
+            return  # said once: a clock that stays above 2**53 is not news at every save
+        self._clock_warned_high = self._clock_warned_high or high
+        logger.warning("redis-statedb: implausible logical clock for Redis key %r: %s (forged by an event or a "
+                       "peer, or corrupted); stored and used all the same", key, why)
+
+    def _report_bad(self) -> None:
+        """One ERROR line per bad member skipped (the first few) and per key of another type."""
+        for error in self.bad.unreported():
+            logger.error("redis-statedb: skipped a bad member (left in Redis, not honoured): %s", error)
+        for key, error in self.bad.unreadable.items():
+            if key not in self._bad_keys_reported:
+                self._bad_keys_reported.add(key)
+                logger.error("redis-statedb: %s: not read, the worker boots on what it can read (the key is left "
+                             "as it is: fix or delete it)", error)
+        if self.bad.count > self.bad.reported:
+            logger.error("redis-statedb: %d bad members skipped in all (remove them with ZREM)", self.bad.count)
+
+    def note_unstorable(self, exc: Exception) -> int:
+        """Count an id (or stamp) honoured in memory only; returns how many so far."""
+        self.unstorable += 1
+        self.last_unstorable = str(exc)[:200]
+        return self.unstorable
+
+    def status(self) -> dict[str, Any]:
+        """What operators look at (the ``statedb_status`` control command): JSON-able counts."""
+        return {
+            "pending": len(self.pending), "unstorable": self.unstorable, "last_unstorable": self.last_unstorable,
+            "bad_members": self.bad.count, "unreadable_keys": sorted(self.bad.unreadable),
+            "failing_since": self.outage.failing_since, "index_size": len(self.stored.index),
+            "loaded": self.loaded,
+        }
 
     # -- write-through -----------------------------------------------------
 
@@ -245,7 +319,8 @@ class WorkerStatePersistence:
             try:
                 encode_task_id(task_id)
             except InvalidInputError as exc:
-                logger.error("redis-statedb: revoked id honoured in memory only, not storable: %s", exc)
+                logger.error("redis-statedb: revoked id honoured in memory only, not storable (%d so far; lost at "
+                             "the next restart): %s", self.note_unstorable(exc), exc)
             else:
                 storable.append(task_id)  # type: ignore[arg-type]
         if not storable:
@@ -377,7 +452,9 @@ class WorkerStatePersistence:
     def _save_clock(self, value: int | None = None) -> None:
         if not self.clock:
             return
-        result = self.repository.advance_clock(int(self.clock.value if value is None else value))
+        current = int(self.clock.value if value is None else value)
+        self._check_clock(current, self.repository.keys.clock)
+        result = self.repository.advance_clock(current)
         self._last_clock_save = time.monotonic()
         self.watch.clock_saved(result.stored)
         if result.created:

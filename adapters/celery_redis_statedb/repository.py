@@ -65,16 +65,19 @@ def open_sync_client(
 class SyncStateRepository:
     """Reads and writes one worker's state; every redis error leaves as a StateDBError."""
 
-    def __init__(self, client: redis.Redis, operations: StateOperations, *, owns_client: bool = False) -> None:
+    def __init__(self, client: redis.Redis, operations: StateOperations, *, owns_client: bool = False,
+                 bad: commands.BadMembers | None = None) -> None:
         self.client, self.operations, self._owns_client = client, operations, owns_client
+        # Given ``bad``, reads skip members that cannot be ids into it; else they raise CorruptValueError.
+        self.bad = bad
 
     @classmethod
     def open(
         cls, config: StateDBConfig, worker: str, *, on_connect: Callable[[Any], None] | None = None,
-        retries: int = COMMAND_RETRIES, retry_timeouts: bool = True,
+        retries: int = COMMAND_RETRIES, retry_timeouts: bool = True, bad: commands.BadMembers | None = None,
     ) -> SyncStateRepository:
         client = open_sync_client(config, on_connect=on_connect, retries=retries, retry_timeouts=retry_timeouts)
-        return cls(client, StateOperations.for_worker(config, worker), owns_client=True)
+        return cls(client, StateOperations.for_worker(config, worker), owns_client=True, bad=bad)
 
     @property
     def keys(self) -> WorkerKeys:
@@ -114,12 +117,13 @@ class SyncStateRepository:
 
     def iter_revoked(self, *, newer_than: float | None = None, limit: int | None = None,
                      shared: bool = False) -> Iterator[tuple[str, float]]:
-        yield from self._walk(self.operations.revoked_pages(newer_than, limit, shared=shared))
+        yield from self._walk(self.operations.revoked_pages(newer_than, limit, shared=shared, bad=self.bad))
 
     def iter_revoked_windows(self, *, now: float, newer_than: float, width: float, limit: int | None = None,
                              shared: bool = False) -> Iterator[tuple[float, list[str]]]:
         """(wall-clock stamp, ids newest first) pages, newest first: see commands.WindowCursor."""
-        yield from self._walk(self.operations.revoked_windows(now, newer_than, width, limit, shared=shared))
+        yield from self._walk(self.operations.revoked_windows(now, newer_than, width, limit, shared=shared,
+                                                              bad=self.bad))
 
     def _walk(self, cursor: commands.Cursor[T]) -> Iterator[T]:
         while (operation := cursor.next_operation()) is not None:
@@ -137,7 +141,7 @@ class SyncStateRepository:
 
     def iter_stored_ids(self, start: int, stop: int, *, shared: bool = False) -> Iterator[list[bytes]]:
         """Pages of stored ids (bytes) of ranks ``start`` to ``stop - 1``, newest first."""
-        yield from self._walk(self.operations.stored_ranks(start, stop, shared=shared))
+        yield from self._walk(self.operations.stored_ranks(start, stop, shared=shared, bad=self.bad))
 
     def revoked_scores(self, task_ids: Sequence[object]) -> list[float | None]:
         """The earliest revocation time of each id in this worker's set or the fleet set (None: in neither)."""
@@ -152,7 +156,7 @@ class SyncStateRepository:
     def iter_stamps(self, *, newer_than: float | None = None, limit: int | None = None,
                     shared: bool = False) -> Iterator[tuple[str, object, float]]:
         """(header, value, revocation time), newest first (of the fleet stamps key if shared)."""
-        yield from self._walk(self.operations.stamp_pages(newer_than, limit, shared=shared))
+        yield from self._walk(self.operations.stamp_pages(newer_than, limit, shared=shared, bad=self.bad))
 
     def count_stamps(self, *, shared: bool = False) -> int:
         return self._run(self.operations.count_stamps(shared=shared))

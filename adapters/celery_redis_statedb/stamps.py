@@ -32,7 +32,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import Panel, control_command, ok
 
 from celery_redis_statedb.outage import Throttle
-from statedb.errors import InvalidInputError, StateDBError
+from statedb.errors import InvalidInputError, StateDBError, WrongKeyTypeError
 from statedb.stamps import Stamp, decode_stamp, encode_stamp
 
 if TYPE_CHECKING:
@@ -128,8 +128,14 @@ class WorkerStamps:
         keys = repository.keys
         rows: list[tuple[str, Any, float, bool]] = []
         for shared in (False, True) if keys.stamps != keys.shared_stamps else (False,):
-            rows.extend((h, v, when, shared) for h, v, when in repository.iter_stamps(newer_than=newer_than,
-                                                                                  shared=shared))
+            try:
+                read = list(repository.iter_stamps(newer_than=newer_than, shared=shared))
+            except WrongKeyTypeError as exc:  # reported by the persistence; boot on what can be read
+                if repository.bad is None:
+                    raise
+                repository.bad.key_unreadable(exc)
+                continue
+            rows.extend((h, v, when, shared) for h, v, when in read)
         for header, value, when, shared in rows:
             member = encode_stamp(header, value)
             if when < self.times.get(member, when + 1):
@@ -152,7 +158,8 @@ class WorkerStamps:
             try:
                 members.append(encode_stamp(header, value))
             except InvalidInputError as exc:
-                logger.error("redis-statedb: stamped-header revoke honoured in memory only, not storable: %s", exc)
+                logger.error("redis-statedb: stamped-header revoke honoured in memory only, not storable (%d so far; "
+                             "lost at the next restart): %s", self.persistence.note_unstorable(exc), exc)
         if not members:
             return
         persistence = self.persistence
