@@ -436,6 +436,7 @@ class WorkerStatePersistence:
             due = time.monotonic() - self._last_clock_save >= self.config.clock_interval
             if due or value > (self.watch.saved_clock or 0):
                 advance = value
+                self._check_clock(value, self.repository.keys.clock)  # a forged jump is said, never refused
         if self.loaded and self.watch.check(advance_to=advance) is not None:
             self._needs_resync = True
             if advance is None:
