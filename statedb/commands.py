@@ -473,6 +473,9 @@ class WindowCursor:
         self.received: dict[tuple[int, int], tuple[int, list[str], int]] = {}  # page -> (asked for, ids, read)
         self._raw_lengths: list[int] = []
         self.loaded = 0
+        # Ranks of the set (newest first) the pages handed out cover, bad members skipped in them
+        # included; a page cut short by the limit counts its ids kept only (never more than it covers).
+        self.ranks = 0
         self.reach = per_trip  # windows read ahead in one trip
         self.done = limit is not None and limit <= 0
         self._plan: list[tuple[int, int, int]] = []  # (window, offset, ids asked for)
@@ -520,8 +523,11 @@ class WindowCursor:
             asked, ids, got = self.received.pop(self.expect)
             # A page cut short by the limit is "full" too: the limit then ends the walk below.
             full = got == asked
-            if self.limit is not None:
+            if self.limit is not None and len(ids) > self.limit - self.loaded:
                 ids = ids[: self.limit - self.loaded]
+                self.ranks += len(ids)
+            else:
+                self.ranks += got
             if ids:
                 ready.append((self.windows[window][2], ids))
                 self.loaded += len(ids)

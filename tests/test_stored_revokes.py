@@ -341,3 +341,22 @@ def test_boot_warns_once_above_a_million_stored_ids(make: Factory, redis_client:
         make(revoked=LimitedSet(maxlen=50000, expires=3600)).boot()
     assert "0 honoured in memory, 11 more by the index of stored revokes (horizon: no limit)" in caplog.text
     assert caplog.text.count("celery statedb purge") == 1
+
+
+def test_a_bad_member_read_ahead_past_the_size_cap_hides_no_stored_id(
+    make: Factory, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Boot reads windows ahead of the size cap; a bad member in a window read ahead but never
+    handed out was counted as a rank read, so the index started one rank too low and the
+    stored id just past the newest ones was in neither memory nor the index."""
+    now = time.time()
+    newest, older = ids(2, "newest"), ids(3, "older")
+    redis_client.zadd(own_key(key_prefix), {newest[0]: now - 10, newest[1]: now - 11,  # window of the cap
+                                            older[0]: now - 500,  # the next window: read ahead
+                                            b"\xff\xfe": now - 700,  # a bad member, read ahead too
+                                            older[1]: now - 900, older[2]: now - 5000})
+    revoked = LimitedSet(maxlen=2, expires=10800)
+    persistence = make(revoked=revoked)
+    persistence.boot()
+    assert persistence.bad.count >= 1
+    assert all(task_id in revoked for task_id in newest + older)

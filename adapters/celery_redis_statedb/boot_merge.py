@@ -75,12 +75,11 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
     read_ids: dict[bool, list[str]] = {False: [], True: []}
     with gc_paused():
         for shared in (False, True) if both else (False,):
-            skipped = repository.bad.count if repository.bad is not None else 0
             try:
+                # ``read``: the ranks the newest ids cover (bad members skipped among them included): the
+                # index reads on below them. Never more: an id the count skipped would be in neither.
                 read, merged = _merge_newest(repository, revoked, shared=shared, wall=wall, mono=mono,
                                              not_before=start, collect=read_ids[shared] if both else None)
-                if repository.bad is not None:  # bad members skipped were read too: the index reads on below them
-                    read += repository.bad.count - skipped
                 total, too_old = repository.count_within(start, shared=shared)
             except WrongKeyTypeError as exc:  # reported by the caller; boot on what can be read
                 if repository.bad is None:
@@ -110,16 +109,21 @@ def _merge_newest(repository: SyncStateRepository, revoked: LimitedSet, *, share
         newer_than = wall - expires if not_before is None else max(wall - expires, not_before)
         # Ids only, by windows of 1% of the expiry: each id is taken to be at most
         # that much younger than it is (kept that much longer, never less).
+        ranks: list[int] = []
         pages = list(repository.iter_revoked_windows(
-            now=wall, newer_than=newer_than, width=expires * STAMP_WINDOW, limit=maxlen or None, shared=shared))
+            now=wall, newer_than=newer_than, width=expires * STAMP_WINDOW, limit=maxlen or None, shared=shared,
+            ranks=ranks))
         pages.reverse()
-        read = sum(len(ids) for _, ids in pages)
+        # Bad members skipped in pages read ahead (past the size cap) and never handed out are no ranks read.
+        read = ranks[0] if ranks else sum(len(ids) for _, ids in pages)
         if collect is not None:
             for _, ids in pages:
                 collect.extend(ids)
         return read, merge_unrecorded_pages(revoked, pages, wall=wall, mono=mono)
+    skipped = repository.bad.count if repository.bad is not None else 0
     rows = list(repository.iter_revoked(newer_than=not_before, limit=maxlen or None, shared=shared))
     rows.reverse()
     if collect is not None:
         collect.extend(task_id for task_id, _ in rows)
-    return len(rows), merge_unrecorded(revoked, rows, wall=wall, mono=mono)
+    read = len(rows) + (repository.bad.count - skipped if repository.bad is not None else 0)
+    return read, merge_unrecorded(revoked, rows, wall=wall, mono=mono)

@@ -120,10 +120,16 @@ class SyncStateRepository:
         yield from self._walk(self.operations.revoked_pages(newer_than, limit, shared=shared, bad=self.bad))
 
     def iter_revoked_windows(self, *, now: float, newer_than: float, width: float, limit: int | None = None,
-                             shared: bool = False) -> Iterator[tuple[float, list[str]]]:
-        """(wall-clock stamp, ids newest first) pages, newest first: see commands.WindowCursor."""
-        yield from self._walk(self.operations.revoked_windows(now, newer_than, width, limit, shared=shared,
-                                                              bad=self.bad))
+                             shared: bool = False, ranks: list[int] | None = None
+                             ) -> Iterator[tuple[float, list[str]]]:
+        """(wall-clock stamp, ids newest first) pages, newest first: see commands.WindowCursor.
+
+        Given ``ranks``, its one item is set, once the walk is over, to how many of the set's ranks
+        (newest first) the pages cover, bad members skipped in them included."""
+        cursor = self.operations.revoked_windows(now, newer_than, width, limit, shared=shared, bad=self.bad)
+        yield from self._walk(cursor)
+        if ranks is not None:
+            ranks[:] = [cursor.ranks]
 
     def _walk(self, cursor: commands.Cursor[T]) -> Iterator[T]:
         while (operation := cursor.next_operation()) is not None:
