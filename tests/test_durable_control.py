@@ -639,3 +639,19 @@ def test_revoke_tasks_with_redis_down_broadcasts_nothing(key_prefix: str, spy: B
     with pytest.raises(RedisUnavailableError):
         revoke_tasks(app, ["x"])
     assert spy.calls == []
+
+
+def test_a_producer_with_a_slow_clock_stores_the_servers_time(
+    redis_url: str, key_prefix: str, spy: BroadcastSpy, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flower or `celery control revoke` on a host 4 h behind: the score is the Redis server's time."""
+    import celery_redis_statedb.durable_control as module
+
+    real = time.time
+    monkeypatch.setattr(module.time, "time", lambda: real() - 4 * 3600)
+    app = make_app(redis_url, key_prefix)
+    app.control.revoke("skewed-1")
+    monkeypatch.setattr(module.time, "time", real)
+    seconds, micros = redis_client.time()
+    score = redis_client.zscore(f"{key_prefix}shared:fleet-revoked", "skewed-1")
+    assert score is not None and abs(score - (seconds + micros / 1e6)) < 5

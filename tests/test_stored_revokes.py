@@ -360,3 +360,19 @@ def test_a_bad_member_read_ahead_past_the_size_cap_hides_no_stored_id(
     persistence.boot()
     assert persistence.bad.count >= 1
     assert all(task_id in revoked for task_id in newest + older)
+
+
+def test_a_confirmed_hit_is_asked_again_after_a_moment(make: Factory, redis_client: redis.Redis, key_prefix: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore this worker did not hear (no broadcast, a ZREM by hand) lifts the revoke all the same."""
+    from celery_redis_statedb import stored_revokes
+
+    monkeypatch.setattr(stored_revokes, "CONFIRMED_FOR", 0.05)
+    (old,) = ids(1)
+    redis_client.zadd(own_key(key_prefix), {old: time.time() - 7200})
+    revoked = LimitedSet(maxlen=50000, expires=3600)
+    make(revoked=revoked).boot()
+    assert old in revoked
+    redis_client.zrem(own_key(key_prefix), old)
+    time.sleep(0.1)
+    assert old not in revoked

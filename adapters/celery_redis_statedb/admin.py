@@ -8,6 +8,7 @@ use :mod:`statedb.admin` there.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -75,15 +76,30 @@ def purge_old_revoked_tasks(
     ids they still hold in memory stop binding them at once.
     """
     config = app_config(app, redis_url)
-    now = time.time()
+    now = _server_now(config)  # the clock the workers stamp revocations with
     result: int = _run(admin.purge_old_revoked, config.url, older_than=older_than, worker_name=worker_name,
                        scope=config.scope, dry_run=dry_run, progress=progress, now=now, **_target(config))
     if broadcast and not dry_run:
         destination = [worker_name] if worker_name else None
-        app.control.broadcast(PURGE_COMMAND, arguments={"before": cutoff(now, older_than)},
-                              destination=destination, reply=False)
+        try:
+            app.control.broadcast(PURGE_COMMAND, arguments={"before": cutoff(now, older_than)},
+                                  destination=destination, reply=False)
+        except Exception as exc:  # kombu's OperationalError, OSError: the broker is not there
+            logging.getLogger("celery_redis_statedb").warning(
+                "redis-statedb: revoked ids purged in Redis, but live workers could not be told: %s", exc)
         broadcast_purge_stamps(app, older_than, worker_name, scope=config.scope, now=now)
     return result
+
+
+def _server_now(config: StateDBConfig) -> float:
+    from celery_redis_statedb.durable_control import server_time
+    from celery_redis_statedb.repository import open_sync_client
+
+    client = open_sync_client(config)
+    try:
+        return server_time(client, config.safe_url)
+    finally:
+        client.close()
 
 
 def list_workers(app: Celery, redis_url: str | None = None) -> list[str]:
@@ -255,7 +271,6 @@ def broadcast_purge_stamps(
     broadcast drop the purged stamps at their next boot.
     """
     import logging
-    import time
 
     from celery_redis_statedb.stamps import PURGE_COMMAND
     from statedb.keys import Scope

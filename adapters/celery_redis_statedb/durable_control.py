@@ -179,6 +179,19 @@ def plan_revoke(config: StateDBConfig, command: str, arguments: dict[str, Any],
     return RevokeWrite(ops, f"revoke of {len(pairs)} stamped header{'s' if len(pairs) != 1 else ''}")
 
 
+def server_time(client: redis.Redis, target: str) -> float:
+    """The Redis server's clock (``TIME``): revocation times must not depend on this host's clock.
+
+    This host's clock if the server refuses ``TIME`` (an ACL without ``+time``)."""
+    try:
+        seconds, micros = client.time()
+    except redis.exceptions.NoPermissionError:
+        return time.time()
+    except (RedisError, OSError) as exc:
+        raise translate_exception(exc, target=target) from exc
+    return float(seconds) + float(micros) / 1e6
+
+
 def run_operations(client: redis.Redis, operations: Sequence[commands.Operation[int]], target: str) -> int:
     """Stage every operation on one pipeline (one round trip); the sum of their results."""
     try:
@@ -198,12 +211,14 @@ def run_operations(client: redis.Redis, operations: Sequence[commands.Operation[
 
 def store_revoked_ids(config: StateDBConfig, task_ids: Sequence[object], *, revoked_at: float | None = None) -> int:
     """Write ids to the fleet set with a client of its own; how many were new there."""
-    plan = plan_revoke(config, "revoke", {"task_id": list(task_ids)}, None,
-                       time.time() if revoked_at is None else revoked_at)
-    if plan is None:
+    arguments = {"task_id": list(task_ids)}
+    if plan_revoke(config, "revoke", arguments, None, time.time()) is None:  # validated before any I/O
         return 0
     client = open_sync_client(config)
     try:
+        when = server_time(client, config.safe_url) if revoked_at is None else revoked_at
+        plan = plan_revoke(config, "revoke", arguments, None, when)
+        assert plan is not None
         return run_operations(client, plan.operations, config.safe_url)
     finally:
         client.close()
@@ -270,7 +285,10 @@ class DurableControl(Control):  # type: ignore[misc]
         if plan is None:
             return
         try:
-            run_operations(self._statedb_client(config), plan.operations, config.safe_url)
+            client = self._statedb_client(config)
+            # Planned again on the server's clock (one more round trip, for revokes only).
+            plan = plan_revoke(config, command, arguments, destination, server_time(client, config.safe_url)) or plan
+            run_operations(client, plan.operations, config.safe_url)
         except StateDBError as exc:
             if policy is RevokePolicy.BROADCAST:
                 logger.warning(

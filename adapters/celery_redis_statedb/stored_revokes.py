@@ -31,6 +31,9 @@ from statedb.names import is_storable_task_id
 logger = logging.getLogger("celery_redis_statedb")
 
 CONFIRMED_MAX = 4096
+# A confirmed hit is trusted this long (Celery checks one message two or three times in a row);
+# after it the next check asks Redis again, so a restore this worker did not hear still lifts it.
+CONFIRMED_FOR = 2.0
 REVALIDATE_CHUNK = 5_000
 
 
@@ -47,7 +50,8 @@ class StoredRevokes:
         self.index = StoredIdIndex()
         self._lock = lock
         self._pending_count = pending_count
-        self._confirmed: OrderedDict[str, float] = OrderedDict()  # id -> revocation time, recent hits
+        # id -> (revocation time, when confirmed on the monotonic clock): hits confirmed a moment ago
+        self._confirmed: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._warnings = Throttle()
         self.confirmations = 0  # Redis round trips made for candidates (for tests and metrics)
 
@@ -82,7 +86,7 @@ class StoredRevokes:
         seconds late, so the candidates are those stamped before ``before + slack``, each
         checked in Redis (an id still stored, pending or not storable stays)."""
         with self._lock:
-            for task_id, revoked_at in list(self._confirmed.items()):
+            for task_id, (revoked_at, _) in list(self._confirmed.items()):
                 if revoked_at < before:
                     del self._confirmed[task_id]
             if self.outage.failing:
@@ -108,10 +112,12 @@ class StoredRevokes:
     def _confirm(self, task_id: str) -> bool:
         if task_id in self.pending:
             return True
-        revoked_at = self._confirmed.get(task_id)
-        if revoked_at is not None and self._within_horizon(revoked_at):
-            self._confirmed.move_to_end(task_id)
-            return True
+        confirmed = self._confirmed.get(task_id)
+        if confirmed is not None:
+            revoked_at, at = confirmed
+            if time.monotonic() - at < CONFIRMED_FOR and self._within_horizon(revoked_at):
+                return True
+            del self._confirmed[task_id]
         if self.outage.failing:
             self._warn_unconfirmed(task_id, None)
             return True
@@ -127,7 +133,7 @@ class StoredRevokes:
             self.index.lift([task_id])
             self._confirmed.pop(task_id, None)
             return False
-        self._confirmed[task_id] = score
+        self._confirmed[task_id] = (score, time.monotonic())
         if len(self._confirmed) > CONFIRMED_MAX:
             self._confirmed.popitem(last=False)
         return True
