@@ -83,12 +83,13 @@ class StateOperations:
 
     # -- stamped-header revokes (statedb.stamps) --------------------------------
 
-    def add_stamps(self, stamps: Iterable[tuple[str, object]], revoked_at: float | None
+    def add_stamps(self, stamps: Iterable[tuple[str, object]], revoked_at: float | None, *, shared: bool = False
                    ) -> commands.Operation[int]:
         from statedb import stamps as stamp_commands
 
         when = time.time() if revoked_at is None else revoked_at
-        return stamp_commands.add_stamps(self.keys.stamps, stamps, when, self.write_chunk_size)
+        key = self.keys.shared_stamps if shared else self.keys.stamps
+        return stamp_commands.add_stamps(key, stamps, when, self.write_chunk_size)
 
     def stamp_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False,
                     bad: commands.BadMembers | None = None) -> commands.Cursor[tuple[str, object, float]]:

@@ -514,6 +514,32 @@ def test_outage_honours_in_memory_and_writes_back_later(
         client.close()
 
 
+def test_fleet_stamps_go_back_to_the_fleet_key_after_data_loss(
+    private_server: PrivateServer, key_prefix: str, stamps_memory: dict[Any, Any], make: Factory,
+) -> None:
+    client = redis.Redis.from_url(private_server.url)
+    try:
+        client.zadd(fleet_key(key_prefix), {member("batch", "from-producer"): time.time() - 60})
+        persistence = make(url=private_server.url)
+        persistence.boot()
+        handler()(FakeState(), {"batch": "own"})
+        persistence.revoked.add("an-id")  # what the loss check watches (this worker has no clock)
+        client.flushall()  # Redis lost its data under the worker (a private server: ours to flush)
+
+        def repaired() -> bool:
+            persistence.tick()
+            return bool(client.zscore(fleet_key(key_prefix), member("batch", "from-producer")))
+
+        deadline = time.monotonic() + 15
+        while not repaired():
+            assert time.monotonic() < deadline, "the fleet stamp was not written back"
+            time.sleep(0.2)
+        assert client.zscore(stamps_key(key_prefix, "w@host"), member("batch", "own")) is not None
+        assert client.zscore(stamps_key(key_prefix, "w@host"), member("batch", "from-producer")) is None
+    finally:
+        client.close()
+
+
 def test_control_commands_lift_in_memory(make: Factory, redis_client: redis.Redis, key_prefix: str,
                                          stamps_memory: dict[Any, Any]) -> None:
     now = time.time()

@@ -155,9 +155,10 @@ class SyncStateRepository:
 
     # -- stamped-header revokes (statedb.stamps) --------------------------------
 
-    def add_stamps(self, stamps: Iterable[tuple[str, object]], *, revoked_at: float | None = None) -> int:
-        """Store (header, value) pairs in this worker's stamps key; returns how many were new."""
-        return self._run(self.operations.add_stamps(stamps, revoked_at))
+    def add_stamps(self, stamps: Iterable[tuple[str, object]], *, revoked_at: float | None = None,
+                   shared: bool = False) -> int:
+        """Store (header, value) pairs in this worker's stamps key (the fleet's if shared); how many were new."""
+        return self._run(self.operations.add_stamps(stamps, revoked_at, shared=shared))
 
     def iter_stamps(self, *, newer_than: float | None = None, limit: int | None = None,
                     shared: bool = False) -> Iterator[tuple[str, object, float]]:

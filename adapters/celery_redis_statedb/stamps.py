@@ -184,19 +184,22 @@ class WorkerStamps:
         """Write pending stamps (every one in memory when ``resync``). Raises StateDBError; the caller
         holds the persistence's lock and marks Redis failing."""
         batch = {m: w for m, w in self.times.items() if m in self.own} if resync else dict(self.pending)
-        if not batch:
+        # After data loss, stamps read from the fleet key (and not the worker's own) go back there.
+        fleet = {m: w for m, w in self.times.items() if m in self.fleet and m not in self.own} if resync else {}
+        if not batch and not fleet:
             return
         repository = repository or self.persistence.repository
-        by_time: dict[float, list[Stamp]] = {}
-        for member, when in batch.items():
-            by_time.setdefault(when, []).append(decode_stamp(repository.keys.stamps, member))
-        for when, stamps in by_time.items():
-            repository.add_stamps(stamps, revoked_at=when)
+        for members, shared in ((batch, False), (fleet, True)):
+            by_time: dict[float, list[Stamp]] = {}
+            for member, when in members.items():
+                by_time.setdefault(when, []).append(decode_stamp(repository.keys.stamps, member))
+            for when, stamps in by_time.items():
+                repository.add_stamps(stamps, revoked_at=when, shared=shared)
         for member in batch:
             self.pending.pop(member, None)
         if resync:
             logger.warning("redis-statedb: wrote %d stamped-header revokes held in memory back to %s",
-                           len(batch), self.persistence.config.safe_url)
+                           len(batch) + len(fleet), self.persistence.config.safe_url)
 
     def save(self) -> None:
         """At shutdown, before the persistence writes its ids: pending stamps (all of them after data loss)."""
