@@ -37,6 +37,9 @@ class EmptyStoredRevokes:
     def evicted(self, task_id: object) -> None:
         self.evictions.append(task_id)
 
+    def evicted_many(self, task_ids: Sequence[object]) -> None:
+        self.evictions.extend(task_ids)
+
 
 class RecordingLimitedSet(WriteThroughLimitedSet):
     def __init__(self, *args: Any, **kwargs: Any) -> None:

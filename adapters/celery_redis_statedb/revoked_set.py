@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from celery.utils.collections import LimitedSet
 
 _quiet = threading.local()
+_pop = LimitedSet.pop
 
 
 class RevokeRecorder(Protocol):
@@ -39,6 +40,9 @@ class StoredBeyond(Protocol):
     def evicted(self, task_id: object) -> None:
         """The set dropped ``task_id`` to keep within its limits."""
 
+    def evicted_many(self, task_ids: Sequence[object]) -> None:
+        """The set dropped these while one batch went in."""
+
 
 @contextmanager
 def _recording_paused() -> Iterator[None]:
@@ -53,6 +57,7 @@ class WriteThroughLimitedSet(LimitedSet):  # type: ignore[misc]
     """A LimitedSet whose additions are recorded before the caller goes on."""
 
     _statedb_stored: StoredBeyond | None = None
+    _statedb_evicted: list[object] | None = None  # set while a batch goes in: evictions handed over at its end
 
     def __contains__(self, value: object) -> bool:
         if value in self._data:
@@ -61,10 +66,13 @@ class WriteThroughLimitedSet(LimitedSet):  # type: ignore[misc]
         return stored is not None and stored.binds(value)
 
     def pop(self, default: Any = None) -> Any:
-        item = super().pop(default)
-        stored = self._statedb_stored
-        if stored is not None and item is not default:
-            stored.evicted(item)
+        item = _pop(self, default)
+        if item is not default:
+            batch = self._statedb_evicted
+            if batch is not None:
+                batch.append(item)
+            elif self._statedb_stored is not None:
+                self._statedb_stored.evicted(item)
         return item
 
     def _record(self, task_ids: Sequence[object]) -> None:
@@ -89,8 +97,19 @@ class WriteThroughLimitedSet(LimitedSet):  # type: ignore[misc]
             # without going through our add() and _record() once per id.
             ids = list(other)
             add = LimitedSet.add
-            for item in ids:
-                add(self, item)
+            stored = self._statedb_stored
+            if stored is None or len(self._data) + len(ids) < self.maxlen or not self.maxlen:
+                for item in ids:
+                    add(self, item)
+            else:  # a full set drops one id per id added: handed over to the index in one go
+                evicted: list[object] = []
+                self._statedb_evicted = evicted
+                try:
+                    for item in ids:
+                        add(self, item)
+                finally:
+                    self._statedb_evicted = None
+                    stored.evicted_many(evicted)
         self._record(ids)
 
 

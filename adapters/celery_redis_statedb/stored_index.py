@@ -100,16 +100,31 @@ class StoredIdIndex:
                         slot = 0
                 if live > limit:  # more came than expected
                     self._live = live
-                    self._resize(_slots_for(live))
+                    self._grow()
                     table, size, limit = self._table, len(self._table), int(MAX_LOAD * len(self._table))
             self._live = live
         return given
 
     def add(self, task_id: object) -> None:
-        key = id_key(task_id)
-        if key is not None:
-            with self._lock:
-                self._insert(key)
+        if type(task_id) is not str:
+            return
+        try:
+            key = hash(task_id.encode()) or 1
+        except UnicodeEncodeError:
+            return
+        with self._lock:
+            self._insert(key)
+
+    def add_many(self, task_ids: Iterable[object]) -> None:
+        """:meth:`add` for many ids, under one lock."""
+        members = []
+        for task_id in task_ids:
+            if type(task_id) is str:
+                try:
+                    members.append(task_id.encode())
+                except UnicodeEncodeError:
+                    continue
+        self.bulk_load(members, expected=len(members))
 
     def lift(self, task_ids: Iterable[object]) -> None:
         """Forget ids (restored or purged); they stay out until added again."""
@@ -169,7 +184,7 @@ class StoredIdIndex:
             table[slot] = key
         self._live += 1
         if self._live + self._deleted > MAX_LOAD * size:
-            self._resize(_slots_for(self._live))
+            self._grow()
 
     def _remove(self, key: int) -> None:
         table = self._table
@@ -187,6 +202,10 @@ class StoredIdIndex:
             slot += 1
             if slot == size:
                 slot = 0
+
+    def _grow(self) -> None:
+        """Past the load limit: twice the slots (amortized O(1) an insertion), or fewer if most were deleted."""
+        self._resize(max(_slots_for(self._live), min(2 * len(self._table), _slots_for(2 * self._live))))
 
     def _resize(self, slots: int) -> None:
         """A new table of ``slots``, filled aside with the live keys, then swapped in whole."""

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from celery.utils.collections import LimitedSet
 
@@ -66,9 +66,14 @@ class StoredRevokes:
             return self._confirm(task_id)
 
     def evicted(self, task_id: object) -> None:
-        """Celery's set dropped ``task_id`` (its size cap or expiry): the index takes it over."""
-        if is_storable_task_id(task_id):
-            self.index.add(task_id)
+        """Celery's set dropped ``task_id`` (its size cap or expiry): the index takes it over.
+
+        Runs once an id whenever the set is full; an id that was never storable costs one
+        confirmation at most (Redis does not hold it: it leaves the index then)."""
+        self.index.add(task_id)
+
+    def evicted_many(self, task_ids: Sequence[object]) -> None:
+        self.index.add_many(task_ids)
 
     # -- lifting -----------------------------------------------------------
 
