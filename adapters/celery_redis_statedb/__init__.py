@@ -39,7 +39,7 @@ from statedb import (
     WrongKeyTypeError,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "SETTINGS",
