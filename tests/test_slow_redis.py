@@ -195,3 +195,33 @@ def test_a_hit_of_the_index_is_confirmed_within_the_budget(proxied: tuple[Privat
         proxy.delay = 0.0
         persistence.save()
         client.close()
+
+
+def test_the_timers_check_stays_within_the_budget_on_a_slow_redis(proxied: tuple[PrivateServer, DelayingProxy],
+                                                                  key_prefix: str) -> None:
+    """The once-a-second loss check runs on the event loop: a Redis answering in 1.5 s must not hold it
+    1.5 s every second. Past the budget it counts as an outage and backs off."""
+    from celery.utils.collections import LimitedSet
+    from kombu.clocks import LamportClock
+
+    from celery_redis_statedb import WorkerStatePersistence
+    from statedb import StateDBConfig
+
+    _, proxy = proxied
+    config = StateDBConfig(url=proxy.url, key_prefix=key_prefix, write_budget=0.3)
+    revoked = LimitedSet(maxlen=1000, expires=3600)
+    persistence = WorkerStatePersistence(config, "budget@h", revoked=revoked, clock=LamportClock())
+    try:
+        persistence.boot()
+        revoked.add("an-id")
+        proxy.delay = 1.5
+        started = time.monotonic()
+        persistence.tick()
+        assert time.monotonic() - started < 0.3 + 0.3
+        assert persistence.failing  # backing off: the next ticks do no I/O until the next attempt is due
+        started = time.monotonic()
+        persistence.tick()
+        assert time.monotonic() - started < 0.05
+    finally:
+        proxy.delay = 0.0
+        persistence.save()

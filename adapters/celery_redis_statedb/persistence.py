@@ -437,10 +437,14 @@ class WorkerStatePersistence:
             if due or value > (self.watch.saved_clock or 0):
                 advance = value
                 self._check_clock(value, self.repository.keys.clock)  # a forged jump is said, never refused
-        if self.loaded and self.watch.check(advance_to=advance) is not None:
-            self._needs_resync = True
-            if advance is None:
-                self._save_clock()  # the clock key is gone or behind: put this worker's back
+        slow: RedisUnavailableError | None = None
+        try:
+            if self.loaded and self.watch.check(advance_to=advance) is not None:
+                self._needs_resync = True
+                if advance is None:
+                    self._save_clock()  # the clock key is gone or behind: put this worker's back
+        except RedisUnavailableError as exc:  # past the write budget: waiting ids are still written below
+            slow = exc
         if recovering or self.connections.count != self._seen_connections:
             self._needs_resync = True
         stamps_for(self).tick(resync=self._needs_resync)
@@ -448,6 +452,8 @@ class WorkerStatePersistence:
             self._resync()
         else:
             self._flush()
+        if slow is not None:
+            raise slow  # counted as an outage: the next checks back off
         self.outage.recovered()
 
     def _save_clock(self, value: int | None = None) -> None:

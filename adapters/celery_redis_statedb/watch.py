@@ -197,7 +197,7 @@ class StateWatch:
         policy_due = time.monotonic() - self._policy_checked >= config.clock_interval
         probes = self._probes()
         before = time.time()
-        health = persistence.repository.check_health(
+        health = persistence.writer.check_health(  # within the write budget: the timer runs on the event loop
             probes, clock=track_clock, server_time=True, policy=policy_due,
             advance_to=advance_to if track_clock else None,
         )
