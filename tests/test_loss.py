@@ -43,12 +43,9 @@ EVICTING = ("--maxmemory", "8mb", "--maxmemory-policy", "allkeys-lru")
 
 
 @pytest.fixture
-def server() -> Iterator[PrivateServer]:
-    started = PrivateServer().start()
-    try:
-        yield started
-    finally:
-        started.close()
+def server(private_server: PrivateServer) -> PrivateServer:
+    """A server of this test's own (the tests stop, flush and reconfigure it)."""
+    return private_server
 
 
 @pytest.fixture
