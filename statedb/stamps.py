@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from statedb.commands import BadMembers, KeysetCursor, Operation, PipelineLike
+from statedb.commands import BadMembers, KeysetCursor, Operation, PipelineLike, count_revoked
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.keys import RedisKey, key_text
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp
@@ -146,8 +146,7 @@ class StampPageCursor(KeysetCursor[StampRow]):
         return float(row[2])
 
 
-def count_stamps(key: str) -> Operation[int]:
-    return Operation((key,), lambda pipe: pipe.zcard(key), lambda replies: int(replies[0]))
+count_stamps = count_revoked  # the same ZCARD: any sorted set of the library
 
 
 def purge_stamps_before(key: RedisKey, cutoff_time: float, *, dry_run: bool = False) -> Operation[int]:

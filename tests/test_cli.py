@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from celery.bin.celery import celery
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from statedb.keys import KeySchema
+from tests.cli_runner import cli_app, run_cli
 
 
 @pytest.fixture
-def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    module = f"cliapp_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(
-        "from celery import Celery\n"
-        f"app = Celery('cliapp', broker={redis_url!r}, set_as_current=False)\n"
-        f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
-        "app.conf.broker_transport_options = {'global_keyprefix': "
-        f"{key_prefix + 'broker:'!r}}}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("CLI_TEST_APP", module)
-    yield CliRunner()
+def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    return cli_app(tmp_path, redis_url, key_prefix, monkeypatch)
 
 
-def run(cli: CliRunner, redis_url: str, *args: str, input: str | None = None) -> Result:
-    return cli.invoke(celery, ["-A", os.environ["CLI_TEST_APP"], "statedb", "--url", redis_url, *args],
-                      input=input, catch_exceptions=False)
+run = run_cli
 
 
 @pytest.fixture

@@ -8,41 +8,28 @@ restored (its bytes are used as they are); data read from Redis is escaped on a 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 import redis
-from celery.bin.celery import celery
 from click.testing import CliRunner, Result
 
 import statedb
 from statedb.stamps_admin import inspect_stamps
+from tests.cli_runner import cli_app, run_cli
 
 ESC_ID = "\x1b[31mRED\x1b[0m\x1b]0;title\x07"
 
 
 @pytest.fixture
-def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    module = f"rawapp_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(
-        "from celery import Celery\n"
-        f"app = Celery('rawapp', broker={redis_url!r}, set_as_current=False)\n"
-        f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
-        "app.conf.broker_transport_options = {'global_keyprefix': "
-        f"{key_prefix + 'broker:'!r}}}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("RAW_TEST_APP", module)
-    yield CliRunner()
+def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    return cli_app(tmp_path, redis_url, key_prefix, monkeypatch)
 
 
 def run(cli: CliRunner, redis_url: str, *args: str) -> Result:
-    result = cli.invoke(celery, ["-A", os.environ["RAW_TEST_APP"], "statedb", "--url", redis_url, *args],
-                        catch_exceptions=False)
+    result = run_cli(cli, redis_url, *args)
     assert result.exit_code == 0, result.output
     return result
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,12 +18,11 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from celery.bin.celery import celery
 from celery.utils.collections import LimitedSet
 from celery.worker import control as celery_control
 from celery.worker import state as worker_state
 from celery.worker.control import Panel
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from celery_redis_statedb import SyncStateRepository, WorkerStatePersistence
 from celery_redis_statedb.cli import shown
@@ -52,6 +50,7 @@ from statedb import (
 from statedb.keys import KeySchema, Scope
 from statedb.names import MAX_TASK_ID_BYTES
 from statedb.stamps import StampPageCursor, add_stamps, decode_stamp, encode_stamp
+from tests.cli_runner import cli_app, run_cli
 from tests.servers import PrivateServer
 
 NOW = 1_800_000_000.0
@@ -259,22 +258,10 @@ async def test_admin_reads_name_a_corrupt_key(aclient: aioredis.Redis, redis_cli
 
 @pytest.fixture
 def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    module = f"stampsapp_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(
-        "from celery import Celery\n"
-        f"app = Celery('stampsapp', broker={redis_url!r}, set_as_current=False)\n"
-        f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
-        "app.conf.broker_transport_options = {'global_keyprefix': "
-        f"{key_prefix + 'broker:'!r}}}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("STAMPS_TEST_APP", module)
-    return CliRunner()
+    return cli_app(tmp_path, redis_url, key_prefix, monkeypatch)
 
 
-def run(cli: CliRunner, redis_url: str, *args: str) -> Result:
-    return cli.invoke(celery, ["-A", os.environ["STAMPS_TEST_APP"], "statedb", "--url", redis_url, *args],
-                      catch_exceptions=False)
+run = run_cli
 
 
 def test_cli_ls_inspect_restore_purge(cli: CliRunner, redis_url: str, redis_client: redis.Redis,

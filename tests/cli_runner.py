@@ -1,0 +1,32 @@
+"""``celery -A <app> statedb ...`` through click's runner, for the CLI tests (one app module per test)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from celery.bin.celery import celery
+from click.testing import CliRunner, Result
+
+APP_ENV = "CLI_TEST_APP"
+
+
+def cli_app(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """Write an app module whose statedb keys and broker keys live under ``key_prefix``; a runner for it."""
+    module = f"cliapp_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery('cliapp', broker={redis_url!r}, set_as_current=False)\n"
+        f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
+        "app.conf.broker_transport_options = {'global_keyprefix': "
+        f"{key_prefix + 'broker:'!r}}}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(APP_ENV, module)
+    return CliRunner()
+
+
+def run_cli(cli: CliRunner, redis_url: str, *args: str, input: str | None = None) -> Result:
+    return cli.invoke(celery, ["-A", os.environ[APP_ENV], "statedb", "--url", redis_url, *args],
+                      input=input, catch_exceptions=False)
