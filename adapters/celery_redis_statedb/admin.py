@@ -270,11 +270,8 @@ def broadcast_purge_stamps(
     cannot be reached is logged, not raised: the purge in Redis is done, and workers that missed the
     broadcast drop the purged stamps at their next boot.
     """
-    import logging
-
     from celery_redis_statedb.stamps import PURGE_COMMAND
     from statedb.keys import Scope
-    from statedb.timeframes import cutoff
 
     if dry_run:
         return []
