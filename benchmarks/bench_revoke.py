@@ -30,6 +30,7 @@ from celery.utils.collections import LimitedSet
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import StateDBConfig, WorkerStatePersistence
+from celery_redis_statedb.local_servers import delete_prefixed
 
 NAMES = ("revoke",)
 MAXLEN, EXPIRES = 50_000, 10800.0
@@ -101,7 +102,7 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
         stored = raw.zcard(persistence.repository.keys.revoked)
         persistence.save()
     finally:
-        c.delete_prefix(raw, prefix)
+        delete_prefixed(raw, prefix)
         raw.close()
 
     t = c.Table("3. Revoke write-through: time until the revoke command may answer",

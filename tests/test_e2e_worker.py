@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.servers import PrivateServer, free_port
+from celery_redis_statedb.local_servers import PrivateServer, free_port
 from tests.workers import (
     CANNOT_START,
     WorkerHarness,

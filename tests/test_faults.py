@@ -2,7 +2,7 @@
 
 Workers are real ``celery worker`` subprocesses (tests/workers.py); the statedb
 server is, wherever a test kills, stalls or wipes it, a private ``redis-server``
-(or embedded Valkey) of its own (tests/servers.py), while the broker stays on
+(or embedded Valkey) of its own (celery_redis_statedb.local_servers), while the broker stays on
 the run's server. A revoke counts as *acknowledged* when the worker's reply to
 the revoke command reached the sender: from then on it must be in Redis and be
 honoured after any restart.
@@ -26,8 +26,8 @@ import redis
 from celery.utils.collections import LimitedSet
 
 from celery_redis_statedb import WorkerStatePersistence
+from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import Scope, StateDBConfig
-from tests.servers import PrivateServer, free_port
 from tests.workers import (
     CANNOT_START,
     TASK_NAME,

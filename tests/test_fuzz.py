@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
 from celery_redis_statedb import SyncStateRepository
+from celery_redis_statedb.local_servers import PrivateServer
 from statedb import (
     ConfigurationError,
     InvalidInputError,
@@ -35,7 +36,6 @@ from statedb import admin as async_admin
 from statedb.errors import CorruptValueError, StateDataError, WrongKeyTypeError
 from statedb.keys import CLOCK_SUFFIX, REVOKED_SUFFIX, glob_escape
 from statedb.names import MAX_NAME_CHARS, MAX_TASK_ID_BYTES, check_name, encode_task_id
-from tests.servers import PrivateServer
 from tests.test_commands import staged
 
 PURE = settings(max_examples=300, deadline=None)
@@ -334,11 +334,8 @@ def test_every_error_reply_becomes_a_library_error_naming_the_key(message: str, 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[PrivateServer]:
     """A private server: flushed before every example."""
-    server = PrivateServer().start()
-    try:
+    with PrivateServer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence, restore_tasks
 from celery_redis_statedb import watch as watch_module
+from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.settings import resolve_config
 from statedb import ConfigurationError, EvictionPolicyError, StateDBConfig
 from tests.proxy import DelayingProxy
-from tests.servers import PrivateServer
 from tests.test_faults import assert_discarded, guarantee, missing_from
 from tests.workers import (
     CANNOT_START,

@@ -14,8 +14,8 @@ from celery.utils.collections import LimitedSet
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence
+from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import AccessDeniedError, RedisUnavailableError, StateDBConfig, WrongKeyTypeError
-from tests.servers import PrivateServer, free_port
 
 Factory = Callable[..., WorkerStatePersistence]
 

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from celery_redis_statedb import SyncStateRepository
+from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import (
     AccessDeniedError,
     AsyncStateRepository,
@@ -24,7 +25,6 @@ from statedb import (
     StateDBConfig,
     WrongKeyTypeError,
 )
-from tests.servers import PrivateServer, free_port
 
 
 class AsyncDriver:

@@ -29,6 +29,7 @@ from click.testing import CliRunner, Result
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import SyncStateRepository, WorkerStatePersistence
+from celery_redis_statedb.local_servers import PrivateServer, ServerExited, TLSFiles, free_port, server_binary
 from statedb import (
     AccessDeniedError,
     AsyncStateRepository,
@@ -38,16 +39,7 @@ from statedb import (
     StateDBError,
 )
 from statedb import admin as async_admin
-from tests.servers import (
-    PrivateServer,
-    ServerExited,
-    TLSFiles,
-    free_port,
-    make_tls_files,
-    openssl_available,
-    server_binary,
-    server_version,
-)
+from tests.servers import make_tls_files, openssl_available, server_version
 from tests.workers import (
     CANNOT_START,
     TASK_NAME,

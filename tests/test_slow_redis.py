@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from celery_redis_statedb.local_servers import PrivateServer, free_port
 from tests.proxy import DelayingProxy
-from tests.servers import PrivateServer, free_port
 from tests.workers import CANNOT_START, WorkerHarness, WorkerProcess, new_task_id, revoked_key, wait_until
 
 pytestmark = pytest.mark.e2e

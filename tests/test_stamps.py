@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 from celery_redis_statedb import SyncStateRepository, WorkerStatePersistence
 from celery_redis_statedb.cli import shown
+from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.stamps import (
     CELERY_COMMAND,
     PURGE_COMMAND,
@@ -51,7 +52,6 @@ from statedb.keys import KeySchema, Scope
 from statedb.names import MAX_TASK_ID_BYTES
 from statedb.stamps import StampPageCursor, add_stamps, decode_stamp, encode_stamp
 from tests.cli_runner import cli_app, run_cli
-from tests.servers import PrivateServer
 
 NOW = 1_800_000_000.0
 CELERY_HANDLER = Panel.data[CELERY_COMMAND]

@@ -18,9 +18,9 @@ from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.control import statedb_purge, statedb_restore
+from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.stored_index import StoredIdIndex
 from statedb import StateDBConfig
-from tests.servers import PrivateServer
 
 Factory = Callable[..., WorkerStatePersistence]
 WORKER = "w@host"

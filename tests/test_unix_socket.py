@@ -18,9 +18,9 @@ import pytest
 import redis
 
 import statedb
+from celery_redis_statedb.local_servers import PrivateServer
 from statedb import StateDBConfig
 from statedb.client import client_options
-from tests.servers import PrivateServer
 from tests.workers import WorkerHarness, assert_discarded, new_task_id, revoked_key, shared_key
 
 

