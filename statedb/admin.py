@@ -22,11 +22,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from statedb import commands
+from statedb._async.clients import open_async_client
+from statedb._async.repository import AsyncStateRepository
 from statedb.config import StateDBConfig
 from statedb.errors import StateDBError
 from statedb.keys import CLOCK_SUFFIX, DEFAULT_KEY_PREFIX, REVOKED_SUFFIX, KeySchema, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
-from statedb.repository import AsyncStateRepository, open_async_client
 from statedb.timeframes import cutoff, purge_range
 from statedb.translate import translate_exception, translate_reply_error
 

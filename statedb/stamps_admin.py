@@ -16,11 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from statedb import stamps as stamp_commands
+from statedb._async.repository import AsyncStateRepository
 from statedb.admin import CONCURRENCY, Progress, RedisTarget, _in_batches, _Session, _session
 from statedb.commands import BadMembers
 from statedb.keys import DEFAULT_KEY_PREFIX, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
-from statedb.repository import AsyncStateRepository
 from statedb.stamps import Stamp, StampRow, encode_stamp
 from statedb.timeframes import cutoff
 

@@ -34,8 +34,8 @@ from celery_redis_statedb.migration import (
     restricted_loads,
     task_ids_of,
 )
-from celery_redis_statedb.repository import SyncStateRepository
 from statedb import ConfigurationError, CorruptValueError, Scope, StateDBConfig, WrongKeyTypeError
+from statedb._sync.repository import SyncStateRepository
 
 WORKER = "w@host"
 FLAVOURS = ["dbm.dumb", "dbm.gnu", "dbm.ndbm", "dbm.sqlite3"]

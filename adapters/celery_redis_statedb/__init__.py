@@ -24,7 +24,6 @@ from celery_redis_statedb.admin import (
 from celery_redis_statedb.bootstep import RedisStateDB
 from celery_redis_statedb.install import install_redis_statedb
 from celery_redis_statedb.persistence import WorkerStatePersistence
-from celery_redis_statedb.repository import SyncStateRepository, open_sync_client
 from celery_redis_statedb.settings import SETTINGS, resolve_config
 from statedb import (
     AccessDeniedError,
@@ -36,7 +35,9 @@ from statedb import (
     StateDataError,
     StateDBConfig,
     StateDBError,
+    SyncStateRepository,
     WrongKeyTypeError,
+    open_sync_client,
 )
 
 __version__ = "0.5.0"

@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from celery_redis_statedb.repository import SyncStateRepository
+from statedb._sync.repository import SyncStateRepository
 from statedb.admin import Progress
 from statedb.commands import MAX_CLOCK, parse_clock
 from statedb.errors import (

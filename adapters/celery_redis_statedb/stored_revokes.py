@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from celery.utils.collections import LimitedSet
 
 from celery_redis_statedb.outage import OutageTracker, Throttle
-from celery_redis_statedb.repository import SyncStateRepository
 from celery_redis_statedb.stored_index import StoredIdIndex
+from statedb._sync.repository import SyncStateRepository
 from statedb.errors import StateDBError
 from statedb.names import is_storable_task_id
 
