@@ -122,6 +122,10 @@ class _Session:
             return key[: -len(REVOKED_SUFFIX)] + CLOCK_SUFFIX.encode()
         return self.schema.clock_key(worker)
 
+    def fleet_operations(self) -> StateOperations:
+        """The operations on the fleet-wide keys (any worker name gives them in shared scope)."""
+        return StateOperations(self.schema.for_worker("fleet", Scope.SHARED), self.target)
+
     def worker_revoked_key(self, worker: str | None) -> str:
         if worker is None:
             return self.schema.shared_revoked_key
@@ -325,9 +329,7 @@ async def revoke(
     (``celery_redis_statedb.revoke_tasks`` does both).
     """
     async with _session(redis, key_prefix, Scope.WORKER) as session:
-        key = session.schema.shared_revoked_key
-        operation = commands.add_revoked(key, task_ids, time.time() if revoked_at is None else revoked_at,
-                                         chunk_size=5_000)
+        operation = session.fleet_operations().add_revoked(task_ids, revoked_at)
         return operation.result(await session.pipeline(operation.stage))
 
 

@@ -22,8 +22,8 @@ class StateOperations:
 
     keys: WorkerKeys
     target: str
-    load_chunk_size: int = 10_000
-    write_chunk_size: int = 5_000
+    load_chunk_size: int = StateDBConfig.load_chunk_size
+    write_chunk_size: int = StateDBConfig.write_chunk_size
 
     @classmethod
     def for_worker(cls, config: StateDBConfig, worker: str) -> StateOperations:

@@ -110,8 +110,7 @@ async def revoke_stamps(
     ``revoke_by_stamped_headers`` broadcast.
     """
     async with _session(redis, key_prefix, Scope.WORKER) as session:
-        operation = stamp_commands.add_stamps(session.schema.shared_stamps_key, stamps,
-                                              time.time() if revoked_at is None else revoked_at, 5_000)
+        operation = session.fleet_operations().add_stamps(stamps, revoked_at, shared=True)
         result: int = operation.result(await session.pipeline(operation.stage))
         return result
 

@@ -25,6 +25,7 @@ from celery_redis_statedb.bootstep import RedisStateDB
 from celery_redis_statedb.install import install_redis_statedb
 from celery_redis_statedb.persistence import WorkerStatePersistence
 from celery_redis_statedb.settings import SETTINGS, resolve_config
+from celery_redis_statedb.version import installed_version
 from statedb import (
     AccessDeniedError,
     ConfigurationError,
@@ -40,7 +41,7 @@ from statedb import (
     open_sync_client,
 )
 
-__version__ = "0.5.0"
+__version__ = installed_version()
 
 __all__ = [
     "SETTINGS",

@@ -44,8 +44,8 @@ class MergeCounts:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Boot builds up to a million objects that all stay alive: meanwhile every pass of
-    the cyclic garbage collector walks them again for nothing (40% of the merge at 50 000
-    ids). Paused for the merge only, then restored as it was."""
+    the cyclic garbage collector walks them again for nothing (a large share of the merge:
+    see the benchmarks). Paused for the merge only, then restored as it was."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -338,14 +338,7 @@ def migrate(ctx: click.Context, path: str | None, worker: str, legacy_blob: bool
                 report = migrate_file_statedb(path, repository, dry_run=dry_run, progress=progress)
     finally:
         repository.close()
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report)))
-        return
-    verb = "would add" if dry_run else "added"
-    click.echo(f"{report.source} ({report.layout}{', ' + report.dbm_flavour if report.dbm_flavour else ''}): "
-               f"{report.ids_found} ids found, {verb} {report.ids_added} to {repository.keys.revoked}"
-               + (f", {report.ids_skipped} not storable" if report.ids_skipped else ""))
-    click.echo(f"clock: found {report.clock_found}, stored {report.clock_before} -> {report.clock_after}")
+    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else report.summary())
 
 
 # -- stamped-header revokes ------------------------------------------------------------
