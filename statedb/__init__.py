@@ -3,6 +3,10 @@
 This package never imports Celery; the Celery adapter is ``celery_redis_statedb``.
 """
 
+from statedb._async.clients import open_async_client
+from statedb._async.repository import AsyncStateRepository
+from statedb._sync.clients import open_sync_client
+from statedb._sync.repository import SyncStateRepository
 from statedb.admin import (
     Revocation,
     RevokedSetState,
@@ -29,7 +33,6 @@ from statedb.errors import (
 )
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope, WorkerKeys
 from statedb.operations import StateOperations
-from statedb.repository import AsyncStateRepository, open_async_client
 from statedb.stamps_admin import (
     StampsSetState,
     inspect_stamps,
@@ -58,6 +61,7 @@ __all__ = [
     "StateDataError",
     "StateOperations",
     "StampsSetState",
+    "SyncStateRepository",
     "UnavailablePolicy",
     "WorkerKeys",
     "WrongKeyTypeError",
@@ -70,6 +74,7 @@ __all__ = [
     "list_workers",
     "mask_url",
     "open_async_client",
+    "open_sync_client",
     "purge_old_revoked",
     "purge_old_stamps",
     "restore",

@@ -22,11 +22,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from statedb import commands
+from statedb._async.clients import open_async_client
+from statedb._async.repository import AsyncStateRepository
 from statedb.config import StateDBConfig
 from statedb.errors import StateDBError
 from statedb.keys import CLOCK_SUFFIX, DEFAULT_KEY_PREFIX, REVOKED_SUFFIX, KeySchema, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
-from statedb.repository import AsyncStateRepository, open_async_client
 from statedb.timeframes import cutoff, purge_range
 from statedb.translate import translate_exception, translate_reply_error
 
@@ -120,6 +121,10 @@ class _Session:
         if isinstance(key, bytes) and key.endswith(REVOKED_SUFFIX.encode()):
             return key[: -len(REVOKED_SUFFIX)] + CLOCK_SUFFIX.encode()
         return self.schema.clock_key(worker)
+
+    def fleet_operations(self) -> StateOperations:
+        """The operations on the fleet-wide keys (any worker name gives them in shared scope)."""
+        return StateOperations(self.schema.for_worker("fleet", Scope.SHARED), self.target)
 
     def worker_revoked_key(self, worker: str | None) -> str:
         if worker is None:
@@ -324,9 +329,7 @@ async def revoke(
     (``celery_redis_statedb.revoke_tasks`` does both).
     """
     async with _session(redis, key_prefix, Scope.WORKER) as session:
-        key = session.schema.shared_revoked_key
-        operation = commands.add_revoked(key, task_ids, time.time() if revoked_at is None else revoked_at,
-                                         chunk_size=5_000)
+        operation = session.fleet_operations().add_revoked(task_ids, revoked_at)
         return operation.result(await session.pipeline(operation.stage))
 
 

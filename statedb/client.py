@@ -19,7 +19,7 @@ def client_options(config: StateDBConfig) -> dict[str, Any]:
 
     RESP2, whatever redis-py's default: redis-py 8 speaks RESP3 and, to keep the
     legacy reply shapes, re-encodes every ZRANGE score to text and parses it back
-    in Python (about 1 us per id at boot); RESP2 is the shape redis-py 5-7 use.
+    in Python, for every id read at boot; RESP2 is the shape redis-py 5-7 use.
 
     TCP keepalive only for TCP: redis-py's unix-socket connection classes take no
     ``socket_keepalive`` and fail with a TypeError at the first command.

@@ -121,11 +121,11 @@ def check_health(
     """GET clock, ZCARD + ZMSCORE of each probe, TIME, INFO memory, then (given ``advance_to``)
     the clock's advance script, in one pipeline: the GET reads the clock before the advance."""
     advance = None if advance_to is None or clock_key is None else commands.advance_clock(clock_key, advance_to)
-    keys: list[str] = [] if clock_key is None else [clock_key]
+    keys: list[str | None] = [] if clock_key is None else [clock_key]
     for probe in probes:
         keys.extend((probe.key, probe.key) if probe.members else (probe.key,))
     first_optional = len(keys)
-    keys.extend([""] * (server_time + policy))
+    keys.extend([None] * (server_time + policy))
     if advance is not None:
         keys.extend(advance.keys)
 

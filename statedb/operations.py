@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from statedb import commands, integrity, stored_ids
+from statedb import commands, cursors, integrity, stored_ids
 from statedb.config import StateDBConfig
 from statedb.keys import WorkerKeys
 
@@ -22,8 +22,8 @@ class StateOperations:
 
     keys: WorkerKeys
     target: str
-    load_chunk_size: int = 10_000
-    write_chunk_size: int = 5_000
+    load_chunk_size: int = StateDBConfig.load_chunk_size
+    write_chunk_size: int = StateDBConfig.write_chunk_size
 
     @classmethod
     def for_worker(cls, config: StateDBConfig, worker: str) -> StateOperations:
@@ -50,15 +50,15 @@ class StateOperations:
         return commands.count_revoked(self.keys.revoked)
 
     def revoked_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False,
-                      bad: commands.BadMembers | None = None) -> commands.PageCursor:
+                      bad: commands.BadMembers | None = None) -> cursors.PageCursor:
         key = self.keys.shared if shared else self.keys.revoked
-        return commands.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size,
+        return cursors.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size,
                                    bad=bad)
 
     def revoked_windows(self, now: float, newer_than: float, width: float, limit: int | None, *,
-                        shared: bool = False, bad: commands.BadMembers | None = None) -> commands.WindowCursor:
+                        shared: bool = False, bad: commands.BadMembers | None = None) -> cursors.WindowCursor:
         key = self.keys.shared if shared else self.keys.revoked
-        return commands.WindowCursor(key, now=now, newer_than=newer_than, width=width, limit=limit,
+        return cursors.WindowCursor(key, now=now, newer_than=newer_than, width=width, limit=limit,
                                      chunk_size=self.load_chunk_size, bad=bad)
 
     def read_clock(self) -> commands.Operation[int]:
@@ -72,9 +72,9 @@ class StateOperations:
         return stored_ids.count_within(self.keys.shared if shared else self.keys.revoked, horizon_start)
 
     def stored_ranks(self, start: int, stop: int, *, shared: bool = False,
-                     bad: commands.BadMembers | None = None) -> stored_ids.RankCursor:
+                     bad: commands.BadMembers | None = None) -> cursors.RankCursor:
         key = self.keys.shared if shared else self.keys.revoked
-        return stored_ids.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size, bad=bad)
+        return cursors.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size, bad=bad)
 
     def revoked_scores(self, task_ids: Sequence[object]) -> commands.Operation[list[float | None]]:
         """The earliest score of each id in this worker's set or the fleet set."""
@@ -92,7 +92,7 @@ class StateOperations:
         return stamp_commands.add_stamps(key, stamps, when, self.write_chunk_size)
 
     def stamp_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False,
-                    bad: commands.BadMembers | None = None) -> commands.Cursor[tuple[str, object, float]]:
+                    bad: commands.BadMembers | None = None) -> cursors.Cursor[tuple[str, object, float]]:
         from statedb import stamps as stamp_commands
 
         key = self.keys.shared_stamps if shared else self.keys.stamps

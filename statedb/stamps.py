@@ -12,7 +12,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from statedb.commands import BadMembers, KeysetCursor, Operation, PipelineLike, count_revoked
+from statedb.commands import BadMembers, Operation, PipelineLike, count_revoked
+from statedb.cursors import KeysetCursor
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.keys import RedisKey, key_text
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp
@@ -135,7 +136,7 @@ def stamps_page(key: str, *, newer_than: float | None, offset: int, count: int,
 
 class StampPageCursor(KeysetCursor[StampRow]):
     """(header, value, revocation time) rows of a stamps set, newest first (keyset paging, as
-    :class:`statedb.commands.PageCursor`). ZREVRANGEBYSCORE ... WITHSCORES only."""
+    :class:`statedb.cursors.PageCursor`). ZREVRANGEBYSCORE ... WITHSCORES only."""
 
     def page(self, *, offset: int, count: int, high: float | str) -> Operation[list[StampRow]]:
         return stamps_page(self.key, newer_than=self.newer_than, offset=offset, count=count, high=high,

@@ -16,11 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from statedb import stamps as stamp_commands
+from statedb._async.repository import AsyncStateRepository
 from statedb.admin import CONCURRENCY, Progress, RedisTarget, _in_batches, _Session, _session
 from statedb.commands import BadMembers
 from statedb.keys import DEFAULT_KEY_PREFIX, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
-from statedb.repository import AsyncStateRepository
 from statedb.stamps import Stamp, StampRow, encode_stamp
 from statedb.timeframes import cutoff
 
@@ -110,8 +110,7 @@ async def revoke_stamps(
     ``revoke_by_stamped_headers`` broadcast.
     """
     async with _session(redis, key_prefix, Scope.WORKER) as session:
-        operation = stamp_commands.add_stamps(session.schema.shared_stamps_key, stamps,
-                                              time.time() if revoked_at is None else revoked_at, 5_000)
+        operation = session.fleet_operations().add_stamps(stamps, revoked_at, shared=True)
         result: int = operation.result(await session.pipeline(operation.stage))
         return result
 

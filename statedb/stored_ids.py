@@ -1,9 +1,9 @@
-"""Commands for the stored ids beyond a worker's memory: read them all, confirm a few.
+"""Commands for the stored ids beyond a worker's memory: count them, confirm a few.
 
 Boot reads, after the newest ids (which go into Celery's own set), the rest of each
-revoked set within the horizon, ids only, by rank: ``ZREVRANGE`` by rank costs
-O(log N + M) on the server, where a ``LIMIT`` offset walks every id before it.
-A hit of the in-memory index is confirmed with ``ZMSCORE`` on the sets it may be in.
+revoked set within the horizon by rank (:class:`statedb.cursors.RankCursor`); these
+say which ranks are within the horizon. A hit of the in-memory index is confirmed
+with ``ZMSCORE`` on the sets it may be in.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from statedb.commands import BadMembers, Operation, PipelineLike, encode_task_ids
+from statedb.commands import Operation, PipelineLike, encode_task_ids
 from statedb.errors import CorruptValueError
-
-MAX_PAGES_PER_TRIP = 4
 
 
 def count_within(key: str, horizon_start: float | None) -> Operation[tuple[int, int]]:
@@ -27,61 +25,6 @@ def count_within(key: str, horizon_start: float | None) -> Operation[tuple[int, 
         pipe.zcount(key, "-inf", before)
 
     return Operation((key, key), stage, lambda replies: (int(replies[0]), int(replies[1])))
-
-
-class RankCursor:
-    """Ids (bytes, as stored) of ranks ``start`` to ``stop - 1``, newest first, ``chunk_size`` a command.
-
-    Ranks are read as they are when each page is read: an id added meanwhile at the
-    top shifts the rest down by one (an id read twice, harmless in a set); one
-    removed above the cursor shifts them up (one id not read until the next boot).
-    """
-
-    def __init__(self, key: str, *, start: int, stop: int, chunk_size: int,
-                 per_trip: int = MAX_PAGES_PER_TRIP, bad: BadMembers | None = None) -> None:
-        self.key, self.next, self.stop, self.chunk_size, self.per_trip = key, start, stop, chunk_size, per_trip
-        self.bad = bad  # where members that are not UTF-8 are skipped to (None: kept, inert in the index)
-        self._plan: list[tuple[int, int]] = []
-
-    def next_operation(self) -> Operation[list[list[bytes]]] | None:
-        if self.next >= self.stop:
-            return None
-        pages: list[tuple[int, int]] = []
-        at = self.next
-        while at < self.stop and len(pages) < self.per_trip:
-            end = min(self.stop, at + self.chunk_size)
-            pages.append((at, end - 1))
-            at = end
-        self.next = at
-        self._plan = pages
-        key = self.key
-
-        def stage(pipe: PipelineLike) -> None:
-            for first, last in pages:
-                pipe.zrevrange(key, first, last)
-
-        return Operation((key,) * len(pages), stage, lambda replies: [list(reply) for reply in replies])
-
-    def feed(self, pages: list[list[bytes]]) -> list[list[bytes]]:
-        if any(len(page) < last - first + 1 for (first, last), page in zip(self._plan, pages, strict=True)):
-            self.next = self.stop  # the set shrank meanwhile: nothing further down
-        if self.bad is not None:
-            pages = [page if b"".join(page).isascii() else self._text_only(page) for page in pages]
-        return pages
-
-    def _text_only(self, page: list[bytes]) -> list[bytes]:
-        """The members of ``page`` that are UTF-8 (no task id can be any other); the rest are skipped."""
-        kept = []
-        for member in page:
-            try:
-                member.decode("utf-8")
-            except UnicodeDecodeError:
-                assert self.bad is not None
-                self.bad.skip(CorruptValueError(
-                    f"Redis key {self.key!r} holds a member that is not UTF-8 text: {member[:60]!r}", key=self.key))
-                continue
-            kept.append(member)
-        return kept
 
 
 def revoked_scores(keys: Sequence[str], task_ids: Sequence[object]) -> Operation[list[float | None]]:

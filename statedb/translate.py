@@ -65,15 +65,23 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
     return StateDBError(f"Redis at {target} failed: {type(exc).__name__}: {text}")
 
 
-def translate_reply_error(exc: Exception, *, key: str) -> StateDBError:
-    """The library error for an error reply to a command on ``key``."""
+def translate_reply_error(exc: Exception, *, key: str | None) -> StateDBError:  # noqa: PLR0911
+    """The library error for an error reply to a command on ``key`` (None: a command on no key)."""
     text = str(exc)
+    target = "a server command" if key is None else f"key {key!r}"
     if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
+        if key is None:
+            return RedisUnavailableError(f"Redis cannot serve us right now: {text}")
         return RedisUnavailableError(f"Redis cannot take writes to {key!r} right now: {text}")
     if "syntax error" in text.lower():
         return ConfigurationError(
-            f"Redis rejected a command on key {key!r} ({text}): Redis >= 6.2 or Valkey is required (ZADD ... LT)"
+            f"Redis rejected a command on {target} ({text}): Redis >= 6.2 or Valkey is required (ZADD ... LT)"
         )
+    if _is_access_error(exc, text):
+        return AccessDeniedError(f"Redis refused access to {target} (check the ACL user's key patterns "
+                                 f"and commands): {text}")
+    if key is None:
+        return StateDBError(f"Redis rejected {target}: {text}")
     if "WRONGTYPE" in text:
         return WrongKeyTypeError(
             f"Redis key {key!r} holds a value of another type than this library writes "
@@ -82,7 +90,4 @@ def translate_reply_error(exc: Exception, *, key: str) -> StateDBError:
         )
     if CLOCK_CORRUPT_MARKER in text:
         return CorruptValueError(f"Redis key {key!r} does not hold a non-negative integer clock", key=key)
-    if _is_access_error(exc, text):
-        return AccessDeniedError(f"Redis refused access to key {key!r} (check the ACL user's key pattern "
-                                 f"and commands): {text}")
     return StateDataError(f"Redis rejected a command on key {key!r}: {text}", key=key)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
-from statedb import commands
+from statedb import commands, cursors
 from statedb.errors import (
     ConfigurationError,
     CorruptValueError,
@@ -87,7 +87,7 @@ def test_page_decoding_skips_bad_rows_into_a_collector() -> None:
 def test_a_page_cursor_pages_on_past_skipped_members() -> None:
     """A page whose members are all bad is still a full page: the cursor reads on, never loops."""
     bad = commands.BadMembers()
-    cursor = commands.PageCursor("k", newer_than=None, limit=None, chunk_size=2, bad=bad)
+    cursor = cursors.PageCursor("k", newer_than=None, limit=None, chunk_size=2, bad=bad)
     replies = [[(b"\xff", 3.0), (b"\xfe", 2.0)], [(b"ok", 1.0)]]
     read = []
     while (op := cursor.next_operation()) is not None:
@@ -104,7 +104,7 @@ def test_page_decoding_names_the_key_for_corrupt_rows() -> None:
 
 
 def test_page_cursor_walks_until_a_short_page() -> None:
-    cursor = commands.PageCursor("k", newer_than=None, limit=None, chunk_size=2)
+    cursor = cursors.PageCursor("k", newer_than=None, limit=None, chunk_size=2)
     starts = []
     pages = [[("a", 3.0), ("b", 2.0)], [("c", 2.0), ("d", 2.0)], [("e", 1.0)]]
     while (op := cursor.next_operation()) is not None:
@@ -116,14 +116,14 @@ def test_page_cursor_walks_until_a_short_page() -> None:
 
 
 def test_page_cursor_stops_at_the_limit_and_asks_for_no_more() -> None:
-    cursor = commands.PageCursor("k", newer_than=None, limit=3, chunk_size=2)
+    cursor = cursors.PageCursor("k", newer_than=None, limit=3, chunk_size=2)
     asked = []
     while (op := cursor.next_operation()) is not None:
         ((_, _, kwargs),) = staged(op)
         asked.append(kwargs["num"])
         cursor.feed([("x", 1.0)] * kwargs["num"])
     assert asked == [2, 1]
-    assert commands.PageCursor("k", newer_than=None, limit=0, chunk_size=2).next_operation() is None
+    assert cursors.PageCursor("k", newer_than=None, limit=0, chunk_size=2).next_operation() is None
 
 
 @pytest.mark.parametrize(("raw", "value"), [(None, 0), (b"0", 0), (b"42", 42), (b"007", 7),

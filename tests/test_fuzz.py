@@ -30,6 +30,7 @@ from statedb import (
     StateDBConfig,
     StateDBError,
     commands,
+    cursors,
     mask_url,
 )
 from statedb import admin as async_admin
@@ -273,7 +274,7 @@ def model_zrevrangebyscore(rows: dict[bytes, float], low: float | str, start: in
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
-def walk(cursor: commands.WindowCursor, rows: dict[bytes, float]
+def walk(cursor: cursors.WindowCursor, rows: dict[bytes, float]
          ) -> tuple[list[list[Call]], list[tuple[float, list[str]]]]:
     """Run the cursor against the model: the commands of each round trip, and the pages it handed out."""
     trips: list[list[Call]] = []
@@ -298,7 +299,7 @@ def walk(cursor: commands.WindowCursor, rows: dict[bytes, float]
 def test_the_page_cursor_reads_newest_first_up_to_the_limit(
     rows: dict[bytes, float], newer_than: float | None, limit: int | None, chunk: int
 ) -> None:
-    cursor = commands.PageCursor("k", newer_than=newer_than, limit=limit, chunk_size=chunk)
+    cursor = cursors.PageCursor("k", newer_than=newer_than, limit=limit, chunk_size=chunk)
     read: list[tuple[str, float]] = []
     for _ in range(100):
         operation = cursor.next_operation()
@@ -437,7 +438,7 @@ def test_the_window_cursor_reads_newest_first_and_stamps_within_one_window(
     rows: dict[bytes, float], now: float, span: float, share: float, limit: int | None, chunk: int, per_trip: int
 ) -> None:
     width = span * share
-    cursor = commands.WindowCursor("k", now=now, newer_than=now - span, width=width, limit=limit,
+    cursor = cursors.WindowCursor("k", now=now, newer_than=now - span, width=width, limit=limit,
                                    chunk_size=chunk, per_trip=per_trip)
     trips, pages = walk(cursor, rows)
     for name, (key, _, _), kwargs in itertools.chain.from_iterable(trips):
@@ -452,22 +453,22 @@ def test_the_window_cursor_reads_newest_first_and_stamps_within_one_window(
 
 
 def test_windows_cover_the_span_once_and_end_for_any_width() -> None:
-    windows = commands.revoked_windows(1_700_000_000.25, 1_699_989_200.25, 108.0)
+    windows = cursors.window_bounds(1_700_000_000.25, 1_699_989_200.25, 108.0)
     assert len(windows) == 1 + 100
     assert windows[0] == ("+inf", "(1700000000.25", 1_700_000_000.25)
     assert windows[-1][1] == "1699989200.25"  # the oldest bound is inclusive, the others exclusive
     assert all(low.startswith("(") and float(low[1:]) == float(nxt_high)
                for (_, low, _), (nxt_high, _, _) in itertools.pairwise(windows[1:]))
     # A width below the float precision of the times still ends, with wider windows.
-    assert len(commands.revoked_windows(1_700_000_000.0, 1_699_999_000.0, 1e-12)) == 1 + commands.MAX_WINDOWS
-    assert len(commands.revoked_windows(5.0, 10.0, 1.0)) == 1  # nothing is old enough to be kept
+    assert len(cursors.window_bounds(1_700_000_000.0, 1_699_999_000.0, 1e-12)) == 1 + cursors.MAX_WINDOWS
+    assert len(cursors.window_bounds(5.0, 10.0, 1.0)) == 1  # nothing is old enough to be kept
     for width in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(InvalidInputError, match="window width"):
-            commands.revoked_windows(10.0, 0.0, width)
+            cursors.window_bounds(10.0, 0.0, width)
 
 
 def test_the_window_cursor_names_the_key_of_a_member_that_is_not_text() -> None:
-    cursor = commands.WindowCursor("k", now=10.0, newer_than=0.0, width=5.0, limit=None, chunk_size=4)
+    cursor = cursors.WindowCursor("k", now=10.0, newer_than=0.0, width=5.0, limit=None, chunk_size=4)
     operation = cursor.next_operation()
     assert operation is not None
     with pytest.raises(CorruptValueError, match="'k'"):
@@ -477,8 +478,8 @@ def test_the_window_cursor_names_the_key_of_a_member_that_is_not_text() -> None:
 
 
 def test_an_empty_or_sparse_set_takes_a_few_round_trips_and_a_dense_one_reads_no_further_ahead() -> None:
-    def cursor(limit: int | None = None) -> commands.WindowCursor:
-        return commands.WindowCursor("k", now=10_000.0, newer_than=0.0, width=100.0, limit=limit,
+    def cursor(limit: int | None = None) -> cursors.WindowCursor:
+        return cursors.WindowCursor("k", now=10_000.0, newer_than=0.0, width=100.0, limit=limit,
                                      chunk_size=10, per_trip=8)
 
     # 101 windows, read 8, 16, 32 a trip while they come back short, then the 45 left

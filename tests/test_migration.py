@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import dbm
 import hashlib
 import importlib
@@ -34,8 +35,8 @@ from celery_redis_statedb.migration import (
     restricted_loads,
     task_ids_of,
 )
-from celery_redis_statedb.repository import SyncStateRepository
-from statedb import ConfigurationError, CorruptValueError, Scope, StateDBConfig, WrongKeyTypeError
+from statedb import ConfigurationError, CorruptValueError, Scope, StateDBConfig, StateDBError, WrongKeyTypeError
+from statedb._sync.repository import SyncStateRepository
 
 WORKER = "w@host"
 FLAVOURS = ["dbm.dumb", "dbm.gnu", "dbm.ndbm", "dbm.sqlite3"]
@@ -522,3 +523,165 @@ def test_malicious_legacy_blob_runs_nothing(tmp_path: Path, open_repo: Opener, r
 def test_other_globals_are_refused_even_harmless_ones() -> None:
     with pytest.raises(migration.UnsafePickleError, match=r"collections\.OrderedDict"):
         restricted_loads(pickle.dumps(__import__("collections").OrderedDict(a=1), protocol=2))
+
+
+# -- nothing is written unless everything can be ---------------------------------------------------
+
+
+def write_source(kind: str, tmp_path: Path, client: redis.Redis, repository: SyncStateRepository,
+                 clock: int | bytes) -> tuple[Callable[..., MigrationReport], str]:
+    """A source of ``kind`` holding IDS and ``clock``: (its migration, the clock's origin as errors name it)."""
+    if kind.startswith("legacy"):
+        key = legacy_blob_key(repository)
+        if kind == "legacy-other":
+            key = key.replace(WORKER, "old@host")
+        write_blob(client, key, IDS)
+        clock_key = key.removesuffix(":zrevoked") + ":clock"
+        client.set(clock_key, clock if isinstance(clock, bytes) else str(clock))
+        return (lambda **kwargs: migrate_legacy_blob(repository, key=key, **kwargs)), clock_key
+    path = tmp_path / "worker.db"
+    write_shelf(dbm, path, layout_items(kind, IDS, int(clock)))
+    return (lambda **kwargs: migrate_file_statedb(path, repository, **kwargs)), str(path)
+
+
+def assert_nothing_written(client: redis.Redis, repository: SyncStateRepository, clock_before: bytes | None) -> None:
+    assert not client.exists(repository.keys.revoked)
+    assert client.get(repository.keys.clock) == clock_before
+
+
+@pytest.fixture
+def stricter_writer(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The writer refusing clocks above a limit below MAX_CLOCK (as a stored-clock limit would); the limit."""
+    from statedb import InvalidInputError, commands
+
+    limit, check = 1000, commands.check_clock_value
+
+    def stricter(key: str, value: object) -> int:
+        if isinstance(value, int) and value > limit:
+            raise InvalidInputError(f"the clock for Redis key {key!r} is above {limit}")
+        return check(key, value)
+
+    monkeypatch.setattr(commands, "check_clock_value", stricter)
+    return limit
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("kind", ["v1-dict", "v2-limitedset", "v3-zrevoked", "legacy-other"])
+def test_a_clock_the_writer_refuses_is_refused_before_any_write(
+    kind: str, dry_run: bool, stricter_writer: int, tmp_path: Path, open_repo: Opener, redis_client: redis.Redis,
+) -> None:
+    repository = open_repo()
+    with pytest.raises(StateDBError):
+        repository.advance_clock(stricter_writer + 1)  # the writer refuses it: after the ids, it was half applied
+    migrate, origin = write_source(kind, tmp_path, redis_client, repository, stricter_writer + 1)
+
+    with pytest.raises(StateDBError) as info:
+        migrate(dry_run=dry_run)  # the dry run announces the same refusal
+
+    assert origin in str(info.value) and repository.keys.clock not in str(info.value)
+    assert "nothing was migrated" in str(info.value)
+    if kind.startswith("legacy"):
+        assert isinstance(info.value, CorruptValueError) and info.value.key == origin
+    else:
+        assert isinstance(info.value, MigrationSourceError) and info.value.source == origin
+    assert_nothing_written(redis_client, repository, None)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("kind", ["legacy-own", "legacy-other"])
+def test_legacy_clock_too_long_to_store_is_refused_before_any_write(
+    kind: str, dry_run: bool, tmp_path: Path, open_repo: Opener, redis_client: redis.Redis,
+) -> None:
+    repository = open_repo()
+    clock = b"9" * 3700  # read as a clock (at most MAX_CLOCK_DIGITS digits), too long to be stored
+    migrate, origin = write_source(kind, tmp_path, redis_client, repository, clock)
+    clock_before = redis_client.get(repository.keys.clock)
+
+    with pytest.raises(CorruptValueError, match="holds a clock that cannot be stored") as info:
+        migrate(dry_run=dry_run)
+
+    assert info.value.key == origin and f"Redis key {origin!r}" in str(info.value)
+    assert_nothing_written(redis_client, repository, clock_before)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("clock", [migration.MAX_CLOCK + 1, 10**5000], ids=["above-max", "5000-digits"])
+def test_file_clock_out_of_range_is_a_source_error(clock: int, dry_run: bool, tmp_path: Path, open_repo: Opener,
+                                                   redis_client: redis.Redis) -> None:
+    path = tmp_path / "worker.db"
+    write_shelf(dbm, path, layout_items("v3-zrevoked", IDS, clock))
+    repository = open_repo()
+    with pytest.raises(MigrationSourceError, match="key 'clock' does not hold a clock") as info:
+        migrate_file_statedb(path, repository, dry_run=dry_run)
+    assert info.value.source == str(path) and str(path) in str(info.value)
+    assert_nothing_written(redis_client, repository, None)
+
+
+# -- one chunk size, one summary -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_chunks_follow_the_configured_write_chunk_size(legacy: bool, tmp_path: Path, redis_url: str,
+                                                       key_prefix: str, redis_client: redis.Redis) -> None:
+    ids = [f"id{i}" for i in range(10)]
+    config = StateDBConfig(url=redis_url, key_prefix=key_prefix, write_chunk_size=3)
+    repository = SyncStateRepository.open(config, WORKER)
+    calls: list[tuple[int, int]] = []
+    try:
+        if legacy:
+            write_blob(redis_client, legacy_blob_key(repository), ids)
+            migrate_legacy_blob(repository, key=legacy_blob_key(repository), progress=lambda *c: calls.append(c))
+        else:
+            write_shelf(dbm, tmp_path / "worker.db", layout_items("v1-dict", ids, 5))
+            migrate_file_statedb(tmp_path / "worker.db", repository, progress=lambda *c: calls.append(c))
+    finally:
+        repository.close()
+    assert calls == [(3, 10), (6, 10), (9, 10), (10, 10)]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_migration_logs_its_summary_once(dry_run: bool, tmp_path: Path, open_repo: Opener,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "worker.db"
+    write_shelf(dbm, path, layout_items("v2-limitedset", IDS, 9))
+    with caplog.at_level(logging.INFO, logger="celery_redis_statedb"):
+        report = migrate_file_statedb(path, open_repo(), dry_run=dry_run)
+    lines = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert lines == [f"redis-statedb: {'would migrate' if dry_run else 'migrated'} {report.summary()}"]
+
+
+def test_worker_boot_migration_logs_the_summary_once(tmp_path: Path, redis_url: str, key_prefix: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from celery_redis_statedb.bootstep import _migrate_at_boot
+    from celery_redis_statedb.persistence import WorkerStatePersistence
+
+    path = tmp_path / "worker.db"
+    write_shelf(dbm, path, layout_items("v3-zrevoked", IDS, 9))
+    revoked = limited_set([])
+    persistence = WorkerStatePersistence(StateDBConfig(url=redis_url, key_prefix=key_prefix), WORKER,
+                                         revoked=revoked, clock=LamportClock())
+    try:
+        persistence.boot()
+        with caplog.at_level(logging.INFO, logger="celery_redis_statedb"):
+            _migrate_at_boot(persistence, str(path))
+    finally:
+        persistence.save()
+    (line,) = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert line.startswith(f"redis-statedb: migrated {path} (v3-zrevoked, ")
+    assert f"7 ids found, added 7 to {persistence.repository.keys.revoked}, 0 skipped; clock 9" in line
+    assert sorted(revoked._data) == sorted(IDS)  # and merged into memory at this very boot
+
+
+def test_cli_prints_the_report_summary(tmp_path: Path, redis_url: str, key_prefix: str, open_repo: Opener,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.cli_runner import cli_app, run_cli
+
+    path = tmp_path / "worker.db"
+    write_shelf(dbm, path, {"revoked": {"ok": 1.0, "": 1.0, "ok2": 1.0}, "clock": 4})
+    runner = cli_app(tmp_path, redis_url, key_prefix, monkeypatch)
+    dry = migrate_file_statedb(path, open_repo(), dry_run=True)
+    assert (dry.ids_added, dry.ids_skipped) == (2, 1)
+    for report, flags in ((dry, ["--dry-run"]), (dataclasses.replace(dry, dry_run=False, clock_after=4), [])):
+        result = run_cli(runner, redis_url, "migrate", str(path), "--worker", WORKER, *flags)
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines() == [report.summary()]

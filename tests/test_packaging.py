@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -35,7 +36,10 @@ def test_wheel_ships_both_packages_typed_and_nothing_named_adapters(wheel: zipfi
 
 
 def test_the_core_never_imports_celery() -> None:
-    code = "import sys, statedb, statedb.repository; print('celery' in sys.modules)"
+    code = ("import importlib, pkgutil, sys, statedb\n"
+            "for module in pkgutil.walk_packages(statedb.__path__, 'statedb.'):\n"
+            "    importlib.import_module(module.name)\n"
+            "print('celery' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert done.stdout.strip() == "False"
 
@@ -45,3 +49,31 @@ def test_adapters_is_not_importable_from_the_install() -> None:
                           check=False, cwd="/")
     assert done.returncode != 0
     assert "No module named 'adapters'" in done.stderr
+
+
+def test_the_version_is_the_one_in_pyproject() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    import celery_redis_statedb
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert celery_redis_statedb.__version__ == declared
+
+
+def test_the_version_comes_from_the_package_metadata(tmp_path: Path) -> None:
+    """Installed metadata of another version, found first: __version__ follows it (no copy in the code)."""
+    info = tmp_path / "celery_redis_statedb-9.8.7.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: celery-redis-statedb\nVersion: 9.8.7\n")
+    code = "import celery_redis_statedb; print(celery_redis_statedb.__version__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/",
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.stdout.strip() == "9.8.7"
+
+
+def test_a_tree_never_installed_has_a_version_below_every_release() -> None:
+    from packaging.version import Version
+
+    from celery_redis_statedb.version import UNKNOWN, installed_version
+
+    assert installed_version("celery-redis-statedb-never-installed") == UNKNOWN
+    assert Version(UNKNOWN) < Version("0.0.1")

@@ -24,8 +24,8 @@ from celery_redis_statedb.admin import (
 from celery_redis_statedb.bootstep import RedisStateDB
 from celery_redis_statedb.install import install_redis_statedb
 from celery_redis_statedb.persistence import WorkerStatePersistence
-from celery_redis_statedb.repository import SyncStateRepository, open_sync_client
 from celery_redis_statedb.settings import SETTINGS, resolve_config
+from celery_redis_statedb.version import installed_version
 from statedb import (
     AccessDeniedError,
     ConfigurationError,
@@ -36,10 +36,12 @@ from statedb import (
     StateDataError,
     StateDBConfig,
     StateDBError,
+    SyncStateRepository,
     WrongKeyTypeError,
+    open_sync_client,
 )
 
-__version__ = "0.5.0"
+__version__ = installed_version()
 
 __all__ = [
     "SETTINGS",

@@ -61,7 +61,7 @@ def _run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return anyio.run(partial(function, *args, **kwargs))
 
 
-def _target(config: StateDBConfig) -> dict[str, Any]:
+def _prefix_option(config: StateDBConfig) -> dict[str, Any]:
     return {"key_prefix": config.key_prefix}
 
 
@@ -78,7 +78,7 @@ def purge_old_revoked_tasks(
     config = app_config(app, redis_url)
     now = _server_now(config)  # the clock the workers stamp revocations with
     result: int = _run(admin.purge_old_revoked, config.url, older_than=older_than, worker_name=worker_name,
-                       scope=config.scope, dry_run=dry_run, progress=progress, now=now, **_target(config))
+                       scope=config.scope, dry_run=dry_run, progress=progress, now=now, **_prefix_option(config))
     if broadcast and not dry_run:
         destination = [worker_name] if worker_name else None
         try:
@@ -93,7 +93,7 @@ def purge_old_revoked_tasks(
 
 def _server_now(config: StateDBConfig) -> float:
     from celery_redis_statedb.durable_control import server_time
-    from celery_redis_statedb.repository import open_sync_client
+    from statedb._sync.clients import open_sync_client
 
     client = open_sync_client(config)
     try:
@@ -104,7 +104,7 @@ def _server_now(config: StateDBConfig) -> float:
 
 def list_workers(app: Celery, redis_url: str | None = None) -> list[str]:
     config = app_config(app, redis_url)
-    result: list[str] = _run(admin.list_workers, config.url, **_target(config))
+    result: list[str] = _run(admin.list_workers, config.url, **_prefix_option(config))
     return result
 
 
@@ -114,14 +114,14 @@ def inspect_workers(
 ) -> list[RevokedSetState]:
     config = app_config(app, redis_url)
     result: list[RevokedSetState] = _run(admin.inspect_workers, config.url, workers, scope=config.scope,
-                                         progress=progress, **_target(config))
+                                         progress=progress, **_prefix_option(config))
     return result
 
 
 def inspect_worker(app: Celery, worker: str | None, redis_url: str | None = None) -> RevokedSetState:
     config = app_config(app, redis_url)
     result: RevokedSetState = _run(admin.inspect_worker, config.url, worker, scope=config.scope,
-                                   **_target(config))
+                                   **_prefix_option(config))
     return result
 
 
@@ -135,7 +135,7 @@ def revoked_ids(
 
     async def collect() -> list[tuple[str, float]]:
         rows: AsyncIterator[tuple[str, float]] = admin.iter_revoked(
-            config.url, worker, scope=config.scope, limit=limit, bad=bad, **_target(config))
+            config.url, worker, scope=config.scope, limit=limit, bad=bad, **_prefix_option(config))
         return [row async for row in rows]
 
     result: list[tuple[str, float]] = anyio.run(collect)
@@ -144,7 +144,7 @@ def revoked_ids(
 
 def where_revoked(app: Celery, task_id: str, redis_url: str | None = None) -> list[Revocation]:
     config = app_config(app, redis_url)
-    result: list[Revocation] = _run(admin.where_revoked, config.url, task_id, **_target(config))
+    result: list[Revocation] = _run(admin.where_revoked, config.url, task_id, **_prefix_option(config))
     return result
 
 
@@ -182,7 +182,7 @@ def restore_tasks(
     ids = list(task_ids)
     config = app_config(app, redis_url)
     removed: int = _run(admin.restore, config.url, ids, worker_name=worker_name, scope=config.scope,
-                        **_target(config))
+                        **_prefix_option(config))
     replies: list[dict[str, Any]] = []
     if broadcast and ids:
         destination = [worker_name] if worker_name else None
@@ -205,7 +205,7 @@ def stamp_rows(
 
     async def collect() -> list[tuple[str, Any, float]]:
         rows = stamps_admin.iter_stamps(config.url, worker, scope=config.scope, limit=limit, bad=bad,
-                                        **_target(config))
+                                        **_prefix_option(config))
         return [row async for row in rows]
 
     result: list[tuple[str, Any, float]] = anyio.run(collect)
@@ -221,7 +221,7 @@ def inspect_stamps(
 
     config = app_config(app, redis_url)
     result: list[Any] = _run(stamps_admin.inspect_stamps, config.url, workers, scope=config.scope,
-                             progress=progress, **_target(config))
+                             progress=progress, **_prefix_option(config))
     return result
 
 
@@ -237,7 +237,7 @@ def restore_stamps(
     pairs = [(header, value) for header, value in stamps]
     config = app_config(app, redis_url)
     removed: int = _run(stamps_admin.restore_stamps, config.url, pairs, worker_name=worker_name,
-                        scope=config.scope, **_target(config))
+                        scope=config.scope, **_prefix_option(config))
     replies: list[dict[str, Any]] = []
     if broadcast and pairs:
         destination = [worker_name] if worker_name else None
@@ -254,7 +254,7 @@ def revoke_stamps(
     from statedb import stamps_admin
 
     config = app_config(app, redis_url)
-    added: int = _run(stamps_admin.revoke_stamps, config.url, list(stamps), **_target(config))
+    added: int = _run(stamps_admin.revoke_stamps, config.url, list(stamps), **_prefix_option(config))
     return added
 
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from celery.utils.collections import LimitedSet
 
-from celery_redis_statedb.repository import SyncStateRepository
 from celery_redis_statedb.revoked_set import merge_unrecorded, merge_unrecorded_pages
 from celery_redis_statedb.stored_index import StoredIdIndex
+from statedb._sync.repository import SyncStateRepository
 from statedb.errors import WrongKeyTypeError
 
-# Boot stamps ids by windows of this share of the revoke expiry (see commands.WindowCursor).
+# Boot stamps ids by windows of this share of the revoke expiry (see cursors.WindowCursor).
 STAMP_WINDOW = 0.01
 
 
@@ -44,8 +44,8 @@ class MergeCounts:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Boot builds up to a million objects that all stay alive: meanwhile every pass of
-    the cyclic garbage collector walks them again for nothing (40% of the merge at 50 000
-    ids). Paused for the merge only, then restored as it was."""
+    the cyclic garbage collector walks them again for nothing (a large share of the merge:
+    see the benchmarks). Paused for the merge only, then restored as it was."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -109,13 +109,12 @@ def _merge_newest(repository: SyncStateRepository, revoked: LimitedSet, *, share
         newer_than = wall - expires if not_before is None else max(wall - expires, not_before)
         # Ids only, by windows of 1% of the expiry: each id is taken to be at most
         # that much younger than it is (kept that much longer, never less).
-        ranks: list[int] = []
-        pages = list(repository.iter_revoked_windows(
-            now=wall, newer_than=newer_than, width=expires * STAMP_WINDOW, limit=maxlen or None, shared=shared,
-            ranks=ranks))
+        cursor = repository.operations.revoked_windows(wall, newer_than, expires * STAMP_WINDOW, maxlen or None,
+                                                       shared=shared, bad=repository.bad)
+        pages = list(repository.iter_revoked_windows(cursor))
         pages.reverse()
         # Bad members skipped in pages read ahead (past the size cap) and never handed out are no ranks read.
-        read = ranks[0] if ranks else sum(len(ids) for _, ids in pages)
+        read = cursor.ranks
         if collect is not None:
             for _, ids in pages:
                 collect.extend(ids)

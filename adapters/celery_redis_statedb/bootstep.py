@@ -69,10 +69,7 @@ def _migrate_at_boot(persistence: WorkerStatePersistence, path: str) -> None:
 
     if not persistence.loaded:
         raise RedisUnavailableError(f"cannot migrate {path}: Redis is not reachable yet")
-    report = migrate_file_statedb(path, persistence.repository)
-    logger.info("redis-statedb: migrated %s (%s): %d ids found, %d new, clock %s -> %s",
-                report.source, report.layout, report.ids_found, report.ids_added,
-                report.clock_before, report.clock_after)
+    migrate_file_statedb(path, persistence.repository)  # logs its report's summary line
     persistence.reload()
 
 

@@ -25,7 +25,7 @@ import click
 from celery_redis_statedb import admin
 from celery_redis_statedb.durable_control import use_durable_control_by_default
 from celery_redis_statedb.install import connect_worker_hook, register_worker_options
-from celery_redis_statedb.repository import SyncStateRepository
+from statedb._sync.repository import SyncStateRepository
 from statedb.admin import Progress
 from statedb.commands import BadMembers
 from statedb.errors import StateDBError
@@ -164,7 +164,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 @handles_errors
 def inspect_command(ctx: click.Context, worker: str | None, fleet: bool, as_json: bool) -> None:
     """One worker's revoked set and clock (or the fleet set with --fleet)."""
-    name = _pick(worker, fleet)
+    name = _worker_or_fleet(worker, fleet)
     state = admin.inspect_worker(_app(ctx), name, redis_url=_url(ctx))
     (stamps,) = admin.inspect_stamps(_app(ctx), [name], redis_url=_url(ctx))
     if as_json:
@@ -181,7 +181,7 @@ def inspect_command(ctx: click.Context, worker: str | None, fleet: bool, as_json
         click.echo(f"{label:>13}: {value if value is not None else '-'}")
 
 
-def _pick(worker: str | None, fleet: bool) -> str | None:
+def _worker_or_fleet(worker: str | None, fleet: bool) -> str | None:
     if fleet == (worker is not None):
         raise click.UsageError("name a WORKER, or pass --fleet")
     return worker
@@ -199,10 +199,10 @@ def ls_command(ctx: click.Context, worker: str | None, fleet: bool, limit: int |
                as_json: bool) -> None:
     """The revoked ids of a worker (or the fleet set), newest first, with their revocation times."""
     if stamps:
-        _ls_stamps(ctx, _pick(worker, fleet), limit, as_json)
+        _ls_stamps(ctx, _worker_or_fleet(worker, fleet), limit, as_json)
         return
     bad = BadMembers()
-    rows = admin.revoked_ids(_app(ctx), _pick(worker, fleet), redis_url=_url(ctx), limit=limit, bad=bad)
+    rows = admin.revoked_ids(_app(ctx), _worker_or_fleet(worker, fleet), redis_url=_url(ctx), limit=limit, bad=bad)
     if as_json:
         click.echo(json.dumps([{"task_id": task_id, "revoked_at": when} for task_id, when in rows]))
     else:
@@ -338,14 +338,7 @@ def migrate(ctx: click.Context, path: str | None, worker: str, legacy_blob: bool
                 report = migrate_file_statedb(path, repository, dry_run=dry_run, progress=progress)
     finally:
         repository.close()
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report)))
-        return
-    verb = "would add" if dry_run else "added"
-    click.echo(f"{report.source} ({report.layout}{', ' + report.dbm_flavour if report.dbm_flavour else ''}): "
-               f"{report.ids_found} ids found, {verb} {report.ids_added} to {repository.keys.revoked}"
-               + (f", {report.ids_skipped} not storable" if report.ids_skipped else ""))
-    click.echo(f"clock: found {report.clock_found}, stored {report.clock_before} -> {report.clock_after}")
+    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else report.summary())
 
 
 # -- stamped-header revokes ------------------------------------------------------------

@@ -43,9 +43,9 @@ from celery.app.control import Control
 from redis.exceptions import RedisError
 
 from celery_redis_statedb import admin
-from celery_redis_statedb.repository import open_sync_client
-from celery_redis_statedb.settings import Setting, _pick
+from celery_redis_statedb.settings import Setting, raw_value
 from statedb import commands, stamps
+from statedb._sync.clients import open_sync_client
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError, StateDataError, StateDBError
 from statedb.translate import translate_exception
@@ -89,7 +89,7 @@ REVOKE_ON_UNAVAILABLE = Setting(
 
 def revoke_policy(app: Celery) -> RevokePolicy:
     """The app's ``redis_state_revoke_on_unavailable`` (app.conf > environment > ``fail``)."""
-    picked = _pick(REVOKE_ON_UNAVAILABLE, {}, app.conf, os.environ)
+    picked = raw_value(REVOKE_ON_UNAVAILABLE, {}, app.conf, os.environ)
     if picked is None:
         return RevokePolicy.FAIL
     raw, source = picked

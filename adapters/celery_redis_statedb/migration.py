@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from celery_redis_statedb.repository import SyncStateRepository
+from statedb._sync.repository import SyncStateRepository
 from statedb.admin import Progress
 from statedb.commands import MAX_CLOCK, parse_clock
 from statedb.errors import (
@@ -61,7 +61,7 @@ logger = logging.getLogger("celery_redis_statedb")
 
 LAYOUT_V1, LAYOUT_V2, LAYOUT_V3 = "v1-dict", "v2-limitedset", "v3-zrevoked"
 LAYOUT_LEGACY_BLOB, LAYOUT_EMPTY = "legacy-0.2-blob", "empty"
-# A statedb of 50 000 ids inflates to a few MB; this only stops a zlib bomb.
+# Far above any real statedb: this only stops a zlib bomb.
 MAX_INFLATED_BYTES = 1 << 30
 
 # Suffixes the dbm flavours append to the name they are given (dumb: .dat/.dir/.bak,
@@ -346,11 +346,17 @@ def _load_file_value(path: str, key: str, data: bytes) -> object:
 
 @dataclass(frozen=True)
 class SourceState:
-    """What was read from a source, before anything is written."""
+    """What was read from a source, before anything is written.
+
+    ``clock_origin`` says where the clock was read and ``refuse`` builds the error naming
+    the source, for a value found there that cannot be written.
+    """
 
     layout: str
     task_ids: list[object]
     clock: int | None
+    clock_origin: str
+    refuse: Callable[[str], StateDBError]
 
 
 def _file_revoked(path: str, raw: dict[str, bytes]) -> tuple[str, object]:
@@ -374,11 +380,18 @@ def _file_revoked(path: str, raw: dict[str, bytes]) -> tuple[str, object]:
     return LAYOUT_EMPTY, []
 
 
+def _shown_clock(value: object) -> str:
+    # Python refuses to print an integer of more than 4 300 digits: a forged one is shown by its size.
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    return f"{value!r:.60}"
+
+
 def _checked_clock(value: object, where: str, make_error: Callable[[str], StateDBError]) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CLOCK:
-        raise make_error(f"{where} does not hold a clock (an integer in 0..{MAX_CLOCK}): {value!r:.60}")
+        raise make_error(f"{where} does not hold a clock (an integer in 0..{MAX_CLOCK}): {_shown_clock(value)}")
     return value
 
 
@@ -399,8 +412,8 @@ def read_file_statedb(path: str | os.PathLike[str]) -> tuple[str, SourceState]:
     def error(message: str) -> StateDBError:
         return MigrationSourceError(message, source=shown)
 
-    clock = _checked_clock(clock_value, f"{shown}: key 'clock'", error)
-    return flavour, SourceState(layout, task_ids, clock)
+    origin = f"{shown}: key 'clock'"
+    return flavour, SourceState(layout, task_ids, _checked_clock(clock_value, origin, error), origin, error)
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -416,6 +429,21 @@ def storable_ids(task_ids: Sequence[object]) -> tuple[list[str], int]:
         else:
             skipped += 1
     return list(kept), skipped
+
+
+def _check_writable(repository: SyncStateRepository, state: SourceState) -> None:
+    """Refuse now, naming the source, a value the writer would refuse once the ids are in.
+
+    Ids are filtered by the writer's own rule (:func:`storable_ids`); the clock is checked by
+    building the writer's very operation, which validates its value and runs nothing.
+    """
+    if not state.clock:
+        return
+    try:
+        repository.operations.advance_clock(state.clock)
+    except InvalidInputError:
+        raise state.refuse(f"{state.clock_origin} holds a clock that cannot be stored "
+                           f"({_shown_clock(state.clock)}); nothing was migrated") from None
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
@@ -455,6 +483,7 @@ def _merge_into(
 ) -> MigrationReport:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    _check_writable(repository, state)
     repository.check_server()
     ids, skipped = storable_ids(state.task_ids)
     clock_before = repository.read_clock()
@@ -467,7 +496,8 @@ def _merge_into(
         ids_added=added, clock_found=state.clock, clock_before=clock_before, clock_after=clock_after,
         dry_run=dry_run, ids_skipped=skipped, revoked_key=repository.keys.revoked,
     )
-    logger.info("redis-statedb: migration %s", report.summary())
+    # The one summary line of a migration, wherever it runs (API, CLI, worker boot).
+    logger.info("redis-statedb: %s %s", "would migrate" if dry_run else "migrated", report.summary())
     if skipped:
         logger.warning("redis-statedb: migration of %s skipped %d ids Redis cannot hold "
                        "(not text, empty or too long)", source, skipped)
@@ -480,17 +510,20 @@ def migrate_file_statedb(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
-    chunk_size: int = 5000,
+    chunk_size: int | None = None,
 ) -> MigrationReport:
     """Merge Celery's file statedb at ``path`` (any layout, any dbm flavour) into ``repository``.
 
     The file is opened read-only and never changed. Ids are stamped with the migration
     time (the file's monotonic stamps mean nothing after a reboot); the clock only moves
-    forward. ``dry_run`` reads everything and writes nothing.
+    forward. ``dry_run`` reads everything and writes nothing; a value that cannot be
+    written is refused before anything is, dry run or not. ``chunk_size`` ids a command:
+    the repository's ``write_chunk_size`` unless given.
     """
     flavour, state = read_file_statedb(path)
     return _merge_into(repository, state, source=os.fspath(path), flavour=flavour, dry_run=dry_run,
-                       progress=progress, chunk_size=chunk_size)
+                       progress=progress,
+                       chunk_size=repository.operations.write_chunk_size if chunk_size is None else chunk_size)
 
 
 # -- the 0.2.0 blob in Redis -------------------------------------------------------------------------
@@ -534,11 +567,16 @@ def _load_blob(key: str, blob: bytes) -> list[object]:
         raise CorruptValueError(f"Redis key {key!r} is not a readable 0.2 blob: {exc}", key=key) from None
 
 
-def _legacy_clock(repository: SyncStateRepository, blob_key: str) -> int | None:
+def _legacy_clock_key(blob_key: str) -> str | None:
     """The 0.2 clock beside the blob: the key this version uses too, unless the blob is another worker's."""
     if not blob_key.endswith(LEGACY_BLOB_SUFFIX):
         return None
-    clock_key = blob_key.removesuffix(LEGACY_BLOB_SUFFIX) + CLOCK_SUFFIX
+    return blob_key.removesuffix(LEGACY_BLOB_SUFFIX) + CLOCK_SUFFIX
+
+
+def _read_legacy_clock(repository: SyncStateRepository, clock_key: str | None) -> int | None:
+    if clock_key is None:
+        return None
     raw = _redis_call(repository, clock_key, lambda: repository.client.get(clock_key))
     return None if raw is None else parse_clock(clock_key, raw)
 
@@ -561,7 +599,12 @@ def migrate_legacy_blob(
             "redis-statedb: migrating %s: unpickling data read from Redis (restricted to a LimitedSet of ids)", key
         )
         task_ids = _load_blob(key, blob)
+    clock_key = _legacy_clock_key(key)
+
+    def refuse(message: str) -> StateDBError:
+        return CorruptValueError(message, key=clock_key or key)
+
     state = SourceState(LAYOUT_LEGACY_BLOB if blob is not None else LAYOUT_EMPTY, task_ids,
-                        _legacy_clock(repository, key))
+                        _read_legacy_clock(repository, clock_key), f"Redis key {clock_key!r}", refuse)
     return _merge_into(repository, state, source=key, flavour=None, dry_run=dry_run, progress=progress,
                        chunk_size=repository.operations.write_chunk_size)

@@ -26,16 +26,12 @@ from celery.utils.collections import LimitedSet
 
 from celery_redis_statedb.boot_merge import STAMP_WINDOW, MergeCounts, merge_stored
 from celery_redis_statedb.outage import OutageTracker
-from celery_redis_statedb.repository import (
-    ConnectionCounter,
-    FirstConnectFree,
-    SyncStateRepository,
-    open_sync_client,
-)
 from celery_redis_statedb.revoked_set import attach, detach
 from celery_redis_statedb.stamps import stamps_for
 from celery_redis_statedb.stored_revokes import StoredRevokes
 from celery_redis_statedb.watch import StateWatch
+from statedb._sync.clients import ConnectionCounter, FirstConnectFree, open_sync_client
+from statedb._sync.repository import SyncStateRepository
 from statedb.client import COMMAND_RETRIES, boot_backoff
 from statedb.commands import IMPLAUSIBLE_JUMP, MAX_CLOCK, BadMembers, implausible_clock
 from statedb.config import StateDBConfig, UnavailablePolicy

@@ -122,7 +122,7 @@ def attach(revoked: LimitedSet, recorder: RevokeRecorder, *, stored: StoredBeyon
     revoked.__class__ = WriteThroughLimitedSet
     # CPython >= 3.11 keeps attribute values inline, laid out for the class the object
     # was built as: after the class swap every attribute read in add() and purge()
-    # takes the slow path (revokes ~25% slower in memory). A fresh dict of the same
+    # takes the slow path (revokes slower in memory). A fresh dict of the same
     # attributes (same object, same values) makes them plain dict reads again.
     revoked.__dict__ = dict(revoked.__dict__)
 

@@ -107,8 +107,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def _pick(setting: Setting, cli: Mapping[str, Any], conf: Mapping[str, Any], env: Mapping[str, str]
-          ) -> tuple[Any, str] | None:
+def raw_value(setting: Setting, cli: Mapping[str, Any], conf: Mapping[str, Any], env: Mapping[str, str]
+              ) -> tuple[Any, str] | None:
+    """(the value as given, where it came from) by precedence: CLI > app.conf > env; None if unset."""
     kwarg = setting.cli_kwarg
     if kwarg is not None and cli.get(kwarg) is not None:
         return cli[kwarg], setting.option or kwarg
@@ -129,7 +130,7 @@ def resolve_config(
     """The configuration for ``url``; a bad value raises ConfigurationError naming its source."""
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        picked = _pick(setting, cli or {}, conf or {}, env or {})
+        picked = raw_value(setting, cli or {}, conf or {}, env or {})
         if picked is None:
             continue
         raw, source = picked

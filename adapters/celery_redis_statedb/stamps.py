@@ -37,7 +37,7 @@ from statedb.stamps import Stamp, decode_stamp, encode_stamp
 
 if TYPE_CHECKING:
     from celery_redis_statedb.persistence import WorkerStatePersistence
-    from celery_redis_statedb.repository import SyncStateRepository
+    from statedb._sync.repository import SyncStateRepository
 
 logger = logging.getLogger("celery_redis_statedb")
 

@@ -12,7 +12,7 @@ discarded.
 
 Why a table of our own: a Python set of ints costs several times that, and a sorted
 array needs a sort that makes a temporary object per id, whose memory the allocator
-keeps (the worker's RSS grew by three times the table's size; figures in the README).
+keeps (figures in the README).
 """
 
 from __future__ import annotations

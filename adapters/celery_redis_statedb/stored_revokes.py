@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from celery.utils.collections import LimitedSet
 
 from celery_redis_statedb.outage import OutageTracker, Throttle
-from celery_redis_statedb.repository import SyncStateRepository
 from celery_redis_statedb.stored_index import StoredIdIndex
+from statedb._sync.repository import SyncStateRepository
 from statedb.errors import StateDBError
 from statedb.names import is_storable_task_id
 
@@ -34,7 +34,6 @@ CONFIRMED_MAX = 4096
 # A confirmed hit is trusted this long (Celery checks one message two or three times in a row);
 # after it the next check asks Redis again, so a restore this worker did not hear still lifts it.
 CONFIRMED_FOR = 2.0
-REVALIDATE_CHUNK = 5_000
 
 
 class StoredRevokes:
@@ -99,9 +98,9 @@ class StoredRevokes:
             mono_limit = time.monotonic() - (self.now() - before) + slack
             candidates = [item for item, entry in list(revoked._data.items())
                           if entry[0] < mono_limit and item not in self.pending and is_storable_task_id(item)]
-            dropped = 0
-            for i in range(0, len(candidates), REVALIDATE_CHUNK):
-                chunk = candidates[i : i + REVALIDATE_CHUNK]
+            dropped, size = 0, self.repository.operations.write_chunk_size  # ids a command carries
+            for i in range(0, len(candidates), size):
+                chunk = candidates[i : i + size]
                 scores = self.repository.revoked_scores(chunk)
                 for task_id, score in zip(chunk, scores, strict=True):
                     if score is None or not self._within_horizon(score):

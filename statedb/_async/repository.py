@@ -1,4 +1,9 @@
-"""The async repository: one worker's revoked set and clock, on ``redis.asyncio``."""
+"""One worker's revoked set, clock and stamps, read and written through the command layer.
+
+Every redis-py error leaves as a :class:`~statedb.errors.StateDBError`. A client passed
+in is never closed here; one opened by :meth:`AsyncStateRepository.open` is closed by
+``aclose`` (or the ``async with`` block).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,13 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from statedb import commands, integrity
-from statedb.client import COMMAND_RETRIES, client_options, command_backoff
+from statedb import commands, cursors, integrity
+from statedb._async.clients import OnConnect, open_async_client
+from statedb.client import COMMAND_RETRIES
 from statedb.config import StateDBConfig
-from statedb.errors import ConfigurationError
 from statedb.keys import WorkerKeys
 from statedb.operations import StateOperations
 from statedb.translate import translate_exception
@@ -21,30 +25,23 @@ from statedb.translate import translate_exception
 T = TypeVar("T")
 
 
-def open_async_client(config: StateDBConfig) -> aioredis.Redis:
-    """A ``redis.asyncio`` client for ``config`` (the caller owns and closes it)."""
-    try:
-        return aioredis.from_url(config.url, retry=Retry(command_backoff(), COMMAND_RETRIES),
-                                 **client_options(config))
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"Redis URL {config.safe_url} is not usable: {exc}") from None
-
-
 class AsyncStateRepository:
-    """Reads and writes one worker's state; every redis error leaves as a StateDBError.
+    """Reads and writes one worker's state; every redis error leaves as a StateDBError."""
 
-    A client passed in is never closed here; one opened by :meth:`open` is closed by :meth:`aclose`.
-    """
-
-    def __init__(self, client: aioredis.Redis, operations: StateOperations, *, owns_client: bool = False,
+    def __init__(self, client: Redis, operations: StateOperations, *, owns_client: bool = False,
                  bad: commands.BadMembers | None = None) -> None:
         self.client, self.operations, self._owns_client = client, operations, owns_client
         # Given ``bad``, reads skip members that cannot be ids into it; else they raise CorruptValueError.
         self.bad = bad
 
     @classmethod
-    def open(cls, config: StateDBConfig, worker: str) -> AsyncStateRepository:
-        return cls(open_async_client(config), StateOperations.for_worker(config, worker), owns_client=True)
+    def open(
+        cls, config: StateDBConfig, worker: str, *, on_connect: OnConnect | None = None,
+        retries: int = COMMAND_RETRIES, retry_timeouts: bool = True, bad: commands.BadMembers | None = None,
+    ) -> AsyncStateRepository:
+        """A repository on a client of its own (see :func:`open_async_client` for the options)."""
+        client = open_async_client(config, on_connect=on_connect, retries=retries, retry_timeouts=retry_timeouts)
+        return cls(client, StateOperations.for_worker(config, worker), owns_client=True, bad=bad)
 
     @property
     def keys(self) -> WorkerKeys:
@@ -71,6 +68,11 @@ class AsyncStateRepository:
             raise translate_exception(exc, target=self.operations.target) from exc
         return operation.result(replies)
 
+    async def _walk(self, cursor: cursors.Cursor[T]) -> AsyncIterator[T]:
+        while (operation := cursor.next_operation()) is not None:
+            for row in cursor.feed(await self._run(operation)):
+                yield row
+
     async def ping(self) -> bool:
         return await self._run(self.operations.ping())
 
@@ -96,10 +98,17 @@ class AsyncStateRepository:
         self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
     ) -> AsyncIterator[tuple[str, float]]:
         """(task id, revocation time) pairs, newest first, streamed in chunks (of the fleet set if shared)."""
-        cursor = self.operations.revoked_pages(newer_than, limit, shared=shared, bad=self.bad)
-        while (operation := cursor.next_operation()) is not None:
-            for row in cursor.feed(await self._run(operation)):
-                yield row
+        async for row in self._walk(self.operations.revoked_pages(newer_than, limit, shared=shared, bad=self.bad)):
+            yield row
+
+    async def iter_revoked_windows(
+        self, cursor: cursors.WindowCursor
+    ) -> AsyncIterator[tuple[float, list[str]]]:
+        """(wall-clock stamp, ids newest first) pages of ``cursor`` (from
+        ``operations.revoked_windows``), newest first; once the walk is over, ``cursor.ranks``
+        says how many of the set's ranks the pages cover."""
+        async for page in self._walk(cursor):
+            yield page
 
     async def read_clock(self) -> int:
         return await self._run(self.operations.read_clock())
@@ -112,13 +121,10 @@ class AsyncStateRepository:
         """(ids in the set, ids revoked before ``horizon_start``)."""
         return await self._run(self.operations.count_within(horizon_start, shared=shared))
 
-    async def iter_stored_ids(self, start: int, stop: int, *, shared: bool = False
-                              ) -> AsyncIterator[list[bytes]]:
+    async def iter_stored_ids(self, start: int, stop: int, *, shared: bool = False) -> AsyncIterator[list[bytes]]:
         """Pages of stored ids (bytes) of ranks ``start`` to ``stop - 1``, newest first."""
-        cursor = self.operations.stored_ranks(start, stop, shared=shared, bad=self.bad)
-        while (operation := cursor.next_operation()) is not None:
-            for page in cursor.feed(await self._run(operation)):
-                yield page
+        async for page in self._walk(self.operations.stored_ranks(start, stop, shared=shared, bad=self.bad)):
+            yield page
 
     async def revoked_scores(self, task_ids: Sequence[object]) -> list[float | None]:
         """The earliest revocation time of each id in this worker's set or the fleet set (None: in neither)."""
@@ -127,7 +133,7 @@ class AsyncStateRepository:
     # -- stamped-header revokes (statedb.stamps) --------------------------------
 
     async def add_stamps(self, stamps: Iterable[tuple[str, object]], *, revoked_at: float | None = None,
-                   shared: bool = False) -> int:
+                         shared: bool = False) -> int:
         """Store (header, value) pairs in this worker's stamps key (the fleet's if shared); how many were new."""
         return await self._run(self.operations.add_stamps(stamps, revoked_at, shared=shared))
 
@@ -135,10 +141,8 @@ class AsyncStateRepository:
         self, *, newer_than: float | None = None, limit: int | None = None, shared: bool = False
     ) -> AsyncIterator[tuple[str, object, float]]:
         """(header, value, revocation time), newest first (of the fleet stamps key if shared)."""
-        cursor = self.operations.stamp_pages(newer_than, limit, shared=shared, bad=self.bad)
-        while (operation := cursor.next_operation()) is not None:
-            for row in cursor.feed(await self._run(operation)):
-                yield row
+        async for row in self._walk(self.operations.stamp_pages(newer_than, limit, shared=shared, bad=self.bad)):
+            yield row
 
     async def count_stamps(self, *, shared: bool = False) -> int:
         return await self._run(self.operations.count_stamps(shared=shared))
