@@ -15,8 +15,8 @@ from celery.utils.collections import LimitedSet
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence
+from celery_redis_statedb.local_servers import PrivateServer
 from statedb import StateDBConfig, revoke, revoke_stamps
-from tests.servers import PrivateServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "chunks:"
