@@ -25,17 +25,9 @@ import pytest
 import redis
 from celery.bin import control as celery_control_command
 
+from tests.keys import shared_key
 from tests.servers import free_port
-from tests.workers import (
-    MODULE,
-    AppDir,
-    WorkerHarness,
-    assert_discarded,
-    new_task_id,
-    shared_key,
-    wait_until,
-    worker_env,
-)
+from tests.workers import MODULE, AppDir, WorkerHarness, assert_discarded, new_task_id, wait_until, worker_env
 
 pytestmark = pytest.mark.e2e
 
