@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,7 +18,9 @@ from celery_redis_statedb import (
     statedb_url,
 )
 from statedb.keys import KeySchema
-from tests.workers import WorkerHarness, assert_discarded, new_task_id, revoked_key
+from tests.file_statedb import write_celery_statedb
+from tests.keys import revoked_key
+from tests.workers import WorkerHarness, assert_discarded, new_task_id
 
 
 def make_app(key_prefix: str, **conf: object) -> Celery:
@@ -90,15 +93,11 @@ def test_a_producer_revoke_reaches_a_worker_that_was_not_running(
 
 @pytest.mark.e2e
 def test_worker_option_migrates_a_file_statedb_at_boot(
-    harness: WorkerHarness, redis_url: str, key_prefix: str, redis_client: redis.Redis, tmp_path: object
+    harness: WorkerHarness, redis_url: str, key_prefix: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    from pathlib import Path
-
-    from tests.test_cli import _celery_file_statedb
-
     task_id = new_task_id()
-    db = Path(str(tmp_path)) / "old-worker.db"
-    _celery_file_statedb(db, [task_id], 5)
+    db = tmp_path / "old-worker.db"
+    write_celery_statedb(db, [task_id], 5)
     app_dir = harness.app(install=False, conf={"redis_state_key_prefix": key_prefix})
     worker = harness.worker(app_dir, redis_url, extra_args=["--migrate-statedb", str(db)]).start()
     assert "redis-statedb: migrated" in worker.log()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,15 +28,15 @@ from statedb import (
 )
 from statedb import admin as async_admin
 from statedb.names import MAX_TASK_ID_BYTES
+from tests.keys import clock_key, revoked_key, shared_key
 from tests.workers import (
     CANNOT_START,
-    TASK_NAME,
     WorkerHarness,
     WorkerProcess,
-    clock_key,
+    assert_discarded,
+    fast_env,
     new_task_id,
-    revoked_key,
-    shared_key,
+    refused_boot,
     wait_until,
 )
 
@@ -45,14 +44,6 @@ PASSWORD = "p@ss"  # the '@' must be percent-encoded in a URL: p%40ss
 # A second user of the password server, whose password needs no encoding (no '%' for Celery to expand).
 PLAIN_USER, PLAIN_PASSWORD = "plain", "Plain-pw-1"
 PLAIN = f"redis://{PLAIN_USER}:{PLAIN_PASSWORD}"
-FAST_ENV = {
-    "CELERY_REDIS_STATE_BOOT_TIMEOUT": "1",
-    "CELERY_REDIS_STATE_SOCKET_TIMEOUT": "0.5",
-    "CELERY_REDIS_STATE_CONNECT_TIMEOUT": "0.5",
-}
-
-
-
 
 
 def celery_arg(url: str) -> str:
@@ -64,32 +55,6 @@ def snapshot(client: redis.Redis, pattern: str = "*") -> dict[bytes, tuple[bytes
     """Type and serialized value (DUMP) of every key matching ``pattern``: compare before and after."""
     keys: list[bytes] = sorted(client.scan_iter(match=pattern, count=1000))
     return {key: (client.type(key), client.dump(key)) for key in keys}  # type: ignore[misc]
-
-
-def one_critical_line(worker: WorkerProcess) -> str:
-    """The worker's single ``cannot start worker`` line; no traceback anywhere."""
-    log = worker.log()
-    lines = [line for line in log.splitlines() if CANNOT_START in line]
-    assert len(lines) == 1, log
-    assert "CRITICAL" in lines[0], log
-    assert "Traceback" not in log, log
-    assert " ready." not in log, log
-    return lines[0]
-
-
-def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: list[str]) -> None:
-    """Send the revoked ids as tasks (short marker files), then a control task: only the control runs."""
-    control = new_task_id()
-    markers = [f"revoked-{uuid.uuid4().hex}" for _ in revoked]
-    for task_id, marker in zip(revoked, markers, strict=True):
-        harness.send(worker, task_id, marker)
-    harness.send(worker, control)
-    harness.wait_ran(worker, control)
-    log = worker.log()
-    for task_id, marker in zip(revoked, markers, strict=True):
-        assert not worker.app.ran(marker), f"revoked task {task_id[:60]} ran:\n{log[-3000:]}"
-        assert f"Discarding revoked task: {TASK_NAME}[{task_id}]" in log
-
 
 
 @pytest.fixture(scope="module")
@@ -183,15 +148,13 @@ def test_a_worker_with_a_bad_url_stops_with_one_line_and_changes_nothing(
 ) -> None:
     statedb, extra, code, fragment = bad_url_cases(password_server)[case]
     app = harness.app(install=True)
-    worker = harness.worker(app, statedb, extra_args=extra,
-                            env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
+    worker = harness.worker(app, statedb, extra_args=extra, env=fast_env(state_prefix, boot_timeout=1))
     admin_client.zadd(revoked_key(state_prefix, worker.name), {"kept": 1.0})
     admin_client.set(clock_key(state_prefix, worker.name), 5)
     before = snapshot(admin_client, f"{state_prefix}*")
 
-    worker.start(wait_ready=False)
-    assert worker.wait_exit(30) == code, worker.log()
-    line = one_critical_line(worker)
+    exit_code, line = refused_boot(worker)
+    assert exit_code == code, worker.log()
     assert fragment in line
     assert worker.name in line
     for secret in ("p@ss", "p%40ss", "wrong-pw", PLAIN_PASSWORD):
@@ -204,10 +167,8 @@ def test_a_database_number_out_of_range_is_a_configuration_error(
     harness: WorkerHarness, password_server: PrivateServer
 ) -> None:
     app = harness.app(install=True)
-    worker = harness.worker(app, f"{PLAIN}@127.0.0.1:{password_server.port}/99", env=FAST_ENV)
-    worker.start(wait_ready=False)
-    code = worker.wait_exit(30)
-    line = one_critical_line(worker)
+    worker = harness.worker(app, f"{PLAIN}@127.0.0.1:{password_server.port}/99", env=fast_env(boot_timeout=1))
+    code, line = refused_boot(worker)
     assert "99" in line
     assert code == 78, line
 
@@ -221,10 +182,8 @@ def test_url_options_redis_py_rejects_at_connect_are_configuration_errors(
     harness: WorkerHarness, password_server: PrivateServer, query: str, fragment: str
 ) -> None:
     app = harness.app(install=True)
-    worker = harness.worker(app, f"{PLAIN}@127.0.0.1:{password_server.port}/0?{query}", env=FAST_ENV)
-    worker.start(wait_ready=False)
-    code = worker.wait_exit(30)
-    line = one_critical_line(worker)
+    worker = harness.worker(app, f"{PLAIN}@127.0.0.1:{password_server.port}/0?{query}", env=fast_env(boot_timeout=1))
+    code, line = refused_boot(worker)
     assert fragment in line and PLAIN_PASSWORD not in worker.log()
     assert code == 78, line
 
@@ -232,10 +191,9 @@ def test_url_options_redis_py_rejects_at_connect_are_configuration_errors(
 @pytest.mark.e2e
 def test_an_invalid_tls_option_value_is_a_configuration_error(harness: WorkerHarness) -> None:
     app = harness.app(install=True)
-    worker = harness.worker(app, f"rediss://127.0.0.1:{free_port()}/0?ssl_cert_reqs=bogus", env=FAST_ENV)
-    worker.start(wait_ready=False)
-    code = worker.wait_exit(30)
-    line = one_critical_line(worker)
+    url = f"rediss://127.0.0.1:{free_port()}/0?ssl_cert_reqs=bogus"
+    worker = harness.worker(app, url, env=fast_env(boot_timeout=1))
+    code, line = refused_boot(worker)
     assert "ssl_cert_reqs" in line or "bogus" in line, line
     assert code == 78, line
 
@@ -258,7 +216,7 @@ def test_a_percent_encoded_password_through_celerys_expansion(
     harness: WorkerHarness, password_server: PrivateServer, admin_client: redis.Redis, state_prefix: str
 ) -> None:
     app = harness.app(install=True)
-    env = {**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix}
+    env = fast_env(state_prefix)
     encoded = f"redis://:p%40ss@127.0.0.1:{password_server.port}/0"  # p@ss, percent-encoded
 
     # Unescaped: Celery's own node_format refuses '%4' before this library runs (exit 1).
@@ -548,9 +506,8 @@ def test_a_hostname_with_control_characters_is_refused_clearly(
 ) -> None:
     app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
     worker = harness.worker(app, redis_url, name=name)
-    worker.start(wait_ready=False)
-    assert worker.wait_exit(30) == 78, worker.log()
-    line = one_critical_line(worker)
+    code, line = refused_boot(worker)
+    assert code == 78, worker.log()
     assert "worker name" in line and "control characters" in line
     assert not list(redis_client.scan_iter(match=f"{state_prefix}*"))
 
@@ -561,8 +518,7 @@ def test_a_hostname_with_a_newline_is_refused_in_one_line(
 ) -> None:
     app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
     worker = harness.worker(app, redis_url, name="w\nx@h")
-    worker.start(wait_ready=False)
-    assert worker.wait_exit(30) == 78, worker.log()
+    code, line = refused_boot(worker)
+    assert code == 78, worker.log()
     assert not list(redis_client.scan_iter(match=f"{state_prefix}*"))
-    line = one_critical_line(worker)
     assert "worker name" in line and "control characters" in line, line

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from statedb.keys import KeySchema
 from tests.cli_runner import cli_app, run_cli
+from tests.file_statedb import write_celery_statedb
 
 
 @pytest.fixture
@@ -104,25 +105,10 @@ def test_unreachable_redis_is_one_line_without_password(cli: CliRunner) -> None:
     assert "hunter2" not in result.output
 
 
-def _celery_file_statedb(path: Path, ids: list[str], clock_value: int) -> None:
-    """A statedb file written by Celery's own Persistent (v3 layout, this Python's dbm)."""
-    from types import SimpleNamespace
-
-    from celery.utils.collections import LimitedSet
-    from celery.worker.state import Persistent
-    from kombu.clocks import LamportClock
-
-    revoked = LimitedSet(maxlen=1000)
-    for task_id in ids:
-        revoked.add(task_id)
-    Persistent(SimpleNamespace(revoked=revoked, merge_revoked=revoked.update), str(path),
-               LamportClock(initial_value=clock_value)).save()
-
-
 def test_migrate_a_celery_file_statedb_twice(cli: CliRunner, redis_url: str, key_prefix: str, tmp_path: Path,
                                              redis_client: redis.Redis) -> None:
     db = tmp_path / "worker.db"
-    _celery_file_statedb(db, ["m-1", "m-2"], 41)
+    write_celery_statedb(db, ["m-1", "m-2"], 41)
     before = sorted(p.name for p in tmp_path.iterdir())
     dry = run(cli, redis_url, "migrate", str(db), "--worker", "w@h", "--dry-run")
     assert dry.exit_code == 0, dry.output

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
@@ -16,26 +14,7 @@ from statedb.errors import (
     StateDataError,
     WrongKeyTypeError,
 )
-
-
-class RecordingPipeline:
-    """Stands in for a pipeline: remembers each staged call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def stage(*args: Any, **kwargs: Any) -> None:
-            self.calls.append((name, args, kwargs))
-
-        return stage
-
-
-def staged(operation: commands.Operation[Any]) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    pipe = RecordingPipeline()
-    operation.stage(pipe)  # type: ignore[arg-type]
-    assert len(pipe.calls) == len(operation.keys)
-    return pipe.calls
+from tests.recording_pipeline import staged
 
 
 def test_add_revoked_is_one_zadd_lt_per_chunk_with_one_score() -> None:

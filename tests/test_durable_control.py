@@ -8,7 +8,6 @@ directly; one test also broadcasts for real (in-memory broker).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -34,22 +33,10 @@ from celery_redis_statedb.durable_control import (
 from celery_redis_statedb.local_servers import free_port
 from celery_redis_statedb.settings import resolve_config
 from statedb.errors import ConfigurationError, InvalidInputError, RedisUnavailableError, StateDBError
-from tests.workers import revoked_key, shared_key
+from tests.keys import revoked_key, shared_key, shared_stamps_key, stamp, stamps_key
 
 SENT = object()  # what the spy broadcast returns: the caller must get it back unchanged
 NO_REPLIES: list[Any] = []  # what it returns for revoke_by_stamped_headers (Celery iterates over it)
-
-
-def shared_stamps_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-stamps"
-
-
-def stamps_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:stamps"
-
-
-def stamp(header: str, value: object) -> bytes:
-    return json.dumps([header, value], separators=(",", ":")).encode()
 
 
 class BroadcastSpy:

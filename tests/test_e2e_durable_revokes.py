@@ -15,15 +15,8 @@ import redis
 from celery import Celery
 
 from celery_redis_statedb import install_redis_statedb, purge_old_revoked_tasks, restore_tasks
-from tests.workers import (
-    WorkerHarness,
-    WorkerProcess,
-    assert_discarded,
-    new_task_id,
-    revoked_key,
-    shared_key,
-    wait_until,
-)
+from tests.keys import revoked_key, shared_key
+from tests.workers import WorkerHarness, WorkerProcess, assert_discarded, new_task_id, wait_until
 
 pytestmark = pytest.mark.e2e
 

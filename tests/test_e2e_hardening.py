@@ -8,24 +8,16 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 import redis
-from celery.bin.celery import celery
 from click.testing import CliRunner
 
-from tests.workers import (
-    CANNOT_START,
-    WorkerHarness,
-    assert_discarded,
-    clock_key,
-    new_task_id,
-    shared_key,
-    wait_until,
-)
+from tests.cli_runner import cli_app, run_cli
+from tests.keys import clock_key, shared_key
+from tests.workers import CANNOT_START, WorkerHarness, assert_discarded, new_task_id, wait_until
 
 FORGED = 2**60
 
@@ -86,22 +78,13 @@ def test_a_forged_clock_from_a_heartbeat_event_never_stops_a_boot(
 
 
 @pytest.fixture
-def cli_module(tmp_path: Path, redis_url: str, state_prefix: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    module = f"hardapp_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(
-        "from celery import Celery\n"
-        f"app = Celery('hardapp', broker={redis_url!r}, set_as_current=False)\n"
-        f"app.conf.redis_state_key_prefix = {state_prefix!r}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in [n for n in os.environ if n.startswith(("CELERY_", "REDIS_STATEDB_"))]:
-        monkeypatch.delenv(name)
-    return module
+def cli(tmp_path: Path, redis_url: str, state_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    return cli_app(tmp_path, redis_url, state_prefix, monkeypatch)
 
 
 @pytest.mark.e2e
 def test_bad_members_of_the_fleet_set_are_skipped_counted_and_flagged(
-    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, cli_module: str
+    harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, cli: CliRunner
 ) -> None:
     fleet = shared_key(state_prefix)
     good, old = new_task_id(), new_task_id()
@@ -121,8 +104,7 @@ def test_bad_members_of_the_fleet_set_are_skipped_counted_and_flagged(
         assert status["index_size"] >= 1 and status["pending"] == 0, status
     assert redis_client.zcard(fleet) == 4  # left in Redis for the operator
 
-    result = CliRunner().invoke(celery, ["-A", cli_module, "statedb", "--url", redis_url, "ls", "--fleet"],
-                                catch_exceptions=False)
+    result = run_cli(cli, redis_url, "ls", "--fleet")
     assert result.exit_code == 0, result.output
     assert good in result.output and old in result.output
     assert "skipped 2 bad members" in result.output and repr(fleet)[1:-1] in result.output

@@ -26,16 +26,8 @@ import redis
 from celery.bin import control as celery_control_command
 
 from celery_redis_statedb.local_servers import free_port
-from tests.workers import (
-    MODULE,
-    AppDir,
-    WorkerHarness,
-    assert_discarded,
-    new_task_id,
-    shared_key,
-    wait_until,
-    worker_env,
-)
+from tests.keys import shared_key
+from tests.workers import MODULE, AppDir, WorkerHarness, assert_discarded, new_task_id, wait_until, worker_env
 
 pytestmark = pytest.mark.e2e
 

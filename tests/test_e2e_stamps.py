@@ -8,7 +8,6 @@ stamped_headers=[name], name=value)`` builds exactly that).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,22 +15,14 @@ import pytest
 import redis
 
 from celery_redis_statedb import purge_old_revoked_tasks, restore_stamps
+from celery_redis_statedb.local_servers import PrivateServer
 from statedb.stamps import add_stamps
-from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id
+from tests.acl import ACL_PASSWORD, ADMIN_COMMANDS, acl_log, acl_rule, worker_acl_rule
+from tests.keys import shared_stamps_key, stamp, stamps_key
+from tests.pickles import payloads
+from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, fast_env, new_task_id
 
 pytestmark = pytest.mark.e2e
-
-
-def stamps_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:stamps"
-
-
-def fleet_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-stamps"
-
-
-def member(header: str, value: object) -> bytes:
-    return json.dumps([header, value], separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def send_stamped(harness: WorkerHarness, worker: WorkerProcess, header: str, value: str) -> str:
@@ -77,7 +68,7 @@ def test_stamp_revoke_survives_sigkill_then_restore_and_purge_lift_it(
 
     before = time.time()
     revoke_stamp(harness, worker, "batch", "b-1")
-    score = redis_client.zscore(key, member("batch", "b-1"))  # stored before the reply
+    score = redis_client.zscore(key, stamp("batch", "b-1"))  # stored before the reply
     assert score is not None and before - 1 <= score <= time.time() + 1, worker.log()
 
     worker.kill()
@@ -108,7 +99,7 @@ def test_stamp_revoke_survives_sigkill_then_restore_and_purge_lift_it(
 def test_a_fleet_stamp_binds_a_worker_with_a_new_hostname(
     harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str
 ) -> None:
-    operation = add_stamps(fleet_key(state_prefix), [("tenant", "t-9")], time.time(), chunk_size=100)
+    operation = add_stamps(shared_stamps_key(state_prefix), [("tenant", "t-9")], time.time(), chunk_size=100)
     pipe = redis_client.pipeline(transaction=False)
     operation.stage(pipe)
     assert operation.result(pipe.execute(raise_on_error=False)) == 1  # as a producer writes it
@@ -135,23 +126,20 @@ def test_without_the_redis_statedb_stamps_are_celerys_alone(
 
 
 def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarness, state_prefix: str) -> None:
-    from celery_redis_statedb.local_servers import PrivateServer
-    from tests.test_security import ACL_PASSWORD, ADMIN_COMMANDS, FAST_ENV, acl_log, acl_rule, worker_acl_rule
-
     server = PrivateServer().start()
     admin = server.client()
     try:
         admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin))
         admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(state_prefix, ADMIN_COMMANDS, admin))
         admin.execute_command("ACL", "LOG", "RESET")
-        admin.zadd(fleet_key(state_prefix), {member("tenant", "t-1"): time.time()})
+        admin.zadd(shared_stamps_key(state_prefix), {stamp("tenant", "t-1"): time.time()})
         url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
         admin_url = f"redis://statedb-admin:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
         app = harness.app(install=True)
-        worker = harness.worker(app, url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix}).start()
+        worker = harness.worker(app, url, env=fast_env(state_prefix)).start()
         assert "restored 1 stamped-header revokes" in worker.log()
         revoke_stamp(harness, worker, "batch", "b-1")
-        assert admin.zscore(stamps_key(state_prefix, worker.name), member("batch", "b-1")) is not None
+        assert admin.zscore(stamps_key(state_prefix, worker.name), stamp("batch", "b-1")) is not None
         worker.kill()
         worker.start()
         assert_discarded_by_header(harness, worker, "batch", "b-1")
@@ -160,7 +148,7 @@ def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarnes
         admin_app.conf.redis_state_key_prefix = state_prefix
         assert restore_stamps(admin_app, [("batch", "b-1")], redis_url=admin_url, reply_timeout=3).removed == 1
         assert purge_old_revoked_tasks(admin_app, older_than=0, redis_url=admin_url) == 0
-        assert admin.exists(fleet_key(state_prefix)) == 0
+        assert admin.exists(shared_stamps_key(state_prefix)) == 0
         assert worker.terminate() == 0
         assert acl_log(admin) == [], "a command outside the documented ACL was sent"
     finally:
@@ -171,15 +159,11 @@ def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarnes
 def test_planted_pickles_in_stamps_keys_are_never_loaded(
     harness: WorkerHarness, redis_url: str, redis_client: redis.Redis, state_prefix: str, tmp_path: Path,
 ) -> None:
-    import pickle
-
     from celery_redis_statedb import stamp_rows
     from statedb import CorruptValueError
-    from tests.test_security import Exploit
 
     marker = tmp_path / "PICKLE-CODE-RAN"
-    for protocol in (0, 5):
-        payload = pickle.dumps(Exploit(marker), protocol=protocol)
+    for payload in payloads(marker):
         app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
         worker = harness.worker(app, redis_url)
         key = stamps_key(state_prefix, worker.name)

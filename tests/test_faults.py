@@ -28,59 +28,27 @@ from celery.utils.collections import LimitedSet
 from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import Scope, StateDBConfig
+from tests.guarantees import guarantee, missing_from
+from tests.keys import clock_key, revoked_key, shared_key
 from tests.workers import (
-    CANNOT_START,
-    TASK_NAME,
+    SOCKET_TIMEOUT,
     WorkerHarness,
     WorkerProcess,
-    clock_key,
+    assert_discarded,
+    fast_env,
     new_task_id,
-    revoked_key,
-    shared_key,
+    one_critical_line,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 
-SOCKET_TIMEOUT = 0.5
-FAST_ENV = {
-    "CELERY_REDIS_STATE_SOCKET_TIMEOUT": str(SOCKET_TIMEOUT),
-    "CELERY_REDIS_STATE_CONNECT_TIMEOUT": str(SOCKET_TIMEOUT),
-    "CELERY_REDIS_STATE_CLOCK_INTERVAL": "1",
-}
 
-
-
-
-
-
-def guarantee(capsys: pytest.CaptureFixture[str], scenario: str, **figures: object) -> None:
-    """One ``GUARANTEE`` line, shown even when output is captured."""
-    line = " ".join(["GUARANTEE", f"scenario={scenario}", *(f"{k}={v}" for k, v in figures.items())])
-    with capsys.disabled():
-        print(f"\n{line}")
-
-
-def missing_from(client: redis.Redis, key: str, task_ids: list[str]) -> list[str]:
-    """The ids of ``task_ids`` that ``key`` does not hold (pipelined ZSCOREs)."""
-    pipe = client.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.zscore(key, task_id)
-    return [task_id for task_id, score in zip(task_ids, pipe.execute(), strict=True) if score is None]
-
-
-def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: list[str], timeout: float = 20) -> None:
-    """Send the revoked ids as tasks, then a control task: the control runs, none of the others."""
-    control = new_task_id()
-    for task_id in revoked:
-        harness.send(worker, task_id)
-    harness.send(worker, control)
-    harness.wait_ran(worker, control, timeout)
-    ran = [task_id for task_id in revoked if worker.app.ran(task_id)]
-    assert not ran, f"revoked tasks ran: {ran}\n{worker.log()[-5000:]}"
-    log = worker.log()
-    undiscarded = [t for t in revoked if f"Discarding revoked task: {TASK_NAME}[{t}]" not in log]
-    assert not undiscarded, f"not discarded: {undiscarded}"
+def start_worker(harness: WorkerHarness, server: PrivateServer, state_prefix: str) -> tuple[WorkerProcess, str]:
+    """A worker on ``server`` whose clock is saved every second (a vanished clock key is how data loss
+    without a reconnect shows), started; and its revoked key."""
+    worker = harness.worker(harness.app(install=True), server.url, env=fast_env(state_prefix, clock_interval=1))
+    return worker.start(), revoked_key(state_prefix, worker.name)
 
 
 def assert_clean(worker: WorkerProcess) -> None:
@@ -202,10 +170,7 @@ def test_redis_sigkill_during_a_revoke_burst(
     server = PrivateServer(appendonly=comeback == "aof-data").start()
     client = server.client()
     try:
-        app = harness.app(install=True)
-        worker = harness.worker(app, server.url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
-        worker.start()
-        key = revoked_key(state_prefix, worker.name)
+        worker, key = start_worker(harness, server, state_prefix)
         harness.wait_reachable(worker)
         stream = RevokeStream(harness, worker, reply_timeout=5.0).start()
         streams.append(stream)
@@ -258,10 +223,7 @@ def test_redis_flushed_under_a_running_worker_is_repaired(harness: WorkerHarness
     server = PrivateServer().start()
     client = server.client()
     try:
-        app = harness.app(install=True)
-        worker = harness.worker(app, server.url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
-        worker.start()
-        key = revoked_key(state_prefix, worker.name)
+        worker, key = start_worker(harness, server, state_prefix)
         revoked = [new_task_id() for _ in range(5)]
         harness.revoke(worker, revoked)
         client.flushall()
@@ -284,10 +246,7 @@ def test_redis_refusing_writes_keeps_revokes_pending_then_writes_them(
     server = PrivateServer().start()
     client = server.client()
     try:
-        app = harness.app(install=True)
-        worker = harness.worker(app, server.url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
-        worker.start()
-        key = revoked_key(state_prefix, worker.name)
+        worker, key = start_worker(harness, server, state_prefix)
         before = new_task_id()
         harness.revoke(worker, [before])
         if refusal == "out-of-memory":
@@ -379,10 +338,7 @@ def test_a_stalled_redis_does_not_block_revokes(
     server = PrivateServer(enable_debug=stall == "debug-sleep").start()
     client = server.client()
     try:
-        app = harness.app(install=True)
-        worker = harness.worker(app, server.url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
-        worker.start()
-        key = revoked_key(state_prefix, worker.name)
+        worker, key = start_worker(harness, server, state_prefix)
         harness.wait_reachable(worker)
         first = new_task_id()
         assert harness.try_revoke(worker, [first], timeout=5)
@@ -421,19 +377,15 @@ def test_redis_down_at_boot_stops_the_worker_with_one_line(harness: WorkerHarnes
     try:
         server.kill()
         app = harness.app(install=True)
-        worker = harness.worker(app, server.url, env={
-            **FAST_ENV, "CELERY_REDIS_STATE_BOOT_TIMEOUT": "1", "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix,
-        })
+        worker = harness.worker(app, server.url, env=fast_env(state_prefix, clock_interval=1, boot_timeout=1))
         started = time.monotonic()
         worker.start(wait_ready=False)
         code = worker.wait_exit(20)
         log = worker.log()
         assert code == 69, log
         assert time.monotonic() - started < 15
-        lines = [line for line in log.splitlines() if CANNOT_START in line]
-        assert len(lines) == 1, log
-        assert f"127.0.0.1:{server.port}" in lines[0] and "redis_state_on_unavailable=degrade" in lines[0]
-        assert "Traceback" not in log and " ready." not in log
+        line = one_critical_line(worker)
+        assert f"127.0.0.1:{server.port}" in line and "redis_state_on_unavailable=degrade" in line
     finally:
         server.close()
 
@@ -446,10 +398,8 @@ def test_degraded_boot_merges_the_stored_state_when_redis_comes_back(
     client = server.client()
     try:
         app = harness.app(install=True)
-        worker = harness.worker(app, server.url, env={
-            **FAST_ENV, "CELERY_REDIS_STATE_BOOT_TIMEOUT": "1", "CELERY_REDIS_STATE_ON_UNAVAILABLE": "degrade",
-            "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix,
-        })
+        worker = harness.worker(app, server.url, env=fast_env(state_prefix, clock_interval=1, boot_timeout=1,
+                                                              on_unavailable="degrade"))
         key, clock = revoked_key(state_prefix, worker.name), clock_key(state_prefix, worker.name)
         seeded, fleet_seeded = new_task_id(), new_task_id()
         client.zadd(key, {seeded: time.time() - 60})

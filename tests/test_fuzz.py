@@ -37,7 +37,7 @@ from statedb import admin as async_admin
 from statedb.errors import CorruptValueError, StateDataError, WrongKeyTypeError
 from statedb.keys import CLOCK_SUFFIX, REVOKED_SUFFIX, glob_escape
 from statedb.names import MAX_NAME_CHARS, MAX_TASK_ID_BYTES, check_name, encode_task_id
-from tests.test_commands import staged
+from tests.recording_pipeline import staged
 
 PURE = settings(max_examples=300, deadline=None)
 SERVER = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,34 +11,34 @@ import os
 import signal
 import time
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
 from celery import Celery
 from celery.utils.collections import LimitedSet
-from kombu.clocks import LamportClock
 
-from celery_redis_statedb import WorkerStatePersistence, restore_tasks
+from celery_redis_statedb import restore_tasks
 from celery_redis_statedb import watch as watch_module
 from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.settings import resolve_config
 from statedb import ConfigurationError, EvictionPolicyError, StateDBConfig
+from tests.acl import ACL_PASSWORD, CLOCK_COMMANDS, WORKER_COMMANDS, acl_rule
+from tests.guarantees import guarantee, missing_from
+from tests.keys import clock_key, revoked_key, shared_key
+from tests.persistences import Persistences
 from tests.proxy import DelayingProxy
-from tests.test_faults import assert_discarded, guarantee, missing_from
+from tests.round_trips import round_trips
 from tests.workers import (
     CANNOT_START,
     WorkerHarness,
     WorkerProcess,
-    clock_key,
+    assert_discarded,
+    fast_env,
     new_task_id,
-    revoked_key,
-    shared_key,
     wait_until,
 )
 
-FAST = {"CELERY_REDIS_STATE_SOCKET_TIMEOUT": "0.5", "CELERY_REDIS_STATE_CONNECT_TIMEOUT": "0.5"}
 EVICTING = ("--maxmemory", "8mb", "--maxmemory-policy", "allkeys-lru")
 
 
@@ -53,10 +53,6 @@ def admin(server: PrivateServer) -> Iterator[redis.Redis]:
     client = server.client()
     yield client
     client.close()
-
-
-def env_for(state_prefix: str, **extra: str) -> dict[str, str]:
-    return {**FAST, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix, **extra}
 
 
 def wait_stored(client: redis.Redis, key: str, ids: list[str], timeout: float, worker: WorkerProcess) -> float:
@@ -89,27 +85,13 @@ def test_accept_eviction_rejects_anything_else_clearly() -> None:
 
 # -- unit level, on a real private server ---------------------------------------------------
 
-Factory = Callable[..., WorkerStatePersistence]
-
-
 @pytest.fixture
-def make(key_prefix: str) -> Iterator[Factory]:
-    made: list[WorkerStatePersistence] = []
-
-    def factory(url: str, hostname: str = "w@host", revoked: LimitedSet | None = None,
-                **settings: Any) -> WorkerStatePersistence:
-        config = StateDBConfig(url=url, key_prefix=key_prefix, **settings)
-        persistence = WorkerStatePersistence(config, hostname, revoked=revoked if revoked is not None
-                                             else LimitedSet(maxlen=50_000, expires=10_800), clock=LamportClock())
-        made.append(persistence)
-        return persistence
-
-    yield factory
-    for persistence in made:
-        persistence.save()
+def make(key_prefix: str) -> Iterator[Persistences]:
+    with Persistences(key_prefix) as persistences:
+        yield persistences
 
 
-def test_an_evicting_policy_refuses_boot_unless_accepted(make: Factory, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_evicting_policy_refuses_boot_unless_accepted(make: Persistences, caplog: pytest.LogCaptureFixture) -> None:
     server = PrivateServer(extra_args=EVICTING).start()
     try:
         with pytest.raises(EvictionPolicyError, match=r"maxmemory-policy allkeys-lru.*redis_state_accept_eviction"):
@@ -125,7 +107,7 @@ def test_an_evicting_policy_refuses_boot_unless_accepted(make: Factory, caplog: 
 
 
 @pytest.mark.parametrize("policy", ["noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"])
-def test_policies_that_cannot_evict_our_keys_boot_quietly(server: PrivateServer, admin: redis.Redis, make: Factory,
+def test_policies_that_cannot_evict_our_keys_boot_quietly(server: PrivateServer, admin: redis.Redis, make: Persistences,
                                                           policy: str, caplog: pytest.LogCaptureFixture) -> None:
     admin.config_set("maxmemory-policy", policy)
     with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
@@ -133,7 +115,7 @@ def test_policies_that_cannot_evict_our_keys_boot_quietly(server: PrivateServer,
     assert "evict" not in caplog.text
 
 
-def test_the_policy_is_checked_on_the_timer(server: PrivateServer, admin: redis.Redis, make: Factory,
+def test_the_policy_is_checked_on_the_timer(server: PrivateServer, admin: redis.Redis, make: Persistences,
                                             caplog: pytest.LogCaptureFixture) -> None:
     persistence = make(server.url, clock_interval=0.2)
     persistence.boot()
@@ -150,23 +132,16 @@ def test_the_policy_is_checked_on_the_timer(server: PrivateServer, admin: redis.
     assert "may evict" not in caplog.text  # rate-limited
 
 
-def test_a_tick_is_one_round_trip(server: PrivateServer, make: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tick_is_one_round_trip(server: PrivateServer, make: Persistences) -> None:
     persistence = make(server.url, clock_interval=1000)
     persistence.boot()
     persistence.revoked.add("a")
-    calls: list[int] = []
-    execute = persistence.repository.client.pipeline().__class__.execute
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(len(self.command_stack))
-        return execute(self, *args, **kwargs)
-
-    monkeypatch.setattr(persistence.repository.client.pipeline().__class__, "execute", counting)
-    persistence.tick()
-    assert len(calls) == 1, calls  # GET clock, ZCARD, ZMSCORE, TIME (no INFO: not due), no flush
+    with round_trips() as sent:
+        persistence.tick()
+    assert len(sent) == 1, sent  # GET clock, ZCARD, ZMSCORE, TIME (no INFO: not due), no flush
 
 
-def test_fleet_ids_go_back_to_the_fleet_set(server: PrivateServer, admin: redis.Redis, make: Factory,
+def test_fleet_ids_go_back_to_the_fleet_set(server: PrivateServer, admin: redis.Redis, make: Persistences,
                                             key_prefix: str) -> None:
     now = time.time()
     admin.zadd(f"{key_prefix}shared:fleet-revoked", {"fleet-1": now - 10, "fleet-2": now - 20, "both": now - 5})
@@ -185,7 +160,7 @@ def test_fleet_ids_go_back_to_the_fleet_set(server: PrivateServer, admin: redis.
     assert -1 < (admin.zscore(f"{key_prefix}shared:fleet-revoked", "fleet-2") or 0) - (now - 20) < 108 + 1
 
 
-def test_a_restore_in_flight_is_not_taken_for_a_rollback(server: PrivateServer, admin: redis.Redis, make: Factory,
+def test_a_restore_in_flight_is_not_taken_for_a_rollback(server: PrivateServer, admin: redis.Redis, make: Persistences,
                                                          key_prefix: str) -> None:
     """The operator removes the newest id from Redis, then its broadcast lifts it here: no write-back."""
     persistence = make(server.url)
@@ -208,7 +183,7 @@ class SkewedTime(types.SimpleNamespace):
 
 
 @pytest.mark.parametrize("skew", [-4 * 3600.0, 3600.0], ids=["4h-behind", "1h-ahead"])
-def test_a_skewed_host_stamps_on_the_servers_clock(server: PrivateServer, admin: redis.Redis, make: Factory,
+def test_a_skewed_host_stamps_on_the_servers_clock(server: PrivateServer, admin: redis.Redis, make: Persistences,
                                                    key_prefix: str, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str], skew: float) -> None:
     monkeypatch.setattr(watch_module, "time", SkewedTime(skew))
@@ -239,7 +214,6 @@ def test_a_skewed_host_stamps_on_the_servers_clock(server: PrivateServer, admin:
 # -- end to end, real workers ---------------------------------------------------------------
 
 
-
 @pytest.mark.e2e
 def test_eviction_refused_accepted_detected_and_repaired(
     harness: WorkerHarness, state_prefix: str, capsys: pytest.CaptureFixture[str]
@@ -248,14 +222,14 @@ def test_eviction_refused_accepted_detected_and_repaired(
     client = lru.client()
     try:
         app = harness.app(install=True)
-        refused = harness.worker(app, lru.url, env=env_for(state_prefix))
+        refused = harness.worker(app, lru.url, env=fast_env(state_prefix))
         refused.start(wait_ready=False)
         assert refused.wait_exit() == 78, refused.log()
         critical = [line for line in refused.log().splitlines() if "CRITICAL" in line]
         assert len(critical) == 1 and CANNOT_START in critical[0], refused.log()
         assert "maxmemory-policy allkeys-lru" in critical[0] and "Traceback" not in refused.log()
 
-        worker = harness.worker(app, lru.url, env=env_for(state_prefix, CELERY_REDIS_STATE_ACCEPT_EVICTION="true"))
+        worker = harness.worker(app, lru.url, env=fast_env(state_prefix, accept_eviction="true"))
         worker.start()
         assert "may evict keys without a TTL (maxmemory-policy allkeys-lru)" in worker.log()
         key, clock = revoked_key(state_prefix, worker.name), clock_key(state_prefix, worker.name)
@@ -297,7 +271,7 @@ def test_eviction_refused_accepted_detected_and_repaired(
 def test_the_policy_changed_at_runtime_is_warned(harness: WorkerHarness, state_prefix: str, server: PrivateServer,
                                                   admin: redis.Redis) -> None:
     app = harness.app(install=True)
-    worker = harness.worker(app, server.url, env=env_for(state_prefix, CELERY_REDIS_STATE_CLOCK_INTERVAL="1"))
+    worker = harness.worker(app, server.url, env=fast_env(state_prefix, clock_interval=1))
     worker.start()
     assert "evict" not in worker.log()
     admin.config_set("maxmemory-policy", "allkeys-lru")
@@ -314,7 +288,7 @@ def test_the_fleet_set_is_repaired_for_the_next_pod(
     fleet_ids = [new_task_id() for _ in range(10)]
     admin.zadd(shared_key(state_prefix), {task_id: time.time() - 60 for task_id in fleet_ids})
     app = harness.app(install=True)
-    worker = harness.worker(app, server.url, env=env_for(state_prefix)).start()
+    worker = harness.worker(app, server.url, env=fast_env(state_prefix)).start()
     assert "restored 10 revoked ids" in worker.log(), worker.log()
     own = [new_task_id() for _ in range(3)]
     harness.revoke(worker, own)
@@ -322,7 +296,7 @@ def test_the_fleet_set_is_repaired_for_the_next_pod(
     repaired_in = wait_stored(admin, shared_key(state_prefix), fleet_ids, 5, worker)
     wait_stored(admin, revoked_key(state_prefix, worker.name), own, 5, worker)
     assert missing_from(admin, revoked_key(state_prefix, worker.name), fleet_ids) == fleet_ids  # not in its own
-    newcomer = harness.worker(app, server.url, env=env_for(state_prefix)).start()  # another hostname
+    newcomer = harness.worker(app, server.url, env=fast_env(state_prefix)).start()  # another hostname
     assert_discarded(harness, newcomer, fleet_ids)
     guarantee(capsys, "flushed-fleet-set-repaired", fleet_ids=len(fleet_ids), repaired_s=f"{repaired_in:.2f}",
               lost=len(missing_from(admin, shared_key(state_prefix), fleet_ids)))
@@ -334,7 +308,7 @@ def test_a_rollback_is_noticed_and_repaired(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     app = harness.app(install=True)
-    worker = harness.worker(app, server.url, env=env_for(state_prefix)).start()
+    worker = harness.worker(app, server.url, env=fast_env(state_prefix)).start()
     key, clock = revoked_key(state_prefix, worker.name), clock_key(state_prefix, worker.name)
     early = [new_task_id() for _ in range(5)]
     harness.revoke(worker, early)
@@ -366,7 +340,7 @@ def test_flushall_under_an_idle_worker_is_repaired_within_a_second(
 ) -> None:
     app = harness.app(install=True)
     # The default clock interval (10 s): the loss check does not wait for the clock save.
-    worker = harness.worker(app, server.url, env=env_for(state_prefix)).start()
+    worker = harness.worker(app, server.url, env=fast_env(state_prefix)).start()
     key = revoked_key(state_prefix, worker.name)
     revoked = [new_task_id() for _ in range(30)]
     harness.revoke(worker, revoked)
@@ -394,7 +368,7 @@ def test_a_restore_during_a_partition_is_not_undone(
     operator: Celery | None = None
     try:
         app = harness.app(install=True)
-        worker = harness.worker(app, proxy.url, env=env_for(state_prefix)).start()
+        worker = harness.worker(app, proxy.url, env=fast_env(state_prefix)).start()
         key = revoked_key(state_prefix, worker.name)
         before = new_task_id()
         harness.revoke(worker, [before])
@@ -424,10 +398,8 @@ def test_a_restore_during_a_partition_is_not_undone(
 
 
 def test_an_acl_without_time_and_info_still_runs_and_says_so(server: PrivateServer, admin: redis.Redis,
-                                                              make: Factory, key_prefix: str,
+                                                              make: Persistences, key_prefix: str,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    from tests.test_security import ACL_PASSWORD, CLOCK_COMMANDS, WORKER_COMMANDS, acl_rule
-
     older = f'{WORKER_COMMANDS.replace(" +time", "").replace(" +info", "")} {CLOCK_COMMANDS}'
     admin.execute_command("ACL", "SETUSER", "old-acl", *acl_rule(key_prefix, older, admin))
     url = f"redis://old-acl:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"

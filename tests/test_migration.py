@@ -16,13 +16,11 @@ import types
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 from celery.utils.collections import LimitedSet
-from celery.worker.state import Persistent
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import migration
@@ -37,6 +35,8 @@ from celery_redis_statedb.migration import (
 )
 from statedb import ConfigurationError, CorruptValueError, Scope, StateDBConfig, StateDBError, WrongKeyTypeError
 from statedb._sync.repository import SyncStateRepository
+from tests.file_statedb import write_celery_statedb
+from tests.pickles import Evil, evil_pickle
 
 WORKER = "w@host"
 FLAVOURS = ["dbm.dumb", "dbm.gnu", "dbm.ndbm", "dbm.sqlite3"]
@@ -109,20 +109,6 @@ def layout_items(layout: str, ids: list[Any], clock: int) -> dict[str, Any]:
     return {"zrevoked": zlib.compress(pickle.dumps(limited_set(ids), protocol=4)), "clock": clock, "__proto__": 3}
 
 
-class Evil:
-    """A pickle that runs code when loaded: creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
-
-
-def evil_pickle(marker: Path) -> bytes:
-    return pickle.dumps(Evil(marker), protocol=4)
-
-
 def test_evil_payload_really_runs_code_when_unpickled_plainly(tmp_path: Path) -> None:
     marker = tmp_path / "proof"
     pickle.loads(evil_pickle(marker))
@@ -135,10 +121,7 @@ def test_evil_payload_really_runs_code_when_unpickled_plainly(tmp_path: Path) ->
 def test_file_written_by_celery_persistent_is_migrated(tmp_path: Path, open_repo: Opener,
                                                       redis_client: redis.Redis) -> None:
     path = tmp_path / "worker.db"
-    state = SimpleNamespace(revoked=limited_set(IDS))
-    lamport = LamportClock(initial_value=41)
-    Persistent(state, str(path), lamport).save()
-    clock = lamport.value  # what save() stored: clock.forward()
+    clock = write_celery_statedb(path, IDS, 41)
     assert clock > 41
     before = snapshot(tmp_path)
     repository = open_repo()

@@ -25,6 +25,7 @@ from statedb import (
     StateDBConfig,
     WrongKeyTypeError,
 )
+from tests.round_trips import round_trips
 
 
 class AsyncDriver:
@@ -126,11 +127,21 @@ def test_iteration_is_newest_first_across_chunks(open_repo: Opener, config: Stat
 
 
 def test_big_batch_is_one_call(open_repo: Opener, redis_url: str, key_prefix: str) -> None:
-    repo = open_repo(StateDBConfig(url=redis_url, key_prefix=key_prefix))
+    """25 000 ids are written in one round trip (one pipeline of ZADD chunks) and counted in one; they are
+    read back a page of ``load_chunk_size`` a round trip."""
+    config = StateDBConfig(url=redis_url, key_prefix=key_prefix)
+    repo = open_repo(config)
+    assert repo.ping()  # connected: the handshake is not counted below
     ids = [f"task-{i}" for i in range(25_000)]
-    assert repo.add_revoked(ids) == 25_000
-    assert repo.count_revoked() == 25_000
-    assert len(repo.iter_revoked()) == 25_000
+    with round_trips() as sent:
+        assert repo.add_revoked(ids) == 25_000
+    assert len(sent) == 1, sent
+    with round_trips() as sent:
+        assert repo.count_revoked() == 25_000
+    assert len(sent) == 1, sent
+    with round_trips() as sent:
+        assert len(repo.iter_revoked()) == 25_000
+    assert len(sent) == -(-25_000 // config.load_chunk_size), sent  # the last page is short: the walk ends
 
 
 def test_clock_only_moves_forward(open_repo: Opener, config: StateDBConfig) -> None:

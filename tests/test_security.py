@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import pickle
 import re
 import signal
 import time
@@ -19,13 +17,11 @@ import traceback
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from celery.bin.celery import celery
 from celery.utils.collections import LimitedSet
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import SyncStateRepository, WorkerStatePersistence
@@ -39,60 +35,29 @@ from statedb import (
     StateDBError,
 )
 from statedb import admin as async_admin
+from tests.acl import ACL_PASSWORD, ADMIN_COMMANDS, acl_log, acl_rule, worker_acl_rule
+from tests.cli_runner import cli_app, run_cli
+from tests.keys import clock_key, revoked_key, shared_key
+from tests.pickles import payloads
 from tests.servers import make_tls_files, openssl_available, server_version
 from tests.workers import (
     CANNOT_START,
-    TASK_NAME,
     WorkerHarness,
-    WorkerProcess,
-    clock_key,
+    assert_discarded,
+    fast_env,
     new_task_id,
-    revoked_key,
-    shared_key,
+    refused_boot,
     wait_until,
 )
 
 SECRET = "Zq7-s3cr3t-pw"
-FAST_ENV = {
-    "CELERY_REDIS_STATE_BOOT_TIMEOUT": "1",
-    "CELERY_REDIS_STATE_SOCKET_TIMEOUT": "0.5",
-    "CELERY_REDIS_STATE_CONNECT_TIMEOUT": "0.5",
-}
 
 
-
-
-
-
-def one_critical_line(worker: WorkerProcess) -> str:
-    log = worker.log()
-    lines = [line for line in log.splitlines() if CANNOT_START in line]
-    assert len(lines) == 1, log
-    assert "Traceback" not in log, log
-    assert " ready." not in log, log
-    return lines[0]
-
-
-def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str) -> None:
-    control = new_task_id()
-    harness.send(worker, revoked)
-    harness.send(worker, control)
-    harness.wait_ran(worker, control)
-    assert not worker.app.ran(revoked), worker.log()
-    assert f"Discarding revoked task: {TASK_NAME}[{revoked}]" in worker.log()
+def secrets_in(text: str) -> list[str]:
+    return [s for s in (SECRET, "wrong-" + SECRET) if s in text]
 
 
 # -- nothing read from Redis is ever unpickled ----------------------------------------------------
-
-
-class Exploit:
-    """A pickle that, if ever loaded, creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture
@@ -100,15 +65,6 @@ def marker(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "PICKLE-CODE-RAN"
     yield path
     assert not path.exists(), "a pickle read from Redis was loaded: its code ran"
-
-
-def payloads(marker: Path) -> tuple[bytes, bytes]:
-    """(protocol 0: ASCII, valid UTF-8 text; protocol 5: binary, not UTF-8)."""
-    text, binary = pickle.dumps(Exploit(marker), protocol=0), pickle.dumps(Exploit(marker), protocol=5)
-    text.decode("utf-8")
-    with pytest.raises(UnicodeDecodeError):
-        binary.decode("utf-8")
-    return text, binary
 
 
 @pytest.mark.e2e
@@ -149,8 +105,13 @@ def test_pickles_at_every_key_a_worker_reads_are_never_loaded(
         assert not marker.exists(), label
 
 
+@pytest.fixture
+def cli(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    return cli_app(tmp_path, redis_url, key_prefix, monkeypatch)
+
+
 def test_the_admin_apis_and_cli_never_load_planted_pickles(
-    redis_url: str, redis_client: redis.Redis, key_prefix: str, marker: Path, cli_app: str
+    redis_url: str, redis_client: redis.Redis, key_prefix: str, marker: Path, cli: CliRunner
 ) -> None:
     text, binary = payloads(marker)
     redis_client.zadd(revoked_key(key_prefix, "a@h"), {text: 1.0, "ok": 2.0})
@@ -173,42 +134,17 @@ def test_the_admin_apis_and_cli_never_load_planted_pickles(
                 [row async for row in async_admin.iter_revoked(redis_url, worker, key_prefix=key_prefix)]
 
     asyncio.run(everything())
-    runner = CliRunner()
     for args in (["workers"], ["inspect", "a@h"], ["ls", "a@h"], ["ls", "b@h"], ["where", "ok"],
                  ["check", "--worker", "a@h"]):
-        run_cli(runner, cli_app, redis_url, *args)
+        run_cli(cli, redis_url, *args)
     # The explicit 0.2 migration does unpickle, through a restricted unpickler: it refuses this one.
-    result = run_cli(runner, cli_app, redis_url, "migrate", "--legacy-blob", "--worker", "a@h")
+    result = run_cli(cli, redis_url, "migrate", "--legacy-blob", "--worker", "a@h")
     assert result.exit_code == 1, result.output
     assert "refusing to unpickle" in result.output and "posix.system" in result.output
     assert redis_client.get(f"{key_prefix}a@h:zrevoked") == zlib.compress(binary)
 
 
 # -- passwords never show -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_app(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A Celery app module for ``celery -A <module> statedb ...`` run in-process."""
-    module = f"secapp_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{module}.py").write_text(
-        "from celery import Celery\n"
-        f"app = Celery('secapp', broker={redis_url!r}, set_as_current=False)\n"
-        f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in [n for n in os.environ if n.startswith(("CELERY_", "REDIS_STATEDB_"))]:
-        monkeypatch.delenv(name)
-    return module
-
-
-def run_cli(runner: CliRunner, module: str, url: str | None, *args: str) -> Result:
-    head = ["-A", module, "statedb", *(["--url", url] if url else [])]
-    return runner.invoke(celery, [*head, *args], catch_exceptions=False)
-
-
-def secrets_in(text: str) -> list[str]:
-    return [s for s in (SECRET, "wrong-" + SECRET) if s in text]
 
 
 @pytest.fixture
@@ -230,10 +166,8 @@ def test_a_workers_full_log_never_shows_the_password(
     ("Restarting celery worker (<argv>)") would print it.
     """
     app = harness.app(install=True)
-    worker = harness.worker(app, None, script=True, env={
-        **FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix, "CELERY_REDIS_STATE_CLOCK_INTERVAL": "1",
-        "CELERY_WORKER_STATEDB": password_server.url,
-    }).start()
+    env = {**fast_env(state_prefix, clock_interval=1), "CELERY_WORKER_STATEDB": password_server.url}
+    worker = harness.worker(app, None, script=True, env=env).start()
     client = password_server.client()
     try:
         key = revoked_key(state_prefix, worker.name)
@@ -259,10 +193,10 @@ def test_a_workers_full_log_never_shows_the_password(
 @pytest.mark.e2e
 def test_a_refused_password_is_not_shown(harness: WorkerHarness, password_server: PrivateServer) -> None:
     app = harness.app(install=True)
-    worker = harness.worker(app, f"redis://:wrong-{SECRET}@127.0.0.1:{password_server.port}/0", env=FAST_ENV)
-    worker.start(wait_ready=False)
-    assert worker.wait_exit(30) == 78
-    line = one_critical_line(worker)
+    worker = harness.worker(app, f"redis://:wrong-{SECRET}@127.0.0.1:{password_server.port}/0",
+                            env=fast_env(boot_timeout=1))
+    code, line = refused_boot(worker)
+    assert code == 78, worker.log()
     assert "refused access" in line and ":***@127.0.0.1" in line
     assert not secrets_in(worker.log())
 
@@ -275,33 +209,31 @@ def test_a_password_in_the_user_position_is_masked_in_the_boot_line(
     """``redis://SECRET@host`` (the ':' forgotten): the CRITICAL line shows ``***@host``."""
     port = free_port() if server_state == "down" else password_server.port
     app = harness.app(install=False)  # method 1, the URL from a secret as the README's examples pass it
-    worker = harness.worker(app, None, env={**FAST_ENV,
-                                            "CELERY_WORKER_STATEDB": f"redis://{SECRET}@127.0.0.1:{port}/0"})
-    worker.start(wait_ready=False)
-    assert worker.wait_exit(30) == (69 if server_state == "down" else 78), worker.log()
-    line = one_critical_line(worker)
+    env = {**fast_env(boot_timeout=1), "CELERY_WORKER_STATEDB": f"redis://{SECRET}@127.0.0.1:{port}/0"}
+    worker = harness.worker(app, None, env=env)
+    code, line = refused_boot(worker)
+    assert code == (69 if server_state == "down" else 78), worker.log()
     assert f"redis://***@127.0.0.1:{port}/0" in line, line
     assert not secrets_in(worker.log()), worker.log()
 
 
 def test_statedb_check_and_cli_errors_never_show_the_password(
-    password_server: PrivateServer, cli_app: str, monkeypatch: pytest.MonkeyPatch
+    password_server: PrivateServer, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = CliRunner()
-    ok = run_cli(runner, cli_app, password_server.url, "check", "--worker", "w@h")
+    ok = run_cli(cli, password_server.url, "check", "--worker", "w@h")
     assert ok.exit_code == 0, ok.output
     assert ":***@127.0.0.1" in ok.output
-    as_json = run_cli(runner, cli_app, password_server.url, "check", "--worker", "w@h", "--json")
+    as_json = run_cli(cli, password_server.url, "check", "--worker", "w@h", "--json")
     assert as_json.exit_code == 0 and ":***@127.0.0.1" in as_json.output
-    wrong = run_cli(runner, cli_app, f"redis://:wrong-{SECRET}@127.0.0.1:{password_server.port}/0",
+    wrong = run_cli(cli, f"redis://:wrong-{SECRET}@127.0.0.1:{password_server.port}/0",
                     "check", "--worker", "w@h")
     assert wrong.exit_code == 1 and "refused access" in wrong.output
-    down = run_cli(runner, cli_app, f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", "workers")
+    down = run_cli(cli, f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", "workers")
     assert down.exit_code == 1 and "cannot reach Redis" in down.output
-    malformed = run_cli(runner, cli_app, f"redis://:{SECRET}@127.0.0.1:port/0", "workers")
+    malformed = run_cli(cli, f"redis://:{SECRET}@127.0.0.1:port/0", "workers")
     assert malformed.exit_code == 1 and "malformed Redis URL" in malformed.output
     monkeypatch.setenv("REDIS_STATEDB_URL", password_server.url)  # the URL from a secret, not the command line
-    from_env = run_cli(runner, cli_app, None, "check", "--worker", "w@h")
+    from_env = run_cli(cli, None, "check", "--worker", "w@h")
     assert from_env.exit_code == 0, from_env.output
     for result in (ok, as_json, wrong, down, malformed, from_env):
         assert not secrets_in(result.output), result.output
@@ -389,7 +321,7 @@ def test_a_worker_over_tls_with_ca_verification(
     url = tls_server.url
     assert url.startswith("rediss://") and "ssl_cert_reqs=required" in url
     app = harness.app(install=True)
-    worker = harness.worker(app, url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix}).start()
+    worker = harness.worker(app, url, env=fast_env(state_prefix)).start()
     client = tls_server.client()
     try:
         revoked = new_task_id()
@@ -416,56 +348,13 @@ def test_tls_misconfiguration_stops_the_worker_with_one_line(
     else:
         url, fragment = f"redis://127.0.0.1:{port}/0", "cannot reach Redis"
     app = harness.app(install=True)
-    worker = harness.worker(app, url, env=FAST_ENV)
-    worker.start(wait_ready=False)
-    code = worker.wait_exit(30)
-    line = one_critical_line(worker)
+    worker = harness.worker(app, url, env=fast_env(boot_timeout=1))
+    code, line = refused_boot(worker)
     assert code in (69, 78), line
     assert fragment in line, line
 
 
 # -- least privilege: an ACL user limited to the prefix and the commands the library sends ----------
-
-# What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, ZREVRANGE, ZCARD, ZCOUNT, ZMSCORE on the sorted
-# sets; GET and EVAL (whose script calls GET and SET) on clock keys only; TIME and INFO (keyless: the
-# server's clock and eviction policy); plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than
-# 0) and CLIENT SETINFO (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the
-# ACL log).
-WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +time +info"
-CLOCK_COMMANDS = "+get +set +eval"
-OPTIONAL_COMMANDS = "+client|setinfo"
-# The admin CLI and APIs add reads, purges and restores over every set of the prefix.
-ADMIN_COMMANDS = WORKER_COMMANDS + " +get +set +eval +scan +type +zrange +zscore +zrem +zremrangebyscore" \
-                                  " +memory|usage"
-ACL_PASSWORD = "acl-pw-1"
-
-
-def _optional(client: redis.Redis) -> list[str]:
-    try:
-        client.execute_command("ACL", "DRYRUN", "default", "CLIENT", "SETINFO", "LIB-NAME", "x")
-        return [OPTIONAL_COMMANDS]
-    except redis.exceptions.ResponseError:
-        return []  # Redis < 7.2: no CLIENT SETINFO (nor ACL DRYRUN)
-
-
-def acl_rule(prefix: str, commands: str, client: redis.Redis) -> list[str]:
-    """``ACL SETUSER`` arguments for a user limited to ``prefix``; CLIENT SETINFO where the server knows it."""
-    return ["on", f">{ACL_PASSWORD}", "resetkeys", f"~{prefix}*", "resetchannels", "-@all", *commands.split(),
-            *_optional(client)]
-
-
-def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str = CLOCK_COMMANDS) -> list[str]:
-    """The README's worker rule: the sorted-set commands on the sorted sets only, and a selector for the
-    clock keys (GET, SET, EVAL), so a worker credential cannot change any key's type."""
-    keys = [f"~{prefix}*:revoked", f"~{prefix}*:stamps", f"~{prefix}shared:fleet-revoked",
-            f"~{prefix}shared:fleet-stamps"]
-    return ["on", f">{ACL_PASSWORD}", "resetkeys", *keys, "resetchannels", "-@all", *WORKER_COMMANDS.split(),
-            *_optional(client), f"(~{prefix}*:clock {clock_commands})"]
-
-
-def acl_log(client: redis.Redis) -> list[str]:
-    entries: list[dict[str, Any]] = client.acl_log()
-    return [f"{e.get('reason')} {e.get('object')} {e.get('username')}" for e in entries]
 
 
 @pytest.mark.e2e
@@ -478,8 +367,7 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
         admin.execute_command("ACL", "LOG", "RESET")
         url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/1"
         app = harness.app(install=True)
-        env = {**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix, "CELERY_REDIS_STATE_CLOCK_INTERVAL": "0.5"}
-        worker = harness.worker(app, url, env=env).start()
+        worker = harness.worker(app, url, env=fast_env(state_prefix, clock_interval=0.5)).start()
         revoked = new_task_id()
         harness.revoke(worker, [revoked])
         admin.select(1)
@@ -567,10 +455,8 @@ def test_a_worker_outside_its_acl_prefix_stops_as_a_configuration_error(
 ) -> None:
     _, url = acl_server
     app = harness.app(install=True)
-    worker = harness.worker(app, url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": "not-ours:"})
-    worker.start(wait_ready=False)
-    code = worker.wait_exit(30)
-    line = one_critical_line(worker)
+    worker = harness.worker(app, url, env=fast_env("not-ours:", boot_timeout=1))
+    code, line = refused_boot(worker)
     assert "not-ours:" in line
     assert code == 78, line
 
@@ -586,10 +472,8 @@ def test_a_worker_whose_acl_lacks_set_stops_as_a_configuration_error(
         admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin, "+get +eval"))
         url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
         app = harness.app(install=True)
-        worker = harness.worker(app, url, env={**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix})
-        worker.start(wait_ready=False)
-        code = worker.wait_exit(30)
-        line = one_critical_line(worker)
+        worker = harness.worker(app, url, env=fast_env(state_prefix, boot_timeout=1))
+        code, line = refused_boot(worker)
         assert code == 78, line
         assert "refused access" in line and repr(clock_key(state_prefix, worker.name)) in line, line
         assert ACL_PASSWORD not in worker.log()

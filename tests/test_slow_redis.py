@@ -14,20 +14,16 @@ import pytest
 import redis
 
 from celery_redis_statedb.local_servers import PrivateServer, free_port
+from tests.guarantees import guarantee
+from tests.keys import revoked_key
 from tests.proxy import DelayingProxy
-from tests.workers import CANNOT_START, WorkerHarness, WorkerProcess, new_task_id, revoked_key, wait_until
+from tests.workers import CANNOT_START, WorkerHarness, WorkerProcess, new_task_id, wait_until
 
 pytestmark = pytest.mark.e2e
 
 REPLY_DELAY = 1.5  # under the default 2 s socket timeout
 REVOKES = 20
 BOOT_TIMEOUT = 5.0
-
-
-def guarantee(capsys: pytest.CaptureFixture[str], scenario: str, **figures: object) -> None:
-    line = " ".join(["GUARANTEE", f"scenario={scenario}", *(f"{k}={v}" for k, v in figures.items())])
-    with capsys.disabled():
-        print(f"\n{line}")
 
 
 @pytest.fixture

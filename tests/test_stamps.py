@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import Panel
 from click.testing import CliRunner
 
-from celery_redis_statedb import SyncStateRepository, WorkerStatePersistence
+from celery_redis_statedb import SyncStateRepository
 from celery_redis_statedb.cli import shown
 from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.stamps import (
@@ -52,21 +52,11 @@ from statedb.keys import KeySchema, Scope
 from statedb.names import MAX_TASK_ID_BYTES
 from statedb.stamps import StampPageCursor, add_stamps, decode_stamp, encode_stamp
 from tests.cli_runner import cli_app, run_cli
+from tests.keys import shared_stamps_key, stamp, stamps_key
+from tests.persistences import Persistences
 
 NOW = 1_800_000_000.0
 CELERY_HANDLER = Panel.data[CELERY_COMMAND]
-
-
-def stamps_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:stamps"  # the documented layout, spelled out
-
-
-def fleet_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-stamps"
-
-
-def member(header: str, value: Any) -> bytes:
-    return json.dumps([header, value], separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
 
 
 @pytest.fixture
@@ -90,13 +80,13 @@ async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 def test_add_and_read_newest_first_earliest_time_kept(repo: SyncStateRepository, redis_client: redis.Redis,
                                                       key_prefix: str) -> None:
     key = stamps_key(key_prefix, "w@host")
-    assert repo.keys.stamps == key and repo.keys.shared_stamps == fleet_key(key_prefix)
+    assert repo.keys.stamps == key and repo.keys.shared_stamps == shared_stamps_key(key_prefix)
     assert repo.add_stamps([("batch", "b1"), ("batch", "b2")], revoked_at=NOW - 10) == 2
     assert repo.add_stamps([("batch", "b1"), ("mtask_id", "m1")], revoked_at=NOW) == 1  # b1 keeps NOW - 10
     assert repo.add_stamps([("batch", "b2")], revoked_at=NOW - 20) == 0  # earlier: ZADD LT lowers it
     assert list(repo.iter_stamps()) == [("mtask_id", "m1", NOW), ("batch", "b1", NOW - 10),
                                         ("batch", "b2", NOW - 20)]
-    assert redis_client.zscore(key, member("batch", "b1")) == NOW - 10
+    assert redis_client.zscore(key, stamp("batch", "b1")) == NOW - 10
     assert repo.count_stamps() == 3 and repo.count_stamps(shared=True) == 0
     assert list(repo.iter_stamps(newer_than=NOW - 10)) == [("mtask_id", "m1", NOW), ("batch", "b1", NOW - 10)]
     assert list(repo.iter_stamps(limit=1)) == [("mtask_id", "m1", NOW)]
@@ -127,7 +117,7 @@ def test_unstorable_stamps_are_rejected_before_any_io(repo: SyncStateRepository,
 
 def test_paging_with_ties_reads_each_row_once_in_order(repo: SyncStateRepository, redis_client: redis.Redis) -> None:
     times = [NOW - (i // 5) for i in range(23)]  # runs of five equal scores, pages of four
-    redis_client.zadd(repo.keys.stamps, {member("h", i): when for i, when in enumerate(times)})
+    redis_client.zadd(repo.keys.stamps, {stamp("h", i): when for i, when in enumerate(times)})
     rows = list(repo.iter_stamps())
     assert len(rows) == 23 and len({row[1] for row in rows}) == 23
     assert [row[2] for row in rows] == sorted(times, reverse=True)
@@ -149,14 +139,14 @@ def test_cursor_stops_on_a_short_page_and_on_the_limit() -> None:
 
 @pytest.mark.parametrize("raw", [b"\xff\xfe", b"not json", b'["", 1]', b'{"h": 1}', b'["h"]', b'[1, 2]', b"42"])
 def test_corrupt_members_name_the_key(repo: SyncStateRepository, redis_client: redis.Redis, raw: bytes) -> None:
-    redis_client.zadd(repo.keys.stamps, {member("good", 1): NOW, raw: NOW - 1})
+    redis_client.zadd(repo.keys.stamps, {stamp("good", 1): NOW, raw: NOW - 1})
     with pytest.raises(CorruptValueError, match="not a stamped header") as caught:
         list(repo.iter_stamps())
     assert caught.value.key == repo.keys.stamps and repr(repo.keys.stamps) in str(caught.value)
 
 
 def test_a_non_finite_score_is_corrupt(repo: SyncStateRepository, redis_client: redis.Redis) -> None:
-    redis_client.zadd(repo.keys.stamps, {member("h", "v"): float("inf")})
+    redis_client.zadd(repo.keys.stamps, {stamp("h", "v"): float("inf")})
     with pytest.raises(CorruptValueError, match="non-finite") as caught:
         list(repo.iter_stamps())
     assert caught.value.key == repo.keys.stamps
@@ -172,18 +162,18 @@ def test_encode_is_canonical_and_decode_inverts_it() -> None:
 
 def test_shared_scope_writes_the_fleet_key(redis_url: str, key_prefix: str) -> None:
     keys = KeySchema(key_prefix).for_worker("w@host", Scope.SHARED)
-    assert keys.stamps == keys.shared_stamps == fleet_key(key_prefix)
+    assert keys.stamps == keys.shared_stamps == shared_stamps_key(key_prefix)
 
 
 # -- the async admin API -------------------------------------------------------------
 
 
 def seed(client: redis.Redis, prefix: str) -> dict[str, str]:
-    keys = {"a": stamps_key(prefix, "a@h"), "b": stamps_key(prefix, "b@h"), "fleet": fleet_key(prefix)}
-    client.zadd(keys["a"], {member("batch", "old"): NOW - 7200, member("batch", "new"): NOW - 60,
-                            member("n", 1): NOW - 3600})
-    client.zadd(keys["b"], {member("batch", "old"): NOW - 7300})
-    client.zadd(keys["fleet"], {member("batch", "old"): NOW - 7400, member("batch", "fleet"): NOW - 5})
+    keys = {"a": stamps_key(prefix, "a@h"), "b": stamps_key(prefix, "b@h"), "fleet": shared_stamps_key(prefix)}
+    client.zadd(keys["a"], {stamp("batch", "old"): NOW - 7200, stamp("batch", "new"): NOW - 60,
+                            stamp("n", 1): NOW - 3600})
+    client.zadd(keys["b"], {stamp("batch", "old"): NOW - 7300})
+    client.zadd(keys["fleet"], {stamp("batch", "old"): NOW - 7400, stamp("batch", "fleet"): NOW - 5})
     client.zadd(f"{prefix}a@h:revoked", {"id-1": NOW})  # other keys are left alone
     return keys
 
@@ -206,10 +196,10 @@ async def test_restore_from_every_set_or_one_worker(aclient: aioredis.Redis, red
                                                     key_prefix: str) -> None:
     keys = seed(redis_client, key_prefix)
     assert await restore_stamps(aclient, [("batch", "old")], worker_name="b@h", key_prefix=key_prefix) == 1
-    assert redis_client.zcard(keys["b"]) == 0 and redis_client.zscore(keys["a"], member("batch", "old"))
+    assert redis_client.zcard(keys["b"]) == 0 and redis_client.zscore(keys["a"], stamp("batch", "old"))
     assert await restore_stamps(aclient, [("batch", "old"), ("n", 1), ("n", "1")], key_prefix=key_prefix) == 3
-    assert redis_client.zrange(keys["a"], 0, -1) == [member("batch", "new")]
-    assert redis_client.zrange(keys["fleet"], 0, -1) == [member("batch", "fleet")]
+    assert redis_client.zrange(keys["a"], 0, -1) == [stamp("batch", "new")]
+    assert redis_client.zrange(keys["fleet"], 0, -1) == [stamp("batch", "fleet")]
     assert await restore_stamps(aclient, [], key_prefix=key_prefix) == 0
     with pytest.raises(InvalidInputError):
         await restore_stamps(aclient, [("h", "x" * (MAX_TASK_ID_BYTES + 1))], key_prefix=key_prefix)
@@ -218,12 +208,12 @@ async def test_restore_from_every_set_or_one_worker(aclient: aioredis.Redis, red
 async def test_purge_by_age_bounds_and_dry_run(aclient: aioredis.Redis, redis_client: redis.Redis,
                                                key_prefix: str) -> None:
     keys = seed(redis_client, key_prefix)
-    redis_client.zadd(keys["b"], {member("exact", 1): NOW - 3600})
+    redis_client.zadd(keys["b"], {stamp("exact", 1): NOW - 3600})
     assert await purge_old_stamps(aclient, older_than=3600, key_prefix=key_prefix, now=NOW, dry_run=True) == 3
     assert redis_client.zcard(keys["a"]) == 3
     assert await purge_old_stamps(aclient, older_than="1h", worker_name="a@h", key_prefix=key_prefix, now=NOW) == 1
     assert await purge_old_stamps(aclient, older_than=3600, key_prefix=key_prefix, now=NOW) == 2
-    assert redis_client.zscore(keys["b"], member("exact", 1)) == NOW - 3600  # exactly at the cutoff: kept
+    assert redis_client.zscore(keys["b"], stamp("exact", 1)) == NOW - 3600  # exactly at the cutoff: kept
     assert redis_client.zcard(keys["fleet"]) == 1 and redis_client.zcard(keys["a"]) == 2
 
 
@@ -241,7 +231,7 @@ async def test_revoke_stamps_writes_the_fleet_key(aclient: aioredis.Redis, redis
                                                   key_prefix: str) -> None:
     assert await revoke_stamps(aclient, [("batch", "x"), ("batch", "x")], key_prefix=key_prefix,
                                revoked_at=NOW) == 1
-    assert redis_client.zrange(fleet_key(key_prefix), 0, -1, withscores=True) == [(member("batch", "x"), NOW)]
+    assert redis_client.zrange(shared_stamps_key(key_prefix), 0, -1, withscores=True) == [(stamp("batch", "x"), NOW)]
 
 
 async def test_admin_reads_name_a_corrupt_key(aclient: aioredis.Redis, redis_client: redis.Redis,
@@ -268,9 +258,9 @@ def test_cli_ls_inspect_restore_purge(cli: CliRunner, redis_url: str, redis_clie
                                       key_prefix: str) -> None:
     now = time.time()
     key = stamps_key(key_prefix, "a@h")
-    redis_client.zadd(key, {member("batch", "new"): now - 5, member("batch", "ev\x1bil\n"): now - 10,
-                            member("n", 42): now - 20, member("batch", "old"): now - 40 * 86400})
-    redis_client.zadd(fleet_key(key_prefix), {member("batch", "fleet"): now})
+    redis_client.zadd(key, {stamp("batch", "new"): now - 5, stamp("batch", "ev\x1bil\n"): now - 10,
+                            stamp("n", 42): now - 20, stamp("batch", "old"): now - 40 * 86400})
+    redis_client.zadd(shared_stamps_key(key_prefix), {stamp("batch", "fleet"): now})
 
     rows = json.loads(run(cli, redis_url, "ls", "a@h", "--stamps", "--json").output)
     assert [(r["header"], r["value"]) for r in rows] == [("batch", "new"), ("batch", "ev\x1bil\n"), ("n", 42),
@@ -296,7 +286,7 @@ def test_cli_ls_inspect_restore_purge(cli: CliRunner, redis_url: str, redis_clie
 
     purged = run(cli, redis_url, "purge", "--older-than", "30d", "--yes")
     assert purged.exit_code == 0, purged.output
-    assert redis_client.zscore(key, member("batch", "old")) is None and redis_client.zcard(key) == 2
+    assert redis_client.zscore(key, stamp("batch", "old")) is None and redis_client.zcard(key) == 2
 
 
 def test_shown_escapes_what_is_not_plain_text() -> None:
@@ -323,23 +313,11 @@ def stamps_memory() -> Iterator[dict[Any, Any]]:
     Panel.data[CELERY_COMMAND] = CELERY_HANDLER
 
 
-Factory = Callable[..., WorkerStatePersistence]
-
-
 @pytest.fixture
-def make(key_prefix: str, redis_url: str, stamps_memory: dict[Any, Any]) -> Iterator[Factory]:
-    made: list[WorkerStatePersistence] = []
-
-    def factory(url: str = redis_url, **settings: Any) -> WorkerStatePersistence:
-        config = StateDBConfig(url=url, key_prefix=key_prefix, **settings)
-        persistence = WorkerStatePersistence(config, "w@host", revoked=LimitedSet(maxlen=100, expires=3600),
-                                             clock=None)
-        made.append(persistence)
-        return persistence
-
-    yield factory
-    for persistence in made:
-        persistence.save()
+def make(key_prefix: str, redis_url: str, stamps_memory: dict[Any, Any]) -> Iterator[Persistences]:
+    with Persistences(key_prefix, redis_url, revoked=lambda: LimitedSet(maxlen=100, expires=3600),
+                      clock=False) as persistences:
+        yield persistences
 
 
 def handler() -> Callable[..., Any]:
@@ -370,7 +348,7 @@ def test_without_persistence_the_handler_is_celerys(stamps_memory: dict[Any, Any
 
 
 def test_write_through_before_the_reply_and_replies_unchanged(
-    make: Factory, redis_client: redis.Redis, key_prefix: str, stamps_memory: dict[Any, Any]
+    make: Persistences, redis_client: redis.Redis, key_prefix: str, stamps_memory: dict[Any, Any]
 ) -> None:
     persistence = make()
     persistence.boot()
@@ -383,13 +361,13 @@ def test_write_through_before_the_reply_and_replies_unchanged(
     assert reply == expected == {"ok": "headers {'batch': ['b1', 'b2'], 'n': 7} flagged as revoked, but not "
                                        "terminated"}
     scores = {m: s for m, s in redis_client.zrange(key, 0, -1, withscores=True)}
-    assert set(scores) == {member("batch", "b1"), member("batch", "b2"), member("n", 7)}
+    assert set(scores) == {stamp("batch", "b1"), stamp("batch", "b2"), stamp("n", 7)}
     assert all(before - 1 <= s <= time.time() + 1 for s in scores.values())
     assert stamps_memory["batch"] == ["b1", "b2", "b1", "b2"] and stamps_memory["n"] == [7, 7]  # Celery's own
 
     assert handler()(FakeState(), ["mtask=m1"]) == {"ok": "headers {'mtask': 'm1'} flagged as revoked, but not "
                                                            "terminated"}
-    assert redis_client.zscore(key, member("mtask", "m1")) is not None
+    assert redis_client.zscore(key, stamp("mtask", "m1")) is not None
     with pytest.raises(IndexError):  # as Celery's own handler fails on it (the pidbox replies an error)
         handler()(FakeState(), ["novalue"])
     assert handler()(FakeState(), {"t": "x"}, terminate=True) == {"ok": "headers {'t': 'x'} were not terminated"}
@@ -398,7 +376,7 @@ def test_write_through_before_the_reply_and_replies_unchanged(
     assert handler() is CELERY_HANDLER and active() is None
 
 
-def test_unstorable_stamps_are_honoured_in_memory(make: Factory, redis_client: redis.Redis, key_prefix: str,
+def test_unstorable_stamps_are_honoured_in_memory(make: Persistences, redis_client: redis.Redis, key_prefix: str,
                                                   stamps_memory: dict[Any, Any],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     persistence = make()
@@ -406,21 +384,21 @@ def test_unstorable_stamps_are_honoured_in_memory(make: Factory, redis_client: r
     with caplog.at_level(logging.ERROR, "celery_redis_statedb"):
         handler()(FakeState(), {"big": "x" * (MAX_TASK_ID_BYTES + 1), "ok": "v"})
     assert stamps_memory["big"] == ["x" * (MAX_TASK_ID_BYTES + 1)]
-    assert redis_client.zrange(stamps_key(key_prefix, "w@host"), 0, -1) == [member("ok", "v")]
+    assert redis_client.zrange(stamps_key(key_prefix, "w@host"), 0, -1) == [stamp("ok", "v")]
     assert "honoured in memory only" in caplog.text
     status = persistence.status()
     assert status["unstorable"] == 1 and "bytes long" in status["last_unstorable"]
 
 
 def test_boot_merges_own_and_fleet_within_the_horizon(
-    make: Factory, redis_client: redis.Redis, key_prefix: str, stamps_memory: dict[Any, Any],
+    make: Persistences, redis_client: redis.Redis, key_prefix: str, stamps_memory: dict[Any, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = time.time()
-    redis_client.zadd(stamps_key(key_prefix, "w@host"), {member("batch", "own"): now - 10,
-                                                         member("batch", "dup"): now - 20,
-                                                         member("batch", "too-old"): now - 7200})
-    redis_client.zadd(fleet_key(key_prefix), {member("batch", "dup"): now - 30, member("fleet", [1, 2]): now - 5})
+    redis_client.zadd(stamps_key(key_prefix, "w@host"), {stamp("batch", "own"): now - 10,
+                                                         stamp("batch", "dup"): now - 20,
+                                                         stamp("batch", "too-old"): now - 7200})
+    redis_client.zadd(shared_stamps_key(key_prefix), {stamp("batch", "dup"): now - 30, stamp("fleet", [1, 2]): now - 5})
     stamps_memory["batch"] = "dup"  # already in memory (a scalar, as a user may set it): not duplicated
     same = stamps_memory
     with caplog.at_level(logging.INFO, "celery_redis_statedb"):
@@ -430,7 +408,7 @@ def test_boot_merges_own_and_fleet_within_the_horizon(
     assert stamps_memory == {"batch": ["dup", "own"], "fleet": [[1, 2]]}
     assert "restored 2 stamped-header revokes" in caplog.text and "revoked in the last 3600s" in caplog.text
     companion = stamps_for(persistence)
-    assert companion.times[member("batch", "dup")] == pytest.approx(now - 30)  # the earliest of both keys
+    assert companion.times[stamp("batch", "dup")] == pytest.approx(now - 30)  # the earliest of both keys
     persistence.reload()  # a second merge adds nothing
     assert stamps_memory == {"batch": ["dup", "own"], "fleet": [[1, 2]]}
 
@@ -440,11 +418,11 @@ def test_boot_merges_own_and_fleet_within_the_horizon(
     assert stamps_memory["batch"] == ["own", "dup", "too-old"]
 
 
-def test_a_corrupt_member_is_skipped_at_boot_naming_the_key(make: Factory, redis_client: redis.Redis,
+def test_a_corrupt_member_is_skipped_at_boot_naming_the_key(make: Persistences, redis_client: redis.Redis,
                                                              key_prefix: str, stamps_memory: dict[Any, Any],
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    redis_client.zadd(fleet_key(key_prefix), {b"not json": time.time(), member("batch", "ok"): time.time(),
-                                              member("batch", "inf"): float("inf")})
+    redis_client.zadd(shared_stamps_key(key_prefix), {b"not json": time.time(), stamp("batch", "ok"): time.time(),
+                                                      stamp("batch", "inf"): float("inf")})
     redis_client.set(stamps_key(key_prefix, "w@host"), "a string")
     persistence = make()
     with caplog.at_level(logging.ERROR, "celery_redis_statedb"):
@@ -453,11 +431,11 @@ def test_a_corrupt_member_is_skipped_at_boot_naming_the_key(make: Factory, redis
     assert persistence.status()["bad_members"] == 2
     assert persistence.status()["unreadable_keys"] == [stamps_key(key_prefix, "w@host")]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert any(repr(fleet_key(key_prefix)) in e and "not a stamped header" in e for e in errors), errors
+    assert any(repr(shared_stamps_key(key_prefix)) in e and "not a stamped header" in e for e in errors), errors
     assert any(repr(stamps_key(key_prefix, "w@host")) in e and "another type" in e for e in errors), errors
 
 
-def test_reset_state_in_children_never_touches_redis(make: Factory, redis_client: redis.Redis, key_prefix: str,
+def test_reset_state_in_children_never_touches_redis(make: Persistences, redis_client: redis.Redis, key_prefix: str,
                                                      stamps_memory: dict[Any, Any]) -> None:
     persistence = make()
     persistence.boot()
@@ -469,7 +447,7 @@ def test_reset_state_in_children_never_touches_redis(make: Factory, redis_client
 
 
 def test_outage_honours_in_memory_and_writes_back_later(
-    private_server: PrivateServer, key_prefix: str, stamps_memory: dict[Any, Any], make: Factory,
+    private_server: PrivateServer, key_prefix: str, stamps_memory: dict[Any, Any], make: Persistences,
 ) -> None:
     persistence = make(url=private_server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     persistence.boot()
@@ -480,7 +458,7 @@ def test_outage_honours_in_memory_and_writes_back_later(
     assert reply["ok"].startswith("headers") and time.monotonic() - started < 5
     assert stamps_memory["batch"] == ["before", "during"]
     companion = stamps_for(persistence)
-    assert persistence.failing and list(companion.pending) == [member("batch", "during")]
+    assert persistence.failing and list(companion.pending) == [stamp("batch", "during")]
     handler()(FakeState(), {"batch": "during-2"})  # no I/O while failing
     assert len(companion.pending) == 2
 
@@ -502,11 +480,11 @@ def test_outage_honours_in_memory_and_writes_back_later(
 
 
 def test_fleet_stamps_go_back_to_the_fleet_key_after_data_loss(
-    private_server: PrivateServer, key_prefix: str, stamps_memory: dict[Any, Any], make: Factory,
+    private_server: PrivateServer, key_prefix: str, stamps_memory: dict[Any, Any], make: Persistences,
 ) -> None:
     client = redis.Redis.from_url(private_server.url)
     try:
-        client.zadd(fleet_key(key_prefix), {member("batch", "from-producer"): time.time() - 60})
+        client.zadd(shared_stamps_key(key_prefix), {stamp("batch", "from-producer"): time.time() - 60})
         persistence = make(url=private_server.url)
         persistence.boot()
         handler()(FakeState(), {"batch": "own"})
@@ -515,23 +493,23 @@ def test_fleet_stamps_go_back_to_the_fleet_key_after_data_loss(
 
         def repaired() -> bool:
             persistence.tick()
-            return bool(client.zscore(fleet_key(key_prefix), member("batch", "from-producer")))
+            return bool(client.zscore(shared_stamps_key(key_prefix), stamp("batch", "from-producer")))
 
         deadline = time.monotonic() + 15
         while not repaired():
             assert time.monotonic() < deadline, "the fleet stamp was not written back"
             time.sleep(0.2)
-        assert client.zscore(stamps_key(key_prefix, "w@host"), member("batch", "own")) is not None
-        assert client.zscore(stamps_key(key_prefix, "w@host"), member("batch", "from-producer")) is None
+        assert client.zscore(stamps_key(key_prefix, "w@host"), stamp("batch", "own")) is not None
+        assert client.zscore(stamps_key(key_prefix, "w@host"), stamp("batch", "from-producer")) is None
     finally:
         client.close()
 
 
-def test_control_commands_lift_in_memory(make: Factory, redis_client: redis.Redis, key_prefix: str,
+def test_control_commands_lift_in_memory(make: Persistences, redis_client: redis.Redis, key_prefix: str,
                                          stamps_memory: dict[Any, Any]) -> None:
     now = time.time()
-    redis_client.zadd(fleet_key(key_prefix), {member("batch", "fleet-old"): now - 500})
-    redis_client.zadd(stamps_key(key_prefix, "w@host"), {member("batch", "own-old"): now - 400})
+    redis_client.zadd(shared_stamps_key(key_prefix), {stamp("batch", "fleet-old"): now - 500})
+    redis_client.zadd(stamps_key(key_prefix, "w@host"), {stamp("batch", "own-old"): now - 400})
     persistence = make()
     persistence.boot()
     handler()(FakeState(), {"batch": ["new", "gone"], "n": 1})
@@ -541,7 +519,7 @@ def test_control_commands_lift_in_memory(make: Factory, redis_client: redis.Redi
     assert restore(FakeState(), stamps=[["batch", "gone"], ["nope", 1]]) == {"ok": "1 of 2 stamped headers restored"}
     assert "gone" not in stamps_memory["batch"]
     companion = stamps_for(persistence)
-    assert member("batch", "gone") not in companion.times
+    assert stamp("batch", "gone") not in companion.times
 
     purge = Panel.data[PURGE_COMMAND]
     assert purge(FakeState(), cutoff=now - 100, fleet=False) == {"ok": "1 stamped headers purged"}
@@ -559,11 +537,11 @@ def test_purge_command_without_persistence_answers(stamps_memory: dict[Any, Any]
                                                                                       "restored"}
 
 
-def test_the_horizon_lifts_live_stamps_too(make: Factory, stamps_memory: dict[Any, Any]) -> None:
+def test_the_horizon_lifts_live_stamps_too(make: Persistences, stamps_memory: dict[Any, Any]) -> None:
     persistence = make(horizon=60)
     persistence.boot()
     handler()(FakeState(), {"batch": ["old", "new"]})
     companion = stamps_for(persistence)
-    companion.times[member("batch", "old")] = time.time() - 61
+    companion.times[stamp("batch", "old")] = time.time() - 61
     persistence.tick()
     assert stamps_memory == {"batch": ["new"]}

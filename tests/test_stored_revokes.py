@@ -8,48 +8,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
 from celery.utils.collections import LimitedSet
-from kombu.clocks import LamportClock
 
-from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.control import statedb_purge, statedb_restore
 from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.stored_index import StoredIdIndex
-from statedb import StateDBConfig
+from tests.keys import revoked_key, shared_key
+from tests.persistences import Persistences
 
-Factory = Callable[..., WorkerStatePersistence]
 WORKER = "w@host"
 
 
 @pytest.fixture
-def make(key_prefix: str, redis_url: str) -> Iterator[Factory]:
-    made: list[WorkerStatePersistence] = []
-
-    def factory(url: str = redis_url, revoked: LimitedSet | None = None, **settings: Any) -> WorkerStatePersistence:
-        config = StateDBConfig(url=url, key_prefix=key_prefix, **settings)
-        persistence = WorkerStatePersistence(
-            config, WORKER, revoked=revoked if revoked is not None else LimitedSet(maxlen=50000, expires=10800),
-            clock=LamportClock(),
-        )
-        made.append(persistence)
-        return persistence
-
-    yield factory
-    for persistence in made:
-        persistence.save()
+def make(key_prefix: str, redis_url: str) -> Iterator[Persistences]:
+    with Persistences(key_prefix, redis_url, hostname=WORKER) as persistences:
+        yield persistences
 
 
 def own_key(prefix: str) -> str:
-    return f"{prefix}{WORKER}:revoked"
-
-
-def fleet_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
+    return revoked_key(prefix, WORKER)
 
 
 def ids(n: int, tag: str = "id") -> list[str]:
@@ -117,12 +98,12 @@ def test_unicode_ids_are_found_as_stored() -> None:
 
 
 def test_ids_older_than_the_memory_window_bind_through_the_index(
-    make: Factory, redis_client: redis.Redis, key_prefix: str
+    make: Persistences, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     now = time.time()
     recent, old, fleet_old = ids(5, "recent"), ids(20, "old"), ids(7, "fleet")
     redis_client.zadd(own_key(key_prefix), {**{t: now - 10 for t in recent}, **{t: now - 7200 for t in old}})
-    redis_client.zadd(fleet_key(key_prefix), {t: now - 86400 * 400 for t in fleet_old})
+    redis_client.zadd(shared_key(key_prefix), {t: now - 86400 * 400 for t in fleet_old})
     revoked = LimitedSet(maxlen=50000, expires=3600)
     persistence = make(revoked=revoked)
     persistence.boot()
@@ -134,7 +115,7 @@ def test_ids_older_than_the_memory_window_bind_through_the_index(
     assert persistence.stored.confirmations == confirmations  # the hot path: no Redis call
 
 
-def test_expired_from_memory_after_boot_still_binds(make: Factory, redis_client: redis.Redis,
+def test_expired_from_memory_after_boot_still_binds(make: Persistences, redis_client: redis.Redis,
                                                     key_prefix: str) -> None:
     revoked = LimitedSet(maxlen=50000, expires=1)
     persistence = make(revoked=revoked)
@@ -151,7 +132,7 @@ def test_expired_from_memory_after_boot_still_binds(make: Factory, redis_client:
 # -- pushed out by the size cap ---------------------------------------------
 
 
-def test_ids_pushed_out_by_the_size_cap_still_bind(make: Factory, key_prefix: str) -> None:
+def test_ids_pushed_out_by_the_size_cap_still_bind(make: Persistences, key_prefix: str) -> None:
     revoked = LimitedSet(maxlen=5, expires=10800)
     persistence = make(revoked=revoked)
     persistence.boot()
@@ -164,12 +145,12 @@ def test_ids_pushed_out_by_the_size_cap_still_bind(make: Factory, key_prefix: st
 
 
 def test_boot_over_the_size_cap_keeps_the_newest_in_memory_and_the_rest_in_the_index(
-    make: Factory, redis_client: redis.Redis, key_prefix: str
+    make: Persistences, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     now = time.time()
     stored = ids(300)
     redis_client.zadd(own_key(key_prefix), {t: now - i for i, t in enumerate(stored)})
-    redis_client.zadd(fleet_key(key_prefix), {t: now - 0.5 - i for i, t in enumerate(stored[:50])})
+    redis_client.zadd(shared_key(key_prefix), {t: now - 0.5 - i for i, t in enumerate(stored[:50])})
     revoked = LimitedSet(maxlen=40, expires=10800)
     persistence = make(revoked=revoked, load_chunk_size=7)
     persistence.boot()
@@ -179,7 +160,7 @@ def test_boot_over_the_size_cap_keeps_the_newest_in_memory_and_the_rest_in_the_i
 
 
 def test_an_evicted_id_still_pending_binds_while_redis_is_away(private_server: PrivateServer,
-                                                               make: Factory) -> None:
+                                                               make: Persistences) -> None:
     revoked = LimitedSet(maxlen=3, expires=10800)
     persistence = make(url=private_server.url, revoked=revoked, socket_timeout=0.5, socket_connect_timeout=0.5)
     persistence.boot()
@@ -194,7 +175,7 @@ def test_an_evicted_id_still_pending_binds_while_redis_is_away(private_server: P
 # -- the horizon -------------------------------------------------------------
 
 
-def test_the_horizon_bounds_what_binds(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
+def test_the_horizon_bounds_what_binds(make: Persistences, redis_client: redis.Redis, key_prefix: str) -> None:
     now = time.time()
     within, beyond = ids(3, "within"), ids(3, "beyond")
     redis_client.zadd(own_key(key_prefix), {**{t: now - 5000 for t in within}, **{t: now - 90000 for t in beyond}})
@@ -211,7 +192,7 @@ def test_the_horizon_bounds_what_binds(make: Factory, redis_client: redis.Redis,
     assert redis_client.zscore(own_key(key_prefix), within[0]) is not None  # workers never delete
 
 
-def test_a_horizon_shorter_than_the_expiry_bounds_memory_too(make: Factory, redis_client: redis.Redis,
+def test_a_horizon_shorter_than_the_expiry_bounds_memory_too(make: Persistences, redis_client: redis.Redis,
                                                              key_prefix: str) -> None:
     now = time.time()
     fresh, stale = ids(2, "fresh"), ids(2, "stale")
@@ -225,7 +206,7 @@ def test_a_horizon_shorter_than_the_expiry_bounds_memory_too(make: Factory, redi
 # -- restore and purge lift the revoke ---------------------------------------
 
 
-def test_a_restore_in_redis_alone_is_honoured_on_the_next_check(make: Factory, redis_client: redis.Redis,
+def test_a_restore_in_redis_alone_is_honoured_on_the_next_check(make: Persistences, redis_client: redis.Redis,
                                                                 key_prefix: str) -> None:
     now = time.time()
     (old,) = ids(1)
@@ -243,19 +224,19 @@ def test_a_restore_in_redis_alone_is_honoured_on_the_next_check(make: Factory, r
     assert persistence.stored.confirmations == confirmations
 
 
-def test_an_unconfirmed_hit_leaves_the_index(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
+def test_an_unconfirmed_hit_leaves_the_index(make: Persistences, redis_client: redis.Redis, key_prefix: str) -> None:
     now = time.time()
     (old,) = ids(1)
-    redis_client.zadd(fleet_key(key_prefix), {old: now - 7200})
+    redis_client.zadd(shared_key(key_prefix), {old: now - 7200})
     revoked = LimitedSet(maxlen=50000, expires=3600)
     persistence = make(revoked=revoked)
     persistence.boot()
-    redis_client.zrem(fleet_key(key_prefix), old)  # restored while this worker did not listen
+    redis_client.zrem(shared_key(key_prefix), old)  # restored while this worker did not listen
     assert old not in revoked
     assert not persistence.stored.index.may_hold(old)
 
 
-def test_the_restore_control_command_lifts_memory_index_and_pending(make: Factory, redis_client: redis.Redis,
+def test_the_restore_control_command_lifts_memory_index_and_pending(make: Persistences, redis_client: redis.Redis,
                                                                     key_prefix: str) -> None:
     from celery.worker import state as worker_state
 
@@ -280,7 +261,7 @@ def test_the_restore_control_command_lifts_memory_index_and_pending(make: Factor
 
 
 def test_the_purge_control_command_drops_only_what_redis_no_longer_holds(
-    make: Factory, redis_client: redis.Redis, key_prefix: str
+    make: Persistences, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     from celery.worker import state as worker_state
 
@@ -309,7 +290,7 @@ def test_the_purge_control_command_drops_only_what_redis_no_longer_holds(
 
 
 def test_a_hit_redis_cannot_confirm_is_honoured_with_a_warning(
-    private_server: PrivateServer, make: Factory, caplog: pytest.LogCaptureFixture
+    private_server: PrivateServer, make: Persistences, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = private_server.client()
     (old,) = ids(1)
@@ -329,7 +310,7 @@ def test_a_hit_redis_cannot_confirm_is_honoured_with_a_warning(
     assert "never" not in revoked  # not in the index: no Redis needed to say no
 
 
-def test_boot_warns_once_above_a_million_stored_ids(make: Factory, redis_client: redis.Redis, key_prefix: str,
+def test_boot_warns_once_above_a_million_stored_ids(make: Persistences, redis_client: redis.Redis, key_prefix: str,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     from celery_redis_statedb import persistence as module
@@ -344,7 +325,7 @@ def test_boot_warns_once_above_a_million_stored_ids(make: Factory, redis_client:
 
 
 def test_a_bad_member_read_ahead_past_the_size_cap_hides_no_stored_id(
-    make: Factory, redis_client: redis.Redis, key_prefix: str
+    make: Persistences, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     """Boot reads windows ahead of the size cap; a bad member in a window read ahead but never
     handed out was counted as a rank read, so the index started one rank too low and the
@@ -362,7 +343,7 @@ def test_a_bad_member_read_ahead_past_the_size_cap_hides_no_stored_id(
     assert all(task_id in revoked for task_id in newest + older)
 
 
-def test_a_confirmed_hit_is_asked_again_after_a_moment(make: Factory, redis_client: redis.Redis, key_prefix: str,
+def test_a_confirmed_hit_is_asked_again_after_a_moment(make: Persistences, redis_client: redis.Redis, key_prefix: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A restore this worker did not hear (no broadcast, a ZREM by hand) lifts the revoke all the same."""
     from celery_redis_statedb import stored_revokes

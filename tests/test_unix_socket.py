@@ -21,7 +21,9 @@ import statedb
 from celery_redis_statedb.local_servers import PrivateServer
 from statedb import StateDBConfig
 from statedb.client import client_options
-from tests.workers import WorkerHarness, assert_discarded, new_task_id, revoked_key, shared_key
+from tests.cli_runner import cli_app, run_cli
+from tests.keys import revoked_key, shared_key
+from tests.workers import WorkerHarness, assert_discarded, new_task_id
 
 
 @dataclass(frozen=True)
@@ -85,27 +87,15 @@ def test_a_worker_on_a_unix_socket_with_a_space_in_its_path(
 @pytest.mark.parametrize("form", ["raw", "encoded"])
 def test_the_cli_on_a_unix_socket(tmp_path: Path, unix_server: UnixServer, state_prefix: str,
                                   redis_url: str, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from celery.bin.celery import celery
-    from click.testing import CliRunner
-
-    module = f"unixapp_{form}"
-    (tmp_path / f"{module}.py").write_text(
-        "from celery import Celery\n"
-        f"app = Celery('unixapp', broker={redis_url!r}, set_as_current=False)\n"
-        f"app.conf.redis_state_key_prefix = {state_prefix!r}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    cli = cli_app(tmp_path, redis_url, state_prefix, monkeypatch)
     url = unix_server.raw_url if form == "raw" else unix_server.encoded_url
     client = unix_server.client()
     try:
         client.zadd(f"{state_prefix}w@h:revoked", {"t-1": 1000.0})
-        runner = CliRunner()
-        check = runner.invoke(celery, ["-A", module, "statedb", "--url", url, "check", "--worker", "w@h"],
-                              catch_exceptions=False)
+        check = run_cli(cli, url, "check", "--worker", "w@h")
         assert check.exit_code == 0, check.output
         assert "revoked_count: 1" in check.output and "ping_ms" in check.output
-        listed = runner.invoke(celery, ["-A", module, "statedb", "--url", url, "ls", "w@h"],
-                               catch_exceptions=False)
+        listed = run_cli(cli, url, "ls", "w@h")
         assert listed.exit_code == 0 and "t-1" in listed.output, listed.output
     finally:
         client.delete(f"{state_prefix}w@h:revoked")

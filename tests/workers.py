@@ -9,6 +9,9 @@ Isolation on a shared server: every worker has a unique name and queue, and the
 broker keys (queues, bindings, pub/sub channels) carry a ``global_keyprefix``
 under the test's key prefix, so the ``key_prefix`` fixture deletes them too.
 Every wait is bounded; :meth:`WorkerHarness.close` kills whatever is left.
+
+Also what the end-to-end tests check on workers and start them with: :func:`assert_discarded`,
+:func:`one_critical_line`, :func:`refused_boot`, :data:`FAST_ENV` and :func:`fast_env`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ TASK_NAME = f"{MODULE}.record"
 CANNOT_START = "redis-statedb: cannot start worker"
 READY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 20.0
+# Short Redis timeouts, so a worker notices a dead or stalled statedb server within a second. Only these:
+# a test that wants a short boot timeout too (a boot meant to fail fast) or a frequent clock save says so.
+SOCKET_TIMEOUT = 0.5
+FAST_ENV = {
+    "CELERY_REDIS_STATE_SOCKET_TIMEOUT": str(SOCKET_TIMEOUT),
+    "CELERY_REDIS_STATE_CONNECT_TIMEOUT": str(SOCKET_TIMEOUT),
+}
 
 APP_TEMPLATE = '''\
 """Celery app written by tests/workers.py for one end-to-end test."""
@@ -68,7 +78,7 @@ install_redis_statedb(app)
 '''
 
 # Variables of the test process that would change what a worker does.
-_DROPPED_ENV_PREFIXES = ("CELERY_", "REDIS_STATEDB_")
+DROPPED_ENV_PREFIXES = ("CELERY_", "REDIS_STATEDB_")
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -118,7 +128,7 @@ def write_app(
 
 
 def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -416,29 +426,55 @@ class WorkerHarness:
             self._control = None
 
 
-def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str) -> None:
-    """Send the revoked id then a control task: the control runs, the revoked one never does."""
-    control = new_task_id()
-    harness.send(worker, revoked)
-    harness.send(worker, control)
-    harness.wait_ran(worker, control)
-    worker.wait_for_log(f"Discarding revoked task: {TASK_NAME}[{revoked}]")
-    assert not worker.app.ran(revoked), f"revoked task {revoked} ran:\n{worker.log()}"
-    assert f"{TASK_NAME}[{revoked}] succeeded" not in worker.log()
-
-
 def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-# The documented key layout, spelled out independently of statedb.keys (the tests' oracle).
-def revoked_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:revoked"
+def fast_env(key_prefix: str | None = None, **settings: object) -> dict[str, str]:
+    """A worker's environment: :data:`FAST_ENV`, the key prefix if given, and ``CELERY_REDIS_STATE_<NAME>``
+    for each keyword (``boot_timeout=1`` is ``CELERY_REDIS_STATE_BOOT_TIMEOUT=1``)."""
+    env = dict(FAST_ENV)
+    if key_prefix is not None:
+        env["CELERY_REDIS_STATE_KEY_PREFIX"] = key_prefix
+    env.update({f"CELERY_REDIS_STATE_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
 
 
-def clock_key(prefix: str, worker: str) -> str:
-    return f"{prefix}{worker}:clock"
+def assert_discarded(harness: WorkerHarness, worker: WorkerProcess, revoked: str | Sequence[str],
+                     timeout: float = 20.0) -> None:
+    """Send the revoked id(s) as tasks, then a control task: the control runs, none of the others does.
+
+    Each revoked task gets a short marker of its own: an id may be too long, or too odd, for a file name.
+    """
+    task_ids = [revoked] if isinstance(revoked, str) else list(revoked)
+    markers = [f"revoked-{uuid.uuid4().hex}" for _ in task_ids]
+    control = new_task_id()
+    for task_id, marker in zip(task_ids, markers, strict=True):
+        harness.send(worker, task_id, marker)
+    harness.send(worker, control)
+    harness.wait_ran(worker, control, timeout)
+    for task_id in task_ids:
+        worker.wait_for_log(f"Discarding revoked task: {TASK_NAME}[{task_id}]", timeout)
+    log = worker.log()
+    ran = [task_id[:60] for task_id, marker in zip(task_ids, markers, strict=True) if worker.app.ran(marker)]
+    assert not ran, f"revoked tasks ran: {ran}\n{log[-5000:]}"
+    succeeded = [task_id[:60] for task_id in task_ids if f"{TASK_NAME}[{task_id}] succeeded" in log]
+    assert not succeeded, f"revoked tasks succeeded: {succeeded}\n{log[-5000:]}"
 
 
-def shared_key(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
+def one_critical_line(worker: WorkerProcess) -> str:
+    """The worker's single CRITICAL ``cannot start worker`` line; no traceback, never ready."""
+    log = worker.log()
+    lines = [line for line in log.splitlines() if CANNOT_START in line]
+    assert len(lines) == 1, log
+    assert "CRITICAL" in lines[0], log
+    assert "Traceback" not in log, log
+    assert " ready." not in log, log
+    return lines[0]
+
+
+def refused_boot(worker: WorkerProcess, timeout: float = 30.0) -> tuple[int, str]:
+    """Start a worker that must not boot: (its exit code, its :func:`one_critical_line`)."""
+    worker.start(wait_ready=False)
+    code = worker.wait_exit(timeout)
+    return code, one_critical_line(worker)
