@@ -51,6 +51,16 @@ def test_add_records_one_id() -> None:
     assert recorder.batches == [["a"]]
 
 
+def test_a_nested_recording_pause_keeps_recording_off_until_the_outer_one_ends() -> None:
+    revoked, recorder = make()
+    with revoked_set._recording_paused():
+        with revoked_set._recording_paused():
+            revoked.add("inner")
+        revoked.add("between")  # the inner pause ended: the outer one still holds
+    revoked.add("after")
+    assert recorder.batches == [["after"]]
+
+
 def test_update_with_many_ids_records_one_batch() -> None:
     revoked, recorder = make()
     revoked.update(iter(["a", "b", "c"]))
