@@ -54,6 +54,7 @@ from tests.workers import (
     WorkerHarness,
     WorkerProcess,
     clock_key,
+    info_key,
     new_task_id,
     revoked_key,
     shared_key,
@@ -435,12 +436,13 @@ def test_tls_misconfiguration_stops_the_worker_with_one_line(
 # -- least privilege: an ACL user limited to the prefix and the commands the library sends ----------
 
 # What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, ZREVRANGE, ZCARD, ZCOUNT, ZMSCORE on the sorted
-# sets; GET and EVAL (whose script calls GET and SET) on clock keys only; TIME and INFO (keyless: the
-# server's clock and eviction policy); plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than
-# 0) and CLIENT SETINFO (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the
-# ACL log).
+# sets; GET and EVAL (whose script calls GET and SET) on clock keys only; HSET on its info hash only
+# (last seen, with each clock save); TIME and INFO (keyless: the server's clock and eviction policy);
+# plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than 0) and CLIENT SETINFO (redis-py >= 5
+# on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the ACL log).
 WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +time +info"
 CLOCK_COMMANDS = "+get +set +eval"
+INFO_COMMANDS = "+hset"
 OPTIONAL_COMMANDS = "+client|setinfo"
 # The admin CLI and APIs add reads, purges and restores over every set of the prefix.
 ADMIN_COMMANDS = WORKER_COMMANDS + " +get +set +eval +scan +type +zrange +zscore +zrem +zremrangebyscore" \
@@ -462,13 +464,16 @@ def acl_rule(prefix: str, commands: str, client: redis.Redis) -> list[str]:
             *_optional(client)]
 
 
-def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str = CLOCK_COMMANDS) -> list[str]:
-    """The README's worker rule: the sorted-set commands on the sorted sets only, and a selector for the
-    clock keys (GET, SET, EVAL), so a worker credential cannot change any key's type."""
+def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str = CLOCK_COMMANDS,
+                    info_commands: str | None = INFO_COMMANDS) -> list[str]:
+    """The README's worker rule: the sorted-set commands on the sorted sets only, and selectors for the
+    clock keys (GET, SET, EVAL) and the info hashes (HSET), so a worker credential cannot change any key's
+    type. ``info_commands=None``: a rule written before the info hash (no selector for it)."""
     keys = [f"~{prefix}*:revoked", f"~{prefix}*:stamps", f"~{prefix}shared:fleet-revoked",
             f"~{prefix}shared:fleet-stamps"]
+    info = [] if info_commands is None else [f"(~{prefix}*:info {info_commands})"]
     return ["on", f">{ACL_PASSWORD}", "resetkeys", *keys, "resetchannels", "-@all", *WORKER_COMMANDS.split(),
-            *_optional(client), f"(~{prefix}*:clock {clock_commands})"]
+            *_optional(client), f"(~{prefix}*:clock {clock_commands})", *info]
 
 
 def acl_log(client: redis.Redis) -> list[str]:
@@ -501,7 +506,9 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
         time.sleep(1.2)  # periodic clock saves (EVAL) run as the user too
         assert worker.terminate() == 0  # and the last one at shutdown
         assert int(admin.get(clock_key(state_prefix, worker.name)) or 0) >= 2
+        assert admin.hget(info_key(state_prefix, worker.name), "last_seen") is not None  # the last seen time
         assert "Traceback" not in worker.all_logs()
+        assert "last seen time is not recorded" not in worker.all_logs()
         assert acl_log(admin) == [], "the worker sent a command the rule does not allow"
 
         user = redis.Redis.from_url(url)
@@ -515,6 +522,8 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
             for forbidden in (lambda: user.set(fleet, "x"), lambda: user.set(other, "x"),
                               lambda: user.set(f"{state_prefix}shared:fleet-stamps", "x"),
                               lambda: user.zadd(clock_key(state_prefix, "other@h"), {"a": 1}),
+                              lambda: user.hset(fleet, "a", "1"), lambda: user.set(info_key(state_prefix, "o@h"), "x"),
+                              lambda: user.zadd(info_key(state_prefix, "other@h"), {"a": 1}),
                               lambda: user.eval("return redis.call('SET', KEYS[1], 'x')", 1, fleet)):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     forbidden()
@@ -529,17 +538,26 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
         server.close()
 
 
-@pytest.fixture
-def acl_server(state_prefix: str) -> Iterator[tuple[PrivateServer, str]]:
-    """A private server with the worker's ACL user for ``state_prefix``; yields it and the user's URL."""
+@contextlib.contextmanager
+def worker_acl_server(prefix: str, **rule: Any) -> Iterator[tuple[PrivateServer, redis.Redis, str]]:
+    """A private server whose user ``statedb`` has the worker rule for ``prefix`` (``rule``: the
+    arguments of :func:`worker_acl_rule`), its ACL log empty; yields it, an admin client, the user's URL."""
     server = PrivateServer().start()
     admin = server.client()
     try:
-        admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin))
-        yield server, f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+        admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(prefix, admin, **rule))
+        admin.execute_command("ACL", "LOG", "RESET")
+        yield server, admin, f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
     finally:
         admin.close()
         server.close()
+
+
+@pytest.fixture
+def acl_server(state_prefix: str) -> Iterator[tuple[PrivateServer, str]]:
+    """A private server with the worker's ACL user for ``state_prefix``; yields it and the user's URL."""
+    with worker_acl_server(state_prefix) as (server, _, url):
+        yield server, url
 
 
 def test_keys_outside_the_acl_are_access_denied(acl_server: tuple[PrivateServer, str]) -> None:
@@ -604,6 +622,31 @@ def test_a_worker_whose_acl_lacks_set_stops_as_a_configuration_error(
     finally:
         admin.close()
         server.close()
+
+
+@pytest.mark.e2e
+def test_a_worker_whose_acl_predates_the_info_hash_runs_and_says_so_once(
+    harness: WorkerHarness, state_prefix: str
+) -> None:
+    """A rule without the ``:info`` selector: HSET refused at every clock save; the worker keeps
+    running and storing revokes and its clock, with one WARNING naming the key and the grant."""
+    with worker_acl_server(state_prefix, info_commands=None) as (_, admin, url):
+        app = harness.app(install=True)
+        env = {**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix, "CELERY_REDIS_STATE_CLOCK_INTERVAL": "0.2"}
+        worker = harness.worker(app, url, env=env).start()
+        revoked = new_task_id()
+        harness.revoke(worker, [revoked])
+        wait_until(lambda: sum(int(str(entry.get("count", 1))) for entry in admin.acl_log()) >= 3, 20,
+                   "several clock saves refused their HSET")
+        assert worker.terminate() == 0
+        log = worker.all_logs()
+        assert log.count("last seen time is not recorded") == 1, log
+        assert repr(info_key(state_prefix, worker.name)) in log and "+hset" in log
+        assert admin.zscore(revoked_key(state_prefix, worker.name), revoked) is not None
+        assert int(admin.get(clock_key(state_prefix, worker.name)) or 0) >= 2
+        assert not admin.exists(info_key(state_prefix, worker.name))
+        assert {entry.split()[1] for entry in acl_log(admin)} == {"hset"}
+        assert "Traceback" not in log and ACL_PASSWORD not in log
 
 
 def test_the_admin_apis_run_as_an_admin_acl_user(key_prefix: str) -> None:
