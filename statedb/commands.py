@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from statedb.errors import CorruptValueError, InvalidInputError, StateDataError
+from statedb.errors import CorruptValueError, InvalidInputError, StateDataError, StateDBError
 from statedb.names import MAX_TASK_ID_BYTES, check_timestamp, encode_task_id
 from statedb.translate import CLOCK_CORRUPT_MARKER, translate_reply_error
 
@@ -84,6 +84,7 @@ class PipelineLike(Protocol):
     def zmscore(self, key: Any, members: Any) -> Any: ...
     def zrem(self, name: Any, *values: Any) -> Any: ...
     def get(self, name: Any) -> Any: ...
+    def hset(self, name: Any, *args: Any, **kwargs: Any) -> Any: ...
     def eval(self, script: Any, numkeys: Any, *keys_and_args: Any) -> Any: ...
     def ping(self, **kwargs: Any) -> Any: ...
 
@@ -100,6 +101,19 @@ class Operation(Generic[T]):
         """Parse replies, raising the library error for the first error reply."""
         for reply, key in zip(replies, self.keys, strict=True):
             if isinstance(reply, Exception):
+                raise translate_reply_error(reply, key=key) from reply
+        return self.parse(replies)
+
+
+@dataclass(frozen=True)
+class LenientOperation(Operation[T]):
+    """An operation some of whose replies (by index) may be errors: those reach ``parse`` as they are."""
+
+    optional: frozenset[int] = field(default_factory=frozenset)
+
+    def result(self, replies: Sequence[Any]) -> T:
+        for index, (reply, key) in enumerate(zip(replies, self.keys, strict=True)):
+            if isinstance(reply, Exception) and index not in self.optional:
                 raise translate_reply_error(reply, key=key) from reply
         return self.parse(replies)
 
@@ -306,6 +320,56 @@ def advance_clock(key: str, value: int) -> Operation[ClockAdvance]:
         return ClockAdvance(parse_clock(key, stored), bool(created))
 
     return Operation((key,), stage, parse)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker records in its ``<prefix><worker>:info`` hash with each clock save."""
+
+    last_seen: float  # when the clock was saved: epoch seconds on the Redis server's clock
+    scope: str  # "worker" or "shared"
+    version: str  # of the library
+
+    def fields(self) -> dict[str, str]:
+        """The hash fields, as text (``last_seen`` as decimal seconds, never in exponent form)."""
+        return {"last_seen": f"{check_timestamp(self.last_seen, 'last seen time'):.6f}", "scope": self.scope,
+                "version": self.version}
+
+
+def write_info(key: str, info: WorkerInfo) -> Operation[int]:
+    """HSET the worker's info hash (fields added or changed, never removed)."""
+    mapping = info.fields()
+    return Operation((key,), lambda pipe: pipe.hset(key, mapping=mapping), lambda replies: int(replies[0]))
+
+
+class ClockSave(NamedTuple):
+    """A clock advance and how the info hash staged with it fared (None: written, or not asked)."""
+
+    advance: ClockAdvance
+    info_error: StateDBError | None = None
+
+
+def save_clock(clock_key: str, value: int, info_key: str | None = None, info: WorkerInfo | None = None
+               ) -> Operation[ClockSave]:
+    """The clock's advance and, given ``info_key`` and ``info``, the worker's info hash in the same round
+    trip. The advance failing raises; the HSET failing (an ACL without ``+hset`` on ``:info`` keys, a key
+    of another type) never does: it comes back in ``info_error``."""
+    advance = advance_clock(clock_key, value)
+    note = None if info_key is None or info is None else write_info(info_key, info)
+
+    def stage(pipe: PipelineLike) -> None:
+        advance.stage(pipe)
+        if note is not None:
+            note.stage(pipe)
+
+    def parse(replies: Sequence[Any]) -> ClockSave:
+        error = None
+        if note is not None and isinstance(replies[1], Exception):
+            error = translate_reply_error(replies[1], key=info_key)
+        return ClockSave(advance.parse(replies[:1]), error)
+
+    keys = advance.keys if note is None else advance.keys + note.keys
+    return LenientOperation(keys, stage, parse, optional=frozenset(range(1, len(keys))))
 
 
 PROBE_MEMBER = b"\x00statedb-probe"

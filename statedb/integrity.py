@@ -6,20 +6,20 @@ whether it still holds a few ids the worker knows it wrote or read there, the
 server's ``TIME`` (the reference clock for revocation times) and, when asked, the
 eviction policy from ``INFO memory`` (readable without ``CONFIG`` rights). Reads a
 least-privilege user may lack (``INFO``, ``TIME``) never fail the whole check: they
-come back as None with the refusal in ``refused``.
+come back as None with the refusal in ``refused``. A clock advance may ride along, and
+with it the worker's info hash (:func:`statedb.commands.save_clock`), whose refusal
+comes back in ``info_error``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 from statedb import commands
+from statedb.commands import LenientOperation
 from statedb.errors import StateDataError, StateDBError
-from statedb.translate import translate_reply_error
-
-T = TypeVar("T")
 
 # Policies that may evict a key without a TTL: every key of this library (none has a TTL).
 # volatile-* only evict keys with a TTL, noeviction refuses writes (an outage, not a loss).
@@ -28,19 +28,6 @@ EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
 def evicts_our_keys(policy: str | None) -> bool:
     return policy is not None and policy.strip().lower() in EVICTING_POLICIES
-
-
-@dataclass(frozen=True)
-class LenientOperation(commands.Operation[T]):
-    """An operation some of whose replies (by index) may be errors: those reach ``parse`` as they are."""
-
-    optional: frozenset[int] = field(default_factory=frozenset)
-
-    def result(self, replies: Sequence[Any]) -> T:
-        for index, (reply, key) in enumerate(zip(replies, self.keys, strict=True)):
-            if isinstance(reply, Exception) and index not in self.optional:
-                raise translate_reply_error(reply, key=key) from reply
-        return self.parse(replies)
 
 
 class SetProbe(NamedTuple):
@@ -68,6 +55,7 @@ class Health:
     policy: str | None = None
     advanced: commands.ClockAdvance | StateDBError | None = None
     refused: tuple[str, ...] = ()
+    info_error: StateDBError | None = None  # the info hash staged with the advance was refused
 
 
 def parse_server_time(reply: object) -> float:
@@ -117,10 +105,14 @@ def check_health(
     server_time: bool = True,
     policy: bool = False,
     advance_to: int | None = None,
+    info_key: str | None = None,
+    info: commands.WorkerInfo | None = None,
 ) -> commands.Operation[Health]:
     """GET clock, ZCARD + ZMSCORE of each probe, TIME, INFO memory, then (given ``advance_to``)
-    the clock's advance script, in one pipeline: the GET reads the clock before the advance."""
-    advance = None if advance_to is None or clock_key is None else commands.advance_clock(clock_key, advance_to)
+    the clock's advance script and (given ``info_key`` and ``info``) the worker's info hash, in one
+    pipeline: the GET reads the clock before the advance."""
+    advance = (None if advance_to is None or clock_key is None
+               else commands.save_clock(clock_key, advance_to, info_key, info))
     keys: list[str | None] = [] if clock_key is None else [clock_key]
     for probe in probes:
         keys.extend((probe.key, probe.key) if probe.members else (probe.key,))
@@ -157,12 +149,13 @@ def check_health(
         when = _optional("TIME", next(it), parse_server_time, refused) if server_time else None
         found = _optional("INFO memory", next(it), parse_policy, refused) if policy else None
         advanced: commands.ClockAdvance | StateDBError | None = None
+        info_error: StateDBError | None = None
         if advance is not None:
             try:
-                advanced = advance.result(list(it))
+                advanced, info_error = advance.result(list(it))
             except StateDBError as exc:
                 advanced = exc
-        return Health(clock, missing_clock, tuple(sets), when, found, advanced, tuple(refused))
+        return Health(clock, missing_clock, tuple(sets), when, found, advanced, tuple(refused), info_error)
 
     optional = frozenset(range(first_optional, len(keys)))
     return LenientOperation(tuple(keys), stage, parse, optional=optional)

@@ -67,6 +67,11 @@ class StateOperations:
     def advance_clock(self, value: int) -> commands.Operation[commands.ClockAdvance]:
         return commands.advance_clock(self.keys.clock, value)
 
+    def save_clock(self, value: int, info: commands.WorkerInfo | None = None
+                   ) -> commands.Operation[commands.ClockSave]:
+        """The clock's advance and, given ``info``, the worker's info hash (last seen) in the same round trip."""
+        return commands.save_clock(self.keys.clock, value, self.keys.info or None, info)
+
     def count_within(self, horizon_start: float | None, *, shared: bool = False
                      ) -> commands.Operation[tuple[int, int]]:
         return stored_ids.count_within(self.keys.shared if shared else self.keys.revoked, horizon_start)
@@ -107,11 +112,13 @@ class StateOperations:
     # -- integrity checks (statedb.integrity) -----------------------------------
 
     def check_health(self, probes: Sequence[integrity.SetProbe], *, clock: bool = True, server_time: bool = True,
-                     policy: bool = False, advance_to: int | None = None
+                     policy: bool = False, advance_to: int | None = None, info: commands.WorkerInfo | None = None
                      ) -> commands.Operation[integrity.Health]:
-        """The timer's one round trip: the stored clock, the probed sets, TIME, the eviction policy."""
+        """The timer's one round trip: the stored clock, the probed sets, TIME, the eviction policy, and
+        (given ``advance_to``) the clock's advance with (given ``info``) the worker's info hash."""
         return integrity.check_health(self.keys.clock if clock else None, probes, server_time=server_time,
-                                      policy=policy, advance_to=advance_to)
+                                      policy=policy, advance_to=advance_to, info_key=self.keys.info or None,
+                                      info=info)
 
     def add_fleet_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> commands.Operation[int]:
         """Like :meth:`add_revoked_at`, into the fleet set (ids a worker read there, written back)."""

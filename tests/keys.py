@@ -13,6 +13,11 @@ def clock_key(prefix: str, worker: str) -> str:
     return f"{prefix}{worker}:clock"
 
 
+def info_key(prefix: str, worker: str) -> str:
+    """The worker's info hash (last seen, scope, version), written with each clock save."""
+    return f"{prefix}{worker}:info"
+
+
 def shared_key(prefix: str) -> str:
     """The fleet's revoked set."""
     return f"{prefix}shared:fleet-revoked"

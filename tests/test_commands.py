@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from statedb import commands, cursors
 from statedb.errors import (
+    AccessDeniedError,
     ConfigurationError,
     CorruptValueError,
     InvalidInputError,
@@ -143,6 +144,28 @@ def test_advance_clock_reports_whether_the_key_was_created() -> None:
     op = commands.advance_clock("c", 7)
     assert op.result([[b"7", 1]]) == commands.ClockAdvance(7, True)
     assert op.result([[b"9", 0]]) == commands.ClockAdvance(9, False)
+
+
+def test_save_clock_stages_the_info_hash_after_the_advance_and_never_fails_for_it() -> None:
+    info = commands.WorkerInfo(1e9 + 0.5, "worker", "1.0")
+    op = commands.save_clock("c", 7, "i", info)
+    calls = staged(op)
+    assert [name for name, _, _ in calls] == ["eval", "hset"]
+    assert calls[1][1:] == (("i",), {"mapping": {"last_seen": "1000000000.500000", "scope": "worker",
+                                                 "version": "1.0"}})
+    assert op.result([[b"7", 0], 3]) == commands.ClockSave(commands.ClockAdvance(7, False), None)
+    refused = op.result([[b"7", 0], NoPermissionError("this user has no permissions to run the 'hset' command")])
+    assert refused.advance == commands.ClockAdvance(7, False)
+    assert isinstance(refused.info_error, AccessDeniedError) and "'i'" in str(refused.info_error)
+    with pytest.raises(CorruptValueError):
+        op.result([ResponseError(f"ERR {commands.CLOCK_CORRUPT_MARKER}"), 3])
+    assert [name for name, _, _ in staged(commands.save_clock("c", 7))] == ["eval"]
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf"), -1.0])
+def test_the_info_hash_refuses_a_last_seen_that_is_no_time(when: float) -> None:
+    with pytest.raises(InvalidInputError, match="last seen time"):
+        commands.write_info("i", commands.WorkerInfo(when, "worker", "1.0"))
 
 
 def test_error_replies_become_library_errors_naming_the_key() -> None:

@@ -68,9 +68,10 @@ def test_worker_keys_are_the_documented_layout_and_parse_back(prefix: str, worke
     assert schema.parse(keys.revoked) == (worker, "revoked")
     assert schema.parse(keys.clock) == (worker, "clock")
     assert schema.parse(keys.shared) is None
-    assert len({keys.revoked, keys.clock, keys.shared}) == 3
+    assert keys.info == f"{prefix}{worker}:info" and schema.parse(keys.info) == (worker, "info")
+    assert len({keys.revoked, keys.clock, keys.shared, keys.info}) == 4
     shared = schema.for_worker(worker, Scope.SHARED)
-    assert shared.revoked == keys.shared and shared.clock == keys.clock
+    assert shared.revoked == keys.shared and shared.clock == keys.clock and shared.info == keys.info
 
 
 @PURE

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import time
-import types
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +23,7 @@ from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.settings import resolve_config
 from statedb import ConfigurationError, EvictionPolicyError, StateDBConfig
 from tests.acl import ACL_PASSWORD, CLOCK_COMMANDS, WORKER_COMMANDS, acl_rule
+from tests.clocks import SkewedTime
 from tests.guarantees import guarantee, missing_from
 from tests.keys import clock_key, revoked_key, shared_key
 from tests.persistences import Persistences
@@ -173,13 +173,6 @@ def test_a_restore_in_flight_is_not_taken_for_a_rollback(server: PrivateServer, 
     persistence.tick()
     assert admin.zscore(f"{key_prefix}w@host:revoked", "newest") is None
     assert persistence.watch.repairs == []
-
-
-class SkewedTime(types.SimpleNamespace):
-    """A ``time`` module whose wall clock is ``skew`` seconds off (monotonic untouched)."""
-
-    def __init__(self, skew: float) -> None:
-        super().__init__(time=lambda: time.time() + skew, monotonic=time.monotonic, sleep=time.sleep)
 
 
 @pytest.mark.parametrize("skew", [-4 * 3600.0, 3600.0], ids=["4h-behind", "1h-ahead"])

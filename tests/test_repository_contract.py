@@ -350,6 +350,43 @@ def test_check_health_survives_a_corrupt_clock(open_repo: Opener, config: StateD
     assert isinstance(health.advanced, CorruptValueError)
 
 
+def test_save_clock_writes_the_info_hash_beside_the_clock(open_repo: Opener, config: StateDBConfig,
+                                                          redis_client: redis.Redis) -> None:
+    from statedb.commands import ClockAdvance, ClockSave, WorkerInfo
+    from statedb.integrity import SetProbe
+
+    repo = open_repo(config)
+    assert repo.keys.info == f"{config.key_prefix}w1@host:info"
+    saved = repo.save_clock(5, WorkerInfo(1_700_000_000.25, "worker", "1.2.3"))
+    assert saved == ClockSave(ClockAdvance(5, True), None)
+    assert redis_client.hgetall(repo.keys.info) == {b"last_seen": b"1700000000.250000", b"scope": b"worker",
+                                                    b"version": b"1.2.3"}
+    assert repo.save_clock(4) == ClockSave(ClockAdvance(5, False), None)  # no info: the clock alone
+    health = repo.check_health([SetProbe(repo.keys.revoked, ())], clock=True, server_time=False, advance_to=8,
+                               info=WorkerInfo(1_700_000_100.0, "shared", "1.2.4"))
+    assert health.advanced == ClockAdvance(8, False) and health.info_error is None
+    assert redis_client.hmget(repo.keys.info, "last_seen", "scope", "version") == [b"1700000100.000000",
+                                                                                  b"shared", b"1.2.4"]
+
+
+def test_a_refused_info_hash_never_fails_the_clock_save(open_repo: Opener, config: StateDBConfig,
+                                                        redis_client: redis.Redis) -> None:
+    from statedb.commands import ClockAdvance, WorkerInfo
+
+    repo = open_repo(config)
+    redis_client.set(repo.keys.info, b"a string")  # HSET refused (WRONGTYPE), as an ACL without +hset would
+    info = WorkerInfo(1_700_000_000.0, "worker", "1.2.3")
+    saved = repo.save_clock(5, info)
+    assert saved.advance == ClockAdvance(5, True)
+    assert isinstance(saved.info_error, WrongKeyTypeError) and repr(repo.keys.info) in str(saved.info_error)
+    health = repo.check_health([], clock=True, server_time=False, advance_to=6, info=info)
+    assert health.advanced == ClockAdvance(6, False) and isinstance(health.info_error, WrongKeyTypeError)
+    assert redis_client.get(repo.keys.clock) == b"6" and redis_client.get(repo.keys.info) == b"a string"
+    redis_client.set(repo.keys.clock, b"corrupt")
+    with pytest.raises(CorruptValueError):  # the clock's own failure still raises
+        repo.save_clock(7, info)
+
+
 def test_add_fleet_revoked_at_writes_the_fleet_set(open_repo: Opener, config: StateDBConfig,
                                                    redis_client: redis.Redis) -> None:
     repo = open_repo(config)

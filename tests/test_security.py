@@ -35,9 +35,9 @@ from statedb import (
     StateDBError,
 )
 from statedb import admin as async_admin
-from tests.acl import ACL_PASSWORD, ADMIN_COMMANDS, acl_log, acl_rule, worker_acl_rule
+from tests.acl import ACL_PASSWORD, ADMIN_COMMANDS, acl_log, acl_rule, worker_acl_rule, worker_acl_server
 from tests.cli_runner import cli_app, run_cli
-from tests.keys import clock_key, revoked_key, shared_key
+from tests.keys import clock_key, info_key, revoked_key, shared_key
 from tests.pickles import payloads
 from tests.servers import make_tls_files, openssl_available, server_version
 from tests.workers import (
@@ -381,7 +381,9 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
         time.sleep(1.2)  # periodic clock saves (EVAL) run as the user too
         assert worker.terminate() == 0  # and the last one at shutdown
         assert int(admin.get(clock_key(state_prefix, worker.name)) or 0) >= 2
+        assert admin.hget(info_key(state_prefix, worker.name), "last_seen") is not None  # the last seen time
         assert "Traceback" not in worker.all_logs()
+        assert "last seen time is not recorded" not in worker.all_logs()
         assert acl_log(admin) == [], "the worker sent a command the rule does not allow"
 
         user = redis.Redis.from_url(url)
@@ -395,6 +397,8 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
             for forbidden in (lambda: user.set(fleet, "x"), lambda: user.set(other, "x"),
                               lambda: user.set(f"{state_prefix}shared:fleet-stamps", "x"),
                               lambda: user.zadd(clock_key(state_prefix, "other@h"), {"a": 1}),
+                              lambda: user.hset(fleet, "a", "1"), lambda: user.set(info_key(state_prefix, "o@h"), "x"),
+                              lambda: user.zadd(info_key(state_prefix, "other@h"), {"a": 1}),
                               lambda: user.eval("return redis.call('SET', KEYS[1], 'x')", 1, fleet)):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     forbidden()
@@ -412,14 +416,8 @@ def test_a_worker_runs_as_a_least_privilege_acl_user(harness: WorkerHarness, sta
 @pytest.fixture
 def acl_server(state_prefix: str) -> Iterator[tuple[PrivateServer, str]]:
     """A private server with the worker's ACL user for ``state_prefix``; yields it and the user's URL."""
-    server = PrivateServer().start()
-    admin = server.client()
-    try:
-        admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin))
-        yield server, f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
-    finally:
-        admin.close()
-        server.close()
+    with worker_acl_server(state_prefix) as (server, _, url):
+        yield server, url
 
 
 def test_keys_outside_the_acl_are_access_denied(acl_server: tuple[PrivateServer, str]) -> None:
@@ -480,6 +478,31 @@ def test_a_worker_whose_acl_lacks_set_stops_as_a_configuration_error(
     finally:
         admin.close()
         server.close()
+
+
+@pytest.mark.e2e
+def test_a_worker_whose_acl_predates_the_info_hash_runs_and_says_so_once(
+    harness: WorkerHarness, state_prefix: str
+) -> None:
+    """A rule without the ``:info`` selector: HSET refused at every clock save; the worker keeps
+    running and storing revokes and its clock, with one WARNING naming the key and the grant."""
+    with worker_acl_server(state_prefix, info_commands=None) as (_, admin, url):
+        app = harness.app(install=True)
+        env = fast_env(state_prefix, clock_interval=0.2)
+        worker = harness.worker(app, url, env=env).start()
+        revoked = new_task_id()
+        harness.revoke(worker, [revoked])
+        wait_until(lambda: sum(int(str(entry.get("count", 1))) for entry in admin.acl_log()) >= 3, 20,
+                   "several clock saves refused their HSET")
+        assert worker.terminate() == 0
+        log = worker.all_logs()
+        assert log.count("last seen time is not recorded") == 1, log
+        assert repr(info_key(state_prefix, worker.name)) in log and "+hset" in log
+        assert admin.zscore(revoked_key(state_prefix, worker.name), revoked) is not None
+        assert int(admin.get(clock_key(state_prefix, worker.name)) or 0) >= 2
+        assert not admin.exists(info_key(state_prefix, worker.name))
+        assert {entry.split()[1] for entry in acl_log(admin)} == {"hset"}
+        assert "Traceback" not in log and ACL_PASSWORD not in log
 
 
 def test_the_admin_apis_run_as_an_admin_acl_user(key_prefix: str) -> None:

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
+import celery_redis_statedb.control  # noqa: F401  (adds Inspect.statedb_status)
+
 T = TypeVar("T")
 
 MODULE = "appmod"
@@ -388,15 +390,13 @@ class WorkerHarness:
         return app
 
     def statedb_status(self, worker: WorkerProcess, timeout: float = 5.0) -> dict[str, Any]:
-        """The worker's ``statedb_status`` control reply (counts: pending, unstorable, bad members...)."""
+        """The worker's ``statedb_status`` inspect reply (``app.control.inspect().statedb_status()``)."""
         self.wait_reachable(worker)
-        replies = self.control_app.control.broadcast("statedb_status", destination=[worker.name], reply=True,
-                                                     timeout=timeout) or []
-        for reply in replies:
-            if worker.name in reply:
-                status: dict[str, Any] = reply[worker.name]
-                return status
-        raise AssertionError(f"no reply to statedb_status from {worker.name}: {replies}")
+        replies = self.control_app.control.inspect(destination=[worker.name], timeout=timeout).statedb_status()
+        if not replies or worker.name not in replies:
+            raise AssertionError(f"no reply to statedb_status from {worker.name}: {replies}")
+        status: dict[str, Any] = replies[worker.name]
+        return status
 
     def revoked_in_memory(self, worker: WorkerProcess, timeout: float = 5.0) -> set[str]:
         """The ids in the worker's ``state.revoked`` (Celery's ``inspect revoked``)."""

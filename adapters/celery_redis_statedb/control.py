@@ -1,8 +1,11 @@
-"""Worker control commands of the library: live workers lift restored and purged revokes.
+"""Worker remote-control commands of the library: live workers lift restored and purged
+revokes, and say how their statedb fares.
 
-Registered in every worker that imports this package (the ``celery.commands`` entry
-point and ``install_redis_statedb`` both do), so ``restore_tasks`` and a purge make a
-task runnable again at once, without a restart.
+Registered in every process that imports this package (the ``celery.commands`` entry
+point and ``install_redis_statedb`` both do): in workers, so ``restore_tasks`` and a purge
+make a task runnable again at once, without a restart; in ``celery inspect``, which
+refuses command names it does not know, so ``celery -A app inspect statedb_status``
+works. ``app.control.inspect().statedb_status()`` is added to Celery's ``Inspect``.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from celery.app.control import Inspect
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
-from celery.worker.control import control_command, ok
+from celery.worker.control import control_command, inspect_command, ok
 
 COMMAND = "statedb_restore"
 STATUS_COMMAND = "statedb_status"
 PURGE_COMMAND = "statedb_purge"
+NO_STATEDB = "no Redis statedb on this worker"
 
 
 def _persistence() -> Any:
@@ -51,18 +56,28 @@ def statedb_purge(state: Any, before: Any = None, **kwargs: Any) -> dict[str, st
         return {"error": f"before must be finite, got {cutoff!r}"}
     persistence = _persistence()
     if persistence is None or not hasattr(persistence, "purged_before"):
-        return ok("no Redis statedb on this worker")  # type: ignore[no-any-return]
+        return ok(NO_STATEDB)  # type: ignore[no-any-return]
     dropped = persistence.purged_before(cutoff)
     return ok(f"{dropped} purged ids dropped from memory")  # type: ignore[no-any-return]
 
 
-@control_command()  # type: ignore[untyped-decorator]
+@inspect_command()  # type: ignore[untyped-decorator]
 def statedb_status(state: Any, **kwargs: Any) -> dict[str, Any]:
-    """This worker's statedb at a glance (JSON-able): ids waiting to be written, ids honoured in memory
-    only (not storable), bad members skipped at boot, keys that could not be read, since when Redis
-    has been failing (wall clock, or None), and the size of the index of stored revokes."""
+    """This worker's statedb at a glance (JSON-able, no password): masked URL, scope, keys, ids in memory,
+    in the index and waiting to be written, whether Redis is failing and since when, the last clock save,
+    the boot merge, and what could not be stored or read."""
     persistence = _persistence()
     if persistence is None or not hasattr(persistence, "status"):
-        return ok("no Redis statedb on this worker")  # type: ignore[no-any-return]
+        return {"error": NO_STATEDB}
     status: dict[str, Any] = persistence.status()
     return status
+
+
+def inspect_statedb_status(self: Inspect) -> dict[str, Any] | None:
+    """``app.control.inspect().statedb_status()``: {hostname: reply} of the workers that answered."""
+    replies: dict[str, Any] | None = self._request(STATUS_COMMAND)
+    return replies
+
+
+if not hasattr(Inspect, STATUS_COMMAND):
+    Inspect.statedb_status = inspect_statedb_status

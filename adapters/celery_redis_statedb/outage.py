@@ -2,7 +2,8 @@
 
 While Redis is failing no revoke touches it: the timer probes it with backoff
 (measured from the end of the failed attempt, with jitter) and a loud warning is
-logged at most every ``WARN_EVERY`` seconds while revokes wait to be written.
+logged at most every ``WARN_EVERY`` seconds while revokes wait to be written. With
+nothing waiting, the outage itself is said once (and its end).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class OutageTracker:
         self._failing_since: float | None = None
         self._next_attempt = 0.0
         self._warnings = Throttle()
+        self._outage_said = False
 
     @property
     def failing(self) -> bool:
@@ -64,12 +66,15 @@ class OutageTracker:
         """True when Redis may be tried again (always, while it is not failing)."""
         return self._failing_since is None or time.monotonic() >= self._next_attempt
 
-    def failed(self, exc: StateDBError | None, *, pending: int, warn: bool = True) -> None:
-        """Count a failed attempt: back off from now, and warn (rate-limited)."""
+    def failed(self, exc: StateDBError | None, *, pending: int, warn: bool = True, said: bool = False) -> None:
+        """Count a failed attempt: back off from now, and warn (rate-limited). ``said``: the caller
+        logged this outage already."""
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since, self._failures = now, 0
             self._warnings.reset()
+            self._outage_said = False
+        self._outage_said = self._outage_said or said
         self._failures += 1
         self._next_attempt = now + self._backoff.compute(self._failures)
         if warn:
@@ -82,6 +87,14 @@ class OutageTracker:
         self._failing_since, self._failures = None, 0
 
     def warn_pending(self, exc: StateDBError | None, pending: int) -> None:
+        """Revokes wait to be written: say how many (rate-limited). None waiting: say the outage, once."""
+        if pending <= 0:
+            if not self._outage_said:
+                self._outage_said = True
+                logger.warning("redis-statedb: Redis at %s is failing%s; no revoke is waiting to be written; "
+                               "retrying with backoff", self.url, f" ({exc})" if exc else "")
+            return
+        self._outage_said = True
         if not self._warnings.ready():
             return
         logger.warning(

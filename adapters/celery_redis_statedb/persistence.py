@@ -24,6 +24,7 @@ from typing import Any
 
 from celery.utils.collections import LimitedSet
 
+import celery_redis_statedb
 from celery_redis_statedb.boot_merge import STAMP_WINDOW, MergeCounts, merge_stored
 from celery_redis_statedb.outage import OutageTracker
 from celery_redis_statedb.revoked_set import attach, detach
@@ -33,7 +34,14 @@ from celery_redis_statedb.watch import StateWatch
 from statedb._sync.clients import ConnectionCounter, FirstConnectFree, open_sync_client
 from statedb._sync.repository import SyncStateRepository
 from statedb.client import COMMAND_RETRIES, boot_backoff
-from statedb.commands import IMPLAUSIBLE_JUMP, MAX_CLOCK, BadMembers, implausible_clock
+from statedb.commands import (
+    IMPLAUSIBLE_JUMP,
+    MAX_CLOCK,
+    BadMembers,
+    ClockAdvance,
+    WorkerInfo,
+    implausible_clock,
+)
 from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import (
     EvictionPolicyError,
@@ -99,7 +107,10 @@ class WorkerStatePersistence:
         self._probe: SyncStateRepository | None = None
         self._seen_connections = 0
         self._needs_resync = False
-        self._last_clock_save = 0.0
+        self._last_clock_save = 0.0  # monotonic: when the next periodic save is due
+        self.last_clock_save: float | None = None  # wall clock, on the server's: the last successful save
+        self.boot_duration: float | None = None  # seconds the last successful merge of the stored state took
+        self.version: str = celery_redis_statedb.__version__
         self._timer_entry: Any = None
         self._closed = False
 
@@ -137,7 +148,7 @@ class WorkerStatePersistence:
                 "redis-statedb: starting DEGRADED without stored state (%s); revokes are kept in memory "
                 "and the stored state is merged when Redis is back", exc,
             )
-            self.outage.failed(exc, pending=len(self.pending), warn=False)
+            self.outage.failed(exc, pending=self.waiting(), warn=False, said=True)
         except BaseException:
             detach(self.revoked)
             raise
@@ -188,6 +199,7 @@ class WorkerStatePersistence:
             self._load(at_boot=True)
 
     def _load(self, *, at_boot: bool) -> None:
+        started = time.monotonic()
         self.repository.ping()
         try:
             self.repository.check_server()
@@ -210,6 +222,7 @@ class WorkerStatePersistence:
         self.loaded = True
         self._seen_connections = self.connections.count
         self._last_clock_save = time.monotonic()
+        self.boot_duration = self._last_clock_save - started
         horizon = "no limit" if self.config.horizon is None else format_duration(self.config.horizon)
         logger.info(
             "redis-statedb: restored %d revoked ids from %s (key %s): %d honoured in memory, %d more by the "
@@ -237,14 +250,26 @@ class WorkerStatePersistence:
             return int(self.clock.value)
         self._check_clock(stored, key)
         value = int(self.clock.adjust(stored))
+        info = self.worker_info()
         try:
-            result = self.repository.advance_clock(value)
+            saved = self.repository.save_clock(value, info)
         except (StateDataError, InvalidInputError) as exc:
             logger.error("redis-statedb: the clock cannot be saved at boot (%s); booting on the local clock", exc)
             return value
-        self._clock_stored = result.stored
-        self.watch.clock_saved(result.stored)
-        return result.stored
+        self._clock_stored = saved.advance.stored
+        self.note_clock_save(saved.advance, saved.info_error, at=info.last_seen)
+        return saved.advance.stored
+
+    def worker_info(self) -> WorkerInfo:
+        """The info hash staged with each clock save: last seen now (on the server's clock), scope, version."""
+        return WorkerInfo(self.now(), self.config.scope.value, self.version)
+
+    def note_clock_save(self, advance: ClockAdvance, info_error: StateDBError | None, *, at: float) -> None:
+        """A clock save (staged at ``at``, server clock) went through; the info hash too unless ``info_error``."""
+        self._last_clock_save = time.monotonic()
+        self.last_clock_save = at
+        self.watch.clock_saved(advance.stored)
+        self.watch.info_refused(info_error)
 
     def _check_clock(self, value: int, key: str) -> None:
         """Warn (loudly, never refusing) about a clock no real worker reaches: above 2**53, or a
@@ -279,13 +304,29 @@ class WorkerStatePersistence:
         return self.unstorable
 
     def status(self) -> dict[str, Any]:
-        """What operators look at (the ``statedb_status`` control command): JSON-able counts."""
+        """What operators look at (the ``statedb_status`` inspect command): JSON-able, no password.
+
+        Read without the lock (a tick may hold it for a socket timeout): each figure is read once.
+        ``pending`` counts the revokes waiting to be written, ids and stamped headers.
+        """
+        keys = self.repository.keys
         return {
-            "pending": len(self.pending), "unstorable": self.unstorable, "last_unstorable": self.last_unstorable,
-            "bad_members": self.bad.count, "unreadable_keys": sorted(self.bad.unreadable),
-            "failing_since": self.outage.failing_since, "index_size": len(self.stored.index),
-            "loaded": self.loaded,
+            "hostname": self.hostname, "version": self.version, "url": self.config.safe_url,
+            "scope": self.config.scope.value,
+            "keys": {"revoked": keys.revoked, "clock": keys.clock, "info": keys.info, "shared": keys.shared,
+                     "stamps": keys.stamps, "shared_stamps": keys.shared_stamps},
+            "loaded": self.loaded, "in_memory": len(self.revoked), "index_size": len(self.stored.index),
+            "pending": self.waiting(), "failing": self.failing,
+            "failing_since": self.outage.failing_since, "last_clock_save": self.last_clock_save,
+            "boot": {"duration_s": self.boot_duration, "merged_in_memory": self.merged.in_memory,
+                     "merged_in_index": self.merged.in_index},
+            "unstorable": self.unstorable, "last_unstorable": self.last_unstorable, "bad_members": self.bad.count,
+            "unreadable_keys": sorted(self.bad.unreadable.copy()),
         }
+
+    def waiting(self) -> int:
+        """Revokes waiting to be written: ids and stamped headers."""
+        return len(self.pending) + len(stamps_for(self).pending)
 
     # -- write-through -----------------------------------------------------
 
@@ -410,11 +451,11 @@ class WorkerStatePersistence:
             try:
                 self._tick()
             except StateDBError as exc:
-                self.outage.failed(exc, pending=len(self.pending))
+                self.outage.failed(exc, pending=self.waiting())
             except Exception as exc:  # the timer must keep running; the state stays pending
                 logger.exception("redis-statedb: unexpected error on the timer, will retry")
                 self.outage.failed(StateDBError(f"unexpected {type(exc).__name__}: {exc}"),
-                                   pending=len(self.pending), warn=False)
+                                   pending=self.waiting(), warn=False, said=True)
 
     def _tick(self) -> None:
         recovering = self.failing
@@ -457,12 +498,24 @@ class WorkerStatePersistence:
             return
         current = int(self.clock.value if value is None else value)
         self._check_clock(current, self.repository.keys.clock)
-        result = self.repository.advance_clock(current)
-        self._last_clock_save = time.monotonic()
-        self.watch.clock_saved(result.stored)
-        if result.created:
+        info = self.worker_info()
+        saved = self.repository.save_clock(current, info)
+        self.note_clock_save(saved.advance, saved.info_error, at=info.last_seen)
+        if saved.advance.created:
             # The clock written at boot is gone: Redis lost its data.
             self._needs_resync = True
+
+    def _report_shutdown_failure(self, exc: StateDBError) -> None:
+        """What the last save could not write: a count only of what was waiting (none: the outage alone)."""
+        ids, stamps = len(self.pending), len(stamps_for(self).pending)
+        url = self.config.safe_url
+        if ids or stamps:
+            what = " and ".join(text for count, text in ((ids, f"{ids} revoked ids"),
+                                                         (stamps, f"{stamps} stamped-header revokes")) if count)
+            logger.error("redis-statedb: at shutdown %s could not be written to %s: %s", what, url, exc)
+        else:  # every revoke acknowledged was written (a write-back after a reconnect is a precaution)
+            logger.error("redis-statedb: at shutdown the clock could not be saved to %s (no revoke was waiting to "
+                         "be written): %s", url, exc)
 
     def start(self, timer: Any) -> None:
         self._timer_entry = timer.call_repeatedly(self.config.flush_interval, self.tick)
@@ -486,8 +539,7 @@ class WorkerStatePersistence:
                 else:
                     self._flush()
             except StateDBError as exc:
-                logger.error("redis-statedb: at shutdown %d revoked ids could not be written to %s: %s",
-                             len(self.pending), self.config.safe_url, exc)
+                self._report_shutdown_failure(exc)
             finally:
                 detach(self.revoked)
                 stamps_for(self).detach()

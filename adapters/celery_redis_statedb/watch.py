@@ -16,6 +16,10 @@ Each tick (every ``flush_interval``, 1 s) asks Redis, in one pipeline
 - the server's ``TIME``: revocation times are stamped on the server's clock (local time
   plus the measured offset), so one host's wrong clock does not move its scores;
 - every ``clock_interval``, the eviction policy (``INFO memory``).
+
+The clock's advance rides along when it is due (it moved, or ``clock_interval`` passed),
+and with it the worker's info hash (``HSET <prefix><worker>:info last_seen ...``): the
+time of the last clock save is what tells a live worker from a dead one's leftovers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from typing import TYPE_CHECKING
 from celery_redis_statedb.outage import Throttle
 from statedb import integrity
 from statedb.commands import ClockAdvance
-from statedb.errors import EvictionPolicyError, InvalidInputError, StateDataError
+from statedb.errors import (
+    AccessDeniedError,
+    EvictionPolicyError,
+    InvalidInputError,
+    StateDataError,
+    StateDBError,
+)
 from statedb.names import is_storable_task_id
 
 if TYPE_CHECKING:
@@ -66,6 +76,7 @@ class StateWatch:
         self._policy_warnings = Throttle(POLICY_WARN_EVERY)
         self._skew_warnings = Throttle(SKEW_WARN_EVERY)
         self._refusal_warned = False
+        self._info_refusal_warned = False
         self._own: str | None = None
         self._suspects: dict[str, set[str]] = {}  # key -> ids found missing at the last check
 
@@ -127,6 +138,17 @@ class StateWatch:
             logger.warning("redis-statedb: Redis at %s refused %s: the eviction policy and the server clock "
                            "cannot be checked (grant the worker's ACL user +info and +time)",
                            self.persistence.config.safe_url, "; ".join(refused))
+
+    def info_refused(self, error: StateDBError | None) -> None:
+        """The info hash staged with a clock save was refused: said once, never fatal (a worker runs
+        without it; only its last seen time goes unrecorded)."""
+        if error is None or self._info_refusal_warned:
+            return
+        self._info_refusal_warned = True
+        fix = ("grant the worker's ACL user +hset on the :info keys, see the README's Security section"
+               if isinstance(error, AccessDeniedError) else "fix or delete the key")
+        logger.warning("redis-statedb: %s: this worker's last seen time is not recorded, so `celery statedb "
+                       "prune` cannot tell when it last ran (%s); the worker goes on", error, fix)
 
     def boot_check(self) -> None:
         """At boot: the server clock and the eviction policy. Raises EvictionPolicyError."""
@@ -196,10 +218,11 @@ class StateWatch:
         track_clock = bool(persistence.clock) and self.saved_clock is not None
         policy_due = time.monotonic() - self._policy_checked >= config.clock_interval
         probes = self._probes()
+        advance_to = advance_to if track_clock else None
+        info = None if advance_to is None else persistence.worker_info()  # rides along with the clock save
         before = time.time()
         health = persistence.writer.check_health(  # within the write budget: the timer runs on the event loop
-            probes, clock=track_clock, server_time=True, policy=policy_due,
-            advance_to=advance_to if track_clock else None,
+            probes, clock=track_clock, server_time=True, policy=policy_due, advance_to=advance_to, info=info,
         )
         self._sample(health.server_time, before, time.time())
         self._warn_refused(health.refused)
@@ -207,7 +230,7 @@ class StateWatch:
             self._policy_seen(health.policy, at_boot=False)
         reason = self._clock_reason(health) if track_clock else None
         set_reason = self._set_reason(health)
-        self._advanced(health.advanced)
+        self._advanced(health, at=None if info is None else info.last_seen)
         reason = reason or set_reason
         if reason is not None:
             self.repairs.append(reason)
@@ -246,13 +269,14 @@ class StateWatch:
         self._suspects = suspects
         return reason
 
-    def _advanced(self, advanced: ClockAdvance | Exception | None) -> None:
+    def _advanced(self, health: integrity.Health, *, at: float | None) -> None:
         persistence = self.persistence
-        if advanced is None:
+        advanced = health.advanced
+        if advanced is None or at is None:
             return
         persistence._last_clock_save = time.monotonic()
         if isinstance(advanced, ClockAdvance):
-            self.clock_saved(advanced.stored)
+            persistence.note_clock_save(advanced, health.info_error, at=at)
             if advanced.created:
                 persistence._needs_resync = True
         elif isinstance(advanced, (StateDataError, InvalidInputError)):

@@ -118,6 +118,11 @@ class SyncStateRepository:
         """Store ``value`` unless the stored clock is ahead; never moves it back."""
         return self._run(self.operations.advance_clock(value))
 
+    def save_clock(self, value: int, info: commands.WorkerInfo | None = None) -> commands.ClockSave:
+        """:meth:`advance_clock` and, given ``info``, the worker's info hash (last seen), in one round trip;
+        a refused HSET comes back in ``info_error``, never raised."""
+        return self._run(self.operations.save_clock(value, info))
+
     def count_within(self, horizon_start: float | None, *, shared: bool = False) -> tuple[int, int]:
         """(ids in the set, ids revoked before ``horizon_start``)."""
         return self._run(self.operations.count_within(horizon_start, shared=shared))
@@ -151,11 +156,12 @@ class SyncStateRepository:
     # -- integrity checks (statedb.integrity) -----------------------------------
 
     def check_health(self, probes: Sequence[integrity.SetProbe], *, clock: bool = True,
-                           server_time: bool = True, policy: bool = False, advance_to: int | None = None
-                           ) -> integrity.Health:
-        """The stored clock, the probed sets, TIME and (if asked) the eviction policy, in one round trip."""
+                           server_time: bool = True, policy: bool = False, advance_to: int | None = None,
+                           info: commands.WorkerInfo | None = None) -> integrity.Health:
+        """The stored clock, the probed sets, TIME and (if asked) the eviction policy, in one round trip;
+        given ``advance_to`` the clock's advance rides along, and the info hash with it given ``info``."""
         return self._run(self.operations.check_health(probes, clock=clock, server_time=server_time,
-                                                            policy=policy, advance_to=advance_to))
+                                                            policy=policy, advance_to=advance_to, info=info))
 
     def add_fleet_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> int:
         """Store ids with a revocation time each in the fleet set (earliest wins)."""
