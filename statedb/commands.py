@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from statedb.errors import CorruptValueError, InvalidInputError, StateDataError
@@ -104,13 +104,27 @@ class Operation(Generic[T]):
         return self.parse(replies)
 
 
+@dataclass(frozen=True)
+class LenientOperation(Operation[T]):
+    """An operation some of whose replies (by index) may be errors: those reach ``parse`` as they are."""
+
+    optional: frozenset[int] = field(default_factory=frozenset)
+
+    def result(self, replies: Sequence[Any]) -> T:
+        for index, (reply, key) in enumerate(zip(replies, self.keys, strict=True)):
+            if isinstance(reply, Exception) and index not in self.optional:
+                raise translate_reply_error(reply, key=key) from reply
+        return self.parse(replies)
+
+
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _encode(task_id: object) -> bytes:
-    # The usual id, ASCII text within the limit, needs no other check.
-    if type(task_id) is str and task_id.isascii() and 0 < len(task_id) <= MAX_TASK_ID_BYTES:
+    # The usual id, printable ASCII text within the limit, needs no other check (for ASCII text,
+    # isprintable() is false exactly for the control characters: newline, tab, ESC, DEL...).
+    if type(task_id) is str and task_id.isascii() and task_id.isprintable() and 0 < len(task_id) <= MAX_TASK_ID_BYTES:
         return task_id.encode()
     return encode_task_id(task_id)
 
@@ -216,13 +230,23 @@ def decode_revoked_page(key: str, rows: Sequence[tuple[bytes, float]], bad: BadM
     if not rows:
         return []
     members, scores = zip(*rows, strict=True)
-    try:
-        task_ids = list(map(bytes.decode, members))
-    except UnicodeDecodeError:
-        task_ids = None
+    task_ids = _texts(members)
     if task_ids is None or not math.isfinite(sum(scores)):
         return _decode_revoked_rows(key, rows, bad)
     return list(zip(task_ids, scores, strict=True))
+
+
+def _texts(members: Sequence[bytes | str]) -> list[str] | None:
+    """Members as text, or None if one is not UTF-8. A client made with ``decode_responses=True``
+    (one passed in to the admin APIs) hands them over as text already."""
+    try:
+        return list(map(bytes.decode, members))  # type: ignore[arg-type]
+    except UnicodeDecodeError:
+        return None
+    except TypeError:
+        if all(type(member) is str for member in members):
+            return list(members)  # type: ignore[arg-type]
+        return None
 
 
 def _decode_revoked_rows(key: str, rows: Sequence[tuple[bytes, float]], bad: BadMembers | None
@@ -230,7 +254,7 @@ def _decode_revoked_rows(key: str, rows: Sequence[tuple[bytes, float]], bad: Bad
     page = []
     for member, score in rows:
         try:
-            task_id = member.decode("utf-8")
+            task_id = member if isinstance(member, str) else member.decode("utf-8")
         except UnicodeDecodeError:
             _bad(key, bad, CorruptValueError(
                 f"Redis key {key!r} holds a member that is not UTF-8 text: {member[:60]!r}", key=key))
@@ -259,6 +283,8 @@ def parse_clock(key: str, raw: object) -> int:
     """A stored clock: any non-negative integer (decimal text); anything else names the key."""
     if raw is None:
         return 0
+    if isinstance(raw, str) and raw.isascii():  # from a client made with decode_responses=True
+        raw = raw.encode()
     if isinstance(raw, bytes) and len(raw) <= MAX_CLOCK_DIGITS and _DIGITS.fullmatch(raw):
         return int(raw)
     raise CorruptValueError(
@@ -327,9 +353,9 @@ def ping() -> Operation[bool]:
 def decode_task_ids(key: str, members: Sequence[bytes], bad: BadMembers | None = None) -> list[str]:
     """Stored members as task ids; a member that is not UTF-8 names the key (skipped into ``bad``
     if given, else raised)."""
-    try:
-        return list(map(bytes.decode, members))
-    except UnicodeDecodeError:
-        return [task_id for task_id, _ in _decode_revoked_rows(key, [(member, 0.0) for member in members], bad)]
+    texts = _texts(members)
+    if texts is not None:
+        return texts
+    return [task_id for task_id, _ in _decode_revoked_rows(key, [(member, 0.0) for member in members], bad)]
 
 

@@ -12,14 +12,12 @@ come back as None with the refusal in ``refused``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
 
 from statedb import commands
+from statedb.commands import LenientOperation
 from statedb.errors import StateDataError, StateDBError
-from statedb.translate import translate_reply_error
-
-T = TypeVar("T")
 
 # Policies that may evict a key without a TTL: every key of this library (none has a TTL).
 # volatile-* only evict keys with a TTL, noeviction refuses writes (an outage, not a loss).
@@ -28,19 +26,6 @@ EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
 def evicts_our_keys(policy: str | None) -> bool:
     return policy is not None and policy.strip().lower() in EVICTING_POLICIES
-
-
-@dataclass(frozen=True)
-class LenientOperation(commands.Operation[T]):
-    """An operation some of whose replies (by index) may be errors: those reach ``parse`` as they are."""
-
-    optional: frozenset[int] = field(default_factory=frozenset)
-
-    def result(self, replies: Sequence[Any]) -> T:
-        for index, (reply, key) in enumerate(zip(replies, self.keys, strict=True)):
-            if isinstance(reply, Exception) and index not in self.optional:
-                raise translate_reply_error(reply, key=key) from reply
-        return self.parse(replies)
 
 
 class SetProbe(NamedTuple):

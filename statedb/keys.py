@@ -3,9 +3,11 @@
 ``<prefix><worker>:revoked`` is a sorted set (member = task id, score = wall-clock
 time of the first revocation), ``<prefix><worker>:clock`` a string holding the
 worker's logical clock, ``<prefix><worker>:stamps`` a sorted set of stamped-header
-revokes (member = the JSON text ``["header", "value"]``, score as above). The
-fleet-wide sets do not end in ``:revoked``, ``:clock`` or ``:stamps``, so no worker
-name can ever produce their keys.
+revokes (member = the JSON text ``["header", "value"]``, score as above), and
+``<prefix><worker>:info`` a hash written with each clock save (``last_seen``: the
+server-clock time of the save, ``scope``, ``version``). The fleet-wide sets do not end
+in ``:revoked``, ``:clock``, ``:stamps`` or ``:info``, so no worker name can ever
+produce their keys.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ DEFAULT_KEY_PREFIX = "celery:worker:state:"
 REVOKED_SUFFIX = ":revoked"
 CLOCK_SUFFIX = ":clock"
 STAMPS_SUFFIX = ":stamps"
+INFO_SUFFIX = ":info"
 SHARED_REVOKED_NAME = "shared:fleet-revoked"
 SHARED_STAMPS_NAME = "shared:fleet-stamps"
 # celery-redis-statedb 0.2 kept a zlib+pickle blob at <prefix><worker>:zrevoked; only an explicit migration reads it.
@@ -43,6 +46,7 @@ class WorkerKeys:
     shared: str
     stamps: str = ""
     shared_stamps: str = ""
+    info: str = ""
 
 
 RedisKey = str | bytes  # a key built here (text) or found by SCAN (the bytes Redis holds, used as they are)
@@ -76,6 +80,9 @@ class KeySchema:
     def stamps_key(self, worker: str) -> str:
         return f"{self.prefix}{check_name(worker, 'worker name')}{STAMPS_SUFFIX}"
 
+    def info_key(self, worker: str) -> str:
+        return f"{self.prefix}{check_name(worker, 'worker name')}{INFO_SUFFIX}"
+
     @property
     def shared_revoked_key(self) -> str:
         return f"{self.prefix}{SHARED_REVOKED_NAME}"
@@ -90,6 +97,7 @@ class KeySchema:
         return WorkerKeys(
             worker=worker, revoked=self.revoked_key(worker) if own else shared, clock=self.clock_key(worker),
             shared=shared, stamps=self.stamps_key(worker) if own else shared_stamps, shared_stamps=shared_stamps,
+            info=self.info_key(worker),
         )
 
     @property
@@ -98,11 +106,12 @@ class KeySchema:
         return glob_escape(self.prefix) + "*"
 
     def parse(self, key: str) -> tuple[str, str] | None:
-        """(worker, 'revoked', 'clock' or 'stamps') for a worker key of this prefix; None for anything else."""
+        """(worker, 'revoked', 'clock', 'stamps' or 'info') for a worker key of this prefix; None otherwise."""
         if not key.startswith(self.prefix) or key in (self.shared_revoked_key, self.shared_stamps_key):
             return None
         rest = key[len(self.prefix):]
-        for suffix, kind in ((REVOKED_SUFFIX, "revoked"), (CLOCK_SUFFIX, "clock"), (STAMPS_SUFFIX, "stamps")):
+        for suffix, kind in ((REVOKED_SUFFIX, "revoked"), (CLOCK_SUFFIX, "clock"), (STAMPS_SUFFIX, "stamps"),
+                             (INFO_SUFFIX, "info")):
             if rest.endswith(suffix) and len(rest) > len(suffix):
                 return rest[: -len(suffix)], kind
         return None

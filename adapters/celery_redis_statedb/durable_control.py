@@ -15,9 +15,10 @@ Where it is stored: a revoke for every worker goes to the fleet sets
 ``destination=[...]`` stays aimed, in each destination's own sets (the fleet sets in the
 shared scope).
 
-The Redis URL: ``worker_state_db``, then ``$CELERY_WORKER_STATEDB``, then
-``$REDIS_STATEDB_URL`` (the first Redis URL); with ``install_redis_statedb(app)``
-also the broker when it is Redis. No URL: plain Celery, no Redis call.
+The Redis URL: the one the app's workers use (``$CELERY_WORKER_STATEDB``, then
+``worker_state_db``, as ``celery worker`` reads them), then ``$REDIS_STATEDB_URL``; with
+``install_redis_statedb(app)`` also the broker when it is Redis and no URL is configured.
+No URL: plain Celery, no Redis call.
 
 The client is the synchronous one (producers may run inside an event loop: Flower,
 FastAPI), opened lazily once per control object and again after a fork.
@@ -43,13 +44,12 @@ from celery.app.control import Control
 from redis.exceptions import RedisError
 
 from celery_redis_statedb import admin
-from celery_redis_statedb.settings import Setting, raw_value
+from celery_redis_statedb.settings import Setting, choose_url, raw_value
 from statedb import commands, stamps
 from statedb._sync.clients import open_sync_client
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError, StateDataError, StateDBError
 from statedb.translate import translate_exception
-from statedb.urls import is_redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ DURABLE_CONTROL = "celery_redis_statedb.durable_control:DurableControl"
 ID_COMMANDS = frozenset({"revoke", "terminate"})
 STAMP_COMMANDS = frozenset({"revoke_by_stamped_headers"})
 REVOKE_COMMANDS = ID_COMMANDS | STAMP_COMMANDS
-WORKER_STATEDB_ENV = admin.WORKER_STATEDB_ENV
 INSTALLED_ATTR = "_celery_redis_statedb_installed"
 
 
@@ -101,12 +100,10 @@ def revoke_policy(app: Celery) -> RevokePolicy:
 
 
 def explicit_url(app: Celery) -> str | None:
-    """The first Redis URL of ``worker_state_db``, ``$CELERY_WORKER_STATEDB``, ``$REDIS_STATEDB_URL``."""
-    for candidate in (app.conf.get("worker_state_db"), os.environ.get(WORKER_STATEDB_ENV),
-                      os.environ.get(admin.URL_ENV)):
-        if is_redis_url(candidate):
-            return str(candidate)
-    return None
+    """The statedb URL configured for the app's workers (``$CELERY_WORKER_STATEDB``, ``worker_state_db``,
+    then ``$REDIS_STATEDB_URL``: :func:`~celery_redis_statedb.settings.choose_url`), or None."""
+    choice = choose_url(app.conf, os.environ, allow_broker=False, required=False)
+    return None if choice is None else choice.url
 
 
 def producer_config(app: Celery) -> StateDBConfig | None:
