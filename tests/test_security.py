@@ -34,10 +34,13 @@ from statedb import (
     AsyncStateRepository,
     ConfigurationError,
     RedisUnavailableError,
+    StateAdmin,
     StateDBConfig,
     StateDBError,
 )
 from statedb import admin as async_admin
+from tests.acl_rules import ADMIN_USER, WORKER_USER, readme_rules
+from tests.admin_contract import run_contract
 from tests.servers import (
     PrivateServer,
     ServerExited,
@@ -434,17 +437,11 @@ def test_tls_misconfiguration_stops_the_worker_with_one_line(
 
 # -- least privilege: an ACL user limited to the prefix and the commands the library sends ----------
 
-# What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, ZREVRANGE, ZCARD, ZCOUNT, ZMSCORE on the sorted
-# sets; GET and EVAL (whose script calls GET and SET) on clock keys only; TIME and INFO (keyless: the
-# server's clock and eviction policy); plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than
-# 0) and CLIENT SETINFO (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the
-# ACL log).
-WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +time +info"
-CLOCK_COMMANDS = "+get +set +eval"
+# The README's rules (Security), checked against the table of every command the library sends
+# (tests/test_command_table.py), applied here as they are written, plus what a test needs: SELECT (a
+# database other than 0) and CLIENT SETINFO (redis-py >= 5 on Redis >= 7.2 or Valkey: refused
+# harmlessly, but it fills the ACL log).
 OPTIONAL_COMMANDS = "+client|setinfo"
-# The admin CLI and APIs add reads, purges and restores over every set of the prefix.
-ADMIN_COMMANDS = WORKER_COMMANDS + " +get +set +eval +scan +type +zrange +zscore +zrem +zremrangebyscore" \
-                                  " +memory|usage"
 ACL_PASSWORD = "acl-pw-1"
 
 
@@ -456,19 +453,20 @@ def _optional(client: redis.Redis) -> list[str]:
         return []  # Redis < 7.2: no CLIENT SETINFO (nor ACL DRYRUN)
 
 
-def acl_rule(prefix: str, commands: str, client: redis.Redis) -> list[str]:
-    """``ACL SETUSER`` arguments for a user limited to ``prefix``; CLIENT SETINFO where the server knows it."""
-    return ["on", f">{ACL_PASSWORD}", "resetkeys", f"~{prefix}*", "resetchannels", "-@all", *commands.split(),
-            *_optional(client)]
+def admin_acl_rule(prefix: str, client: redis.Redis) -> list[str]:
+    """The README's admin rule for ``prefix``; CLIENT SETINFO where the server knows it."""
+    return readme_rules()[ADMIN_USER].setuser_args(prefix, ACL_PASSWORD, "+select", *_optional(client))
 
 
-def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str = CLOCK_COMMANDS) -> list[str]:
-    """The README's worker rule: the sorted-set commands on the sorted sets only, and a selector for the
-    clock keys (GET, SET, EVAL), so a worker credential cannot change any key's type."""
-    keys = [f"~{prefix}*:revoked", f"~{prefix}*:stamps", f"~{prefix}shared:fleet-revoked",
-            f"~{prefix}shared:fleet-stamps"]
-    return ["on", f">{ACL_PASSWORD}", "resetkeys", *keys, "resetchannels", "-@all", *WORKER_COMMANDS.split(),
-            *_optional(client), f"(~{prefix}*:clock {clock_commands})"]
+def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str | None = None) -> list[str]:
+    """The README's worker rule: the sorted-set commands on the sorted sets only, and selectors for the
+    clock keys (GET, SET, EVAL; ``clock_commands`` instead if given) and the info hashes (HSET), so a
+    worker credential cannot change any key's type."""
+    args = readme_rules()[WORKER_USER].setuser_args(prefix, ACL_PASSWORD, "+select", *_optional(client))
+    if clock_commands is not None:
+        args = [f"(~{prefix}*:clock {clock_commands})" if arg.startswith(f"(~{prefix}*:clock ") else arg
+                for arg in args]
+    return args
 
 
 def acl_log(client: redis.Redis) -> list[str]:
@@ -606,27 +604,32 @@ def test_a_worker_whose_acl_lacks_set_stops_as_a_configuration_error(
         server.close()
 
 
-def test_the_admin_apis_run_as_an_admin_acl_user(key_prefix: str) -> None:
+def test_the_admin_apis_run_as_an_admin_acl_user(key_prefix: str, tmp_path: Path) -> None:
+    """The whole admin contract, a migration (file and legacy blob) and check's reads, as the README's
+    admin user: nothing is refused (the ACL log stays empty)."""
+    from celery_redis_statedb.migration import legacy_blob_key, migrate_file_statedb, migrate_legacy_blob
+    from statedb import admin_commands
+    from tests.test_cli import _celery_file_statedb
+
     server = PrivateServer().start()
     admin = server.client()
     try:
-        admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(key_prefix, ADMIN_COMMANDS, admin))
+        admin.execute_command("ACL", "SETUSER", "statedb-admin", *admin_acl_rule(key_prefix, admin))
         admin.execute_command("ACL", "LOG", "RESET")
-        admin.zadd(revoked_key(key_prefix, "a@h"), {"old": 1.0, "new": 4e9})
-        admin.set(clock_key(key_prefix, "a@h"), 3)
         url = f"redis://statedb-admin:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+        asyncio.run(run_contract(StateAdmin(url, key_prefix=key_prefix), admin))
 
-        async def operate() -> None:
-            assert await async_admin.list_workers(url, key_prefix=key_prefix) == ["a@h"]
-            states = await async_admin.inspect_workers(url, key_prefix=key_prefix)
-            assert states[0].memory_bytes is not None
-            assert [r.worker for r in await async_admin.where_revoked(url, "new", key_prefix=key_prefix)] == ["a@h"]
-            assert await async_admin.revoke(url, ["fleet-1"], key_prefix=key_prefix) == 1
-            assert await async_admin.purge_old_revoked(url, older_than="1d", dry_run=True, key_prefix=key_prefix) == 1
-            assert await async_admin.purge_old_revoked(url, older_than="1d", key_prefix=key_prefix) == 1
-            assert await async_admin.restore(url, ["new", "fleet-1"], key_prefix=key_prefix) == 2
-
-        asyncio.run(operate())
+        db = tmp_path / "worker.db"
+        _celery_file_statedb(db, ["m-1"], 5)
+        repository = SyncStateRepository.open(StateDBConfig(url=url, key_prefix=key_prefix), "m@h")
+        try:
+            assert migrate_file_statedb(db, repository, dry_run=True).ids_added == 1
+            assert migrate_file_statedb(db, repository).clock_after >= 5
+            assert migrate_legacy_blob(repository, key=legacy_blob_key(repository)).ids_found == 0
+            assert repository.ping() and repository.count_revoked() == 1 and repository.read_clock() >= 5
+            repository.run(admin_commands.describe([admin_commands.Probe(info=repository.keys.info)]))
+        finally:
+            repository.close()
         assert acl_log(admin) == []
     finally:
         admin.close()

@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
@@ -45,13 +45,14 @@ from redis.exceptions import RedisError
 
 from celery_redis_statedb import admin
 from celery_redis_statedb.settings import Setting, choose_url, raw_value
-from statedb import commands, stamps
+from statedb import admin_commands, commands, stamps
 from statedb._sync.clients import open_sync_client
 from statedb.config import StateDBConfig
-from statedb.errors import ConfigurationError, StateDataError, StateDBError
+from statedb.errors import AccessDeniedError, ConfigurationError, StateDataError, StateDBError
 from statedb.translate import translate_exception
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_CONTROL = "celery.app.control:Control"
 DURABLE_CONTROL = "celery_redis_statedb.durable_control:DurableControl"
@@ -181,29 +182,26 @@ def server_time(client: redis.Redis, target: str) -> float:
 
     This host's clock if the server refuses ``TIME`` (an ACL without ``+time``)."""
     try:
-        seconds, micros = client.time()
-    except redis.exceptions.NoPermissionError:
+        return run_operation(client, admin_commands.server_time(), target)
+    except AccessDeniedError:
         return time.time()
+
+
+def run_operation(client: redis.Redis, operation: commands.Operation[T], target: str) -> T:
+    """Execute one operation of the command layer (one round trip); redis-py errors leave translated."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        operation.stage(pipe)
+        replies: Sequence[Any] = pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
         raise translate_exception(exc, target=target) from exc
-    return float(seconds) + float(micros) / 1e6
+    return operation.result(replies)
 
 
 def run_operations(client: redis.Redis, operations: Sequence[commands.Operation[int]], target: str) -> int:
     """Stage every operation on one pipeline (one round trip); the sum of their results."""
-    try:
-        pipe = client.pipeline(transaction=False)
-        for operation in operations:
-            operation.stage(pipe)
-        replies: Sequence[Any] = pipe.execute(raise_on_error=False)
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=target) from exc
-    total, start = 0, 0
-    for operation in operations:
-        end = start + len(operation.keys)
-        total += operation.result(replies[start:end])
-        start = end
-    return total
+    results: list[int] = run_operation(client, admin_commands.combined(operations), target)
+    return sum(results)
 
 
 def store_revoked_ids(config: StateDBConfig, task_ids: Sequence[object], *, revoked_at: float | None = None) -> int:
