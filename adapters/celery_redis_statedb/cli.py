@@ -127,11 +127,15 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[Progress | None]:
         yield update
 
 
+def interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _confirm(question: str, yes: bool) -> None:
     """Ask before removing data; refuse without a terminal unless --yes."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not interactive():
         raise click.UsageError("this removes data: confirm with --yes (or look first with --dry-run)")
     click.confirm(question, abort=True)
 
@@ -392,7 +396,7 @@ def purge(ctx: click.Context, older_than: str, worker: str | None, missing_ok: b
     admin = _admin(ctx)
     expiry = _in_memory_expiry(admin)
     if seconds < expiry and not (force or dry_run):
-        raise click.UsageError(
+        raise click.ClickException(
             f"--older-than {older_than} is below the workers' in-memory expiry ({format_duration(expiry)}): a "
             f"live worker that missed the purge broadcast keeps honouring such ids until they expire from its "
             f"memory, and may write them back; purge older ids, or pass --force")
