@@ -136,13 +136,13 @@ def test_without_the_redis_statedb_stamps_are_celerys_alone(
 
 def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarness, state_prefix: str) -> None:
     from tests.servers import PrivateServer
-    from tests.test_security import ACL_PASSWORD, ADMIN_COMMANDS, FAST_ENV, acl_log, acl_rule, worker_acl_rule
+    from tests.test_security import ACL_PASSWORD, FAST_ENV, acl_log, admin_acl_rule, worker_acl_rule
 
     server = PrivateServer().start()
     admin = server.client()
     try:
         admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin))
-        admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(state_prefix, ADMIN_COMMANDS, admin))
+        admin.execute_command("ACL", "SETUSER", "statedb-admin", *admin_acl_rule(state_prefix, admin))
         admin.execute_command("ACL", "LOG", "RESET")
         admin.zadd(fleet_key(state_prefix), {member("tenant", "t-1"): time.time()})
         url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"

@@ -426,10 +426,10 @@ def test_a_restore_during_a_partition_is_not_undone(
 def test_an_acl_without_time_and_info_still_runs_and_says_so(server: PrivateServer, admin: redis.Redis,
                                                               make: Factory, key_prefix: str,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    from tests.test_security import ACL_PASSWORD, CLOCK_COMMANDS, WORKER_COMMANDS, acl_rule
+    from tests.test_security import ACL_PASSWORD, worker_acl_rule
 
-    older = f'{WORKER_COMMANDS.replace(" +time", "").replace(" +info", "")} {CLOCK_COMMANDS}'
-    admin.execute_command("ACL", "SETUSER", "old-acl", *acl_rule(key_prefix, older, admin))
+    older = [arg for arg in worker_acl_rule(key_prefix, admin) if arg not in ("+time", "+info")]  # the README's
+    admin.execute_command("ACL", "SETUSER", "old-acl", *older)  # worker rule, without +time +info
     url = f"redis://old-acl:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
     with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
         persistence = make(url, clock_interval=0.1)
