@@ -56,7 +56,7 @@ BATCH_SIZE = 200
 DESCRIBE_BATCH = 50
 CONCURRENCY = 8
 FLEET = "fleet"  # the fleet-wide set in results: Celery hostnames always hold '@', so no worker is called so
-SHARED = FLEET  # the name before 0.6 (it was None)
+SHARED = FLEET  # its former name (the fleet set was worker None in results)
 KINDS = ("revoked", "clock", "info", "stamps")
 
 
@@ -130,7 +130,7 @@ class WorkerState(Result):
         return self.worker == FLEET
 
 
-RevokedSetState = WorkerState  # the name before 0.6
+RevokedSetState = WorkerState  # its former name
 
 
 @dataclass(frozen=True)
@@ -601,7 +601,7 @@ class StateAdmin:
                     progress: Progress | None = None) -> PruneReport:
         """Forget the workers whose last clock save is older than ``idle_for`` (by the server's clock),
         except those in ``live`` (workers that answered a ping) and, unless ``include_unknown``, those
-        whose last save is unknown (no info hash: a worker of a version before 0.6)."""
+        whose last save is unknown (no info hash: a worker of an earlier version)."""
         seconds = as_seconds(idle_for)
         if seconds <= 0:
             raise InvalidInputError("idle_for must be greater than zero: a worker just seen is not idle")
@@ -631,7 +631,7 @@ def _holds(facts: ops.Facts, kind: str) -> bool:
     return bool(getattr(facts, kind))
 
 
-# -- the module-level shortcuts (their signatures are the 0.5 ones) ------------------------------
+# -- the module-level shortcuts (the signatures they always had) -----------------------------------
 
 
 async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> list[str]:

@@ -153,7 +153,7 @@ class StampsAdmin:
         return await _in_batches(sets, run, concurrency=self.admin.concurrency, progress=progress)
 
 
-# -- the module-level shortcuts (their signatures are the 0.5 ones) ------------------------------
+# -- the module-level shortcuts (the signatures they always had) -----------------------------------
 
 
 def _admin(redis: RedisTarget, key_prefix: str, scope: Scope | str = Scope.WORKER,

@@ -16,8 +16,8 @@ DAY = 86400
 
 
 def seed(client: redis.Redis, prefix: str) -> int:
-    """Three workers and the fleet set, as workers of 0.6 (and one of 0.5: no info hash) leave them;
-    returns the server's time the scores are relative to."""
+    """Three workers and the fleet set, as workers that write an info hash leave them (and one of an
+    earlier version: none); returns the server's time the scores are relative to."""
     schema, now = KeySchema(prefix), int(client.time()[0])
     client.zadd(schema.revoked_key("a@h"), {"old-a": now - 40 * DAY, "new-a": now - 60})
     client.set(schema.clock_key("a@h"), 49)

@@ -317,7 +317,7 @@ def test_purge_prompt_says_how_many_ids_in_how_many_sets(app_module: str, redis_
 def test_forget_and_prune_dead_workers(app_module: str, redis_url: str, key_prefix: str, seeded: int,
                                        redis_client: redis.Redis) -> None:
     schema = KeySchema(key_prefix)
-    redis_client.set(schema.clock_key("old-pod@h"), 1)  # a 0.5 worker: last seen unknown
+    redis_client.set(schema.clock_key("old-pod@h"), 1)  # a worker of an earlier version: last seen unknown
     refused = run(app_module, "--url", redis_url, "forget", "a@h")
     assert refused.exit_code != 0 and "--yes" in refused.output
     planned = json.loads(ok(app_module, "--url", redis_url, "prune", "--idle-for", "30d", "--dry-run",

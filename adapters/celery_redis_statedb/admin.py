@@ -10,7 +10,7 @@ revoke; ``forget`` and ``prune`` ping the workers first and never touch a live o
     admin = SyncStateAdmin.for_app(app)
     report = admin.purge_old_revoked(older_than="30d")
 
-The functions below it are the 0.5 shortcuts, kept with their signatures. Do not call any of
+The functions below it are the shortcuts of earlier versions, kept with their signatures. Do not call any of
 this from inside a running event loop: use :mod:`statedb.admin` there.
 """
 
@@ -240,7 +240,7 @@ class SyncStateAdmin:
         return RestoreResult(removed, replies)
 
 
-# -- the 0.5 functions: shortcuts over SyncStateAdmin -------------------------------------------
+# -- the functions of earlier versions: shortcuts over SyncStateAdmin ----------------------------
 
 
 def statedb_url(app: Celery, redis_url: str | None = None) -> str:

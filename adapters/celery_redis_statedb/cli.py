@@ -235,7 +235,7 @@ def _worker_rows(states: Sequence[WorkerState]) -> list[list[str]]:
         own = "(fleet)" if state.scope == "shared" and not state.revoked_count else str(state.revoked_count)
         rows.append([_owner(state.worker), "-" if state.is_fleet else state.scope or "?", own,
                      _when(state.oldest), _when(state.newest), "-" if state.clock is None else str(state.clock),
-                     _when(state.last_seen), _size(state.memory_bytes)])
+                     _when(state.last_seen), _size(state.memory_bytes) if state.revoked_count else "-"])
     return rows
 
 
@@ -573,7 +573,7 @@ def forget(ctx: click.Context, workers: tuple[str, ...], dry_run: bool, yes: boo
 @statedb.command()
 @click.option("--idle-for", "idle_for", required=True, help="Not seen for this long, e.g. 30d, 12h, 2w.")
 @click.option("--include-unknown", is_flag=True,
-              help="Also workers whose last clock save is unknown (written by a version before 0.6).")
+              help="Also workers whose last clock save is unknown (a worker of an earlier version: no info hash).")
 @dry_run_option
 @yes_option
 @timeout_option

@@ -62,7 +62,7 @@ def status_problems(name: str, status: Mapping[str, Any], *, named: bool) -> lis
         problems.append(f"{name}: {pending} revoked id{'s' if pending != 1 else ''} waiting to be written to Redis")
     since = _failing_since(status)
     if status.get("failing") or since is not None:
-        problems.append(f"{name}: Redis failing" + (f" since {iso(since)}" if since else ""))
+        problems.append(f"{name}: Redis failing" + (f" since {iso(since.replace(microsecond=0))}" if since else ""))
     return problems
 
 
