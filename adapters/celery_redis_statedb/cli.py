@@ -48,7 +48,6 @@ yes_option = click.option("--yes", is_flag=True, help="Do not ask for confirmati
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
                               help="Seconds to wait for the live workers' answers.")
-TARGET_OPTIONS = ("url", "key_prefix", "scope")
 
 
 # -- text helpers ------------------------------------------------------------------------------
@@ -149,18 +148,20 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+TARGET_OPTIONS = (
+    click.option("--url", default=None, expose_value=False, callback=_remember,
+                 help="Redis URL (default: as the workers find it: $CELERY_WORKER_STATEDB, worker_state_db, "
+                      "$REDIS_STATEDB_URL; the broker only when none is set)."),
+    click.option("--key-prefix", default=None, expose_value=False, callback=_remember,
+                 help="Key prefix (default: redis_state_key_prefix, $CELERY_REDIS_STATE_KEY_PREFIX)."),
+    click.option("--scope", type=click.Choice(["worker", "shared"]), default=None, expose_value=False,
+                 callback=_remember, help="The workers' scope (default: redis_state_scope, "
+                                          "$CELERY_REDIS_STATE_SCOPE, worker)."),
+)
+
+
 def _target_options(command: F) -> F:
-    options = (
-        click.option("--url", default=None, expose_value=False, callback=_remember,
-                     help="Redis URL (default: as the workers find it: $CELERY_WORKER_STATEDB, worker_state_db, "
-                          "$REDIS_STATEDB_URL; the broker only when none is set)."),
-        click.option("--key-prefix", default=None, expose_value=False, callback=_remember,
-                     help="Key prefix (default: redis_state_key_prefix, $CELERY_REDIS_STATE_KEY_PREFIX)."),
-        click.option("--scope", type=click.Choice(["worker", "shared"]), default=None, expose_value=False,
-                     callback=_remember, help="The workers' scope (default: redis_state_scope, "
-                                              "$CELERY_REDIS_STATE_SCOPE, worker)."),
-    )
-    for option in reversed(options):
+    for option in reversed(TARGET_OPTIONS):  # on a function: each one goes first
         command = option(command)
     return command
 
@@ -176,7 +177,8 @@ class _Group(click.Group):
     """Every subcommand gets the target options too, so they work after its name."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        _target_options(cmd)
+        for option in TARGET_OPTIONS:  # on a command: each one goes last
+            option(cmd)
         super().add_command(cmd, name)
 
 
@@ -543,12 +545,16 @@ def _forgotten_text(report: Any, verb: str) -> None:
     click.echo(f"{verb} {plural(len(report.workers), 'worker')} ({plural(keys, 'key')})")
 
 
+def removal_options(command: F) -> F:
+    """--dry-run, --yes, --timeout (of the ping that finds live workers) and --json."""
+    for option in (json_option, timeout_option, yes_option, dry_run_option):
+        command = option(command)
+    return command
+
+
 @statedb.command()
 @click.argument("workers", nargs=-1, required=True)
-@dry_run_option
-@yes_option
-@timeout_option
-@json_option
+@removal_options
 @click.pass_context
 @handles_errors
 def forget(ctx: click.Context, workers: tuple[str, ...], dry_run: bool, yes: bool, timeout: float,
@@ -574,10 +580,7 @@ def forget(ctx: click.Context, workers: tuple[str, ...], dry_run: bool, yes: boo
 @click.option("--idle-for", "idle_for", required=True, help="Not seen for this long, e.g. 30d, 12h, 2w.")
 @click.option("--include-unknown", is_flag=True,
               help="Also workers whose last clock save is unknown (a worker of an earlier version: no info hash).")
-@dry_run_option
-@yes_option
-@timeout_option
-@json_option
+@removal_options
 @click.pass_context
 @handles_errors
 def prune(ctx: click.Context, idle_for: str, include_unknown: bool, dry_run: bool, yes: bool, timeout: float,
