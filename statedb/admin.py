@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import redis.asyncio as aioredis
 
@@ -63,6 +63,12 @@ KINDS = ("revoked", "clock", "info", "stamps")
 # -- results: frozen, JSON-ready ------------------------------------------------------------
 
 
+@overload
+def utc(epoch: float) -> datetime: ...
+@overload
+def utc(epoch: None) -> None: ...
+@overload
+def utc(epoch: float | None) -> datetime | None: ...
 def utc(epoch: float | None) -> datetime | None:
     """An aware UTC datetime for epoch seconds (a score too far out for datetime is clamped)."""
     if epoch is None:
@@ -94,7 +100,7 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         """Every field, times as ISO 8601 UTC text plus ``<name>_epoch`` (seconds, or None)."""
         out: dict[str, Any] = {}
-        for item in fields(self):  # type: ignore[arg-type]
+        for item in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
             value = getattr(self, item.name)
             out[item.name] = _jsonable(value)
             if "datetime" in str(item.type):
@@ -464,10 +470,9 @@ class StateAdmin:
         UnknownWorkerError for a worker with no state. A member that cannot be an id raises
         CorruptValueError, or, given ``bad``, is skipped and counted there.
         """
-        owner = FLEET if _is_fleet(worker) else str(worker)
-        key = self._worker_set(worker)
+        owner, key = self._owned_set(worker)
         async for task_id, when in self.revoked_rows(worker, newer_than=newer_than, limit=limit, bad=bad):
-            yield Revocation(task_id, owner, key, utc(when))  # type: ignore[arg-type]
+            yield Revocation(task_id, owner, key_text(key), utc(when))
 
     async def _revoked_sets(self) -> list[tuple[str, RedisKey]]:
         """(owner, key) of every worker's own revoked set, then the fleet set (those that exist)."""
@@ -484,7 +489,7 @@ class StateAdmin:
 
         async def look(batch: Sequence[tuple[str, RedisKey]]) -> list[Revocation]:
             scores = await self.run(ops.scores_of([key for _, key in batch], task_id))
-            return [Revocation(task_id, owner, key_text(key), utc(score))  # type: ignore[arg-type]
+            return [Revocation(task_id, owner, key_text(key), utc(score))
                     for (owner, key), score in zip(batch, scores, strict=True) if score is not None]
 
         return await _in_batches(sets, look, concurrency=self.concurrency, progress=progress)
@@ -508,7 +513,7 @@ class StateAdmin:
         when = await self.server_time() if revoked_at is None else revoked_at
         added = await self.run(self._repository().operations.add_revoked(ids, when))
         return RevokeReport(tuple(ids), added, FLEET, self.schema.shared_revoked_key,
-                            utc(when))  # type: ignore[arg-type]
+                            utc(when))
 
     async def restore(self, task_ids: Iterable[object], *, worker: str | None = None,
                       progress: Progress | None = None) -> RestoreReport:
@@ -533,7 +538,8 @@ class StateAdmin:
         note = None
         if worker is not None and not _is_fleet(worker) and fleet:
             them = "it" if len(ids) == 1 else "them"
-            note = (f"also removed from the fleet set, which binds every worker at boot: new workers will run "
+            where = "also removed from" if len(sets) > 1 else f"{worker}'s set in the shared scope is"
+            note = (f"{where} the fleet set, which binds every worker at boot: new workers will run "
                     f"{them}; workers that stored {them} in their own sets stay bound")
         return RestoreReport(tuple(ids), sum(c.count for c in changes), tuple(changes), fleet, note)
 
@@ -557,7 +563,7 @@ class StateAdmin:
         operation = ops.count_between if dry_run else ops.remove_between
         changes = await self._each_set(sets, lambda keys: operation(keys, low, high), progress)
         stamps = await self.stamps.purge_sets(stamp_sets, cut, dry_run=dry_run)
-        return PurgeReport(format_duration(seconds), utc(cut), dry_run,  # type: ignore[arg-type]
+        return PurgeReport(format_duration(seconds), utc(cut), dry_run,
                            sum(c.count for c in changes), tuple(c for c in changes if c.count), len(sets), stamps)
 
     # -- forgetting dead workers ----------------------------------------------------------
@@ -620,7 +626,7 @@ class StateAdmin:
             elif idle:
                 chosen.append((state, list(found[state.worker].keys.values())))
         gone, removed = await self._remove_workers(chosen, dry_run, progress=None)
-        return PruneReport(format_duration(seconds), utc(cut), dry_run, gone,  # type: ignore[arg-type]
+        return PruneReport(format_duration(seconds), utc(cut), dry_run, gone,
                            tuple(kept_live), tuple(kept_unknown), removed)
 
 

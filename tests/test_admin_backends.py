@@ -197,3 +197,16 @@ async def test_shortcuts_keep_their_0_5_shapes(aclient: aioredis.Redis, key_pref
     assert [w.worker for w in report.workers] == ["gone@h"]
     report = await statedb.prune(aclient, idle_for="30d", key_prefix=key_prefix, dry_run=True)
     assert [w.worker for w in report.workers] == ["a@h"]
+
+
+async def test_in_the_shared_scope_a_workers_set_is_the_fleet_set(redis_url: str, key_prefix: str,
+                                                                  redis_client: redis.Redis) -> None:
+    seed(redis_client, key_prefix)
+    async with StateAdmin(redis_url, key_prefix=key_prefix, scope="shared") as admin:
+        rows = [row async for row in admin.iter_revoked("s@h")]
+        assert {(row.worker, row.key) for row in rows} == {(FLEET, f"{key_prefix}shared:fleet-revoked")}
+        report = await admin.restore(["fleet-1"], worker="s@h")
+        assert (report.removed, report.fleet_removed, [c.worker for c in report.sets]) == (1, 1, [FLEET])
+        assert report.note is not None and report.note.startswith("s@h's set in the shared scope is the fleet set")
+        purged = await admin.purge_old_revoked(older_than="1d", worker="s@h", dry_run=True)
+        assert purged.sets_scanned == 1 and purged.removed == 0

@@ -328,7 +328,7 @@ def _ls_stamps(admin: SyncStateAdmin, worker: str | None, limit: int | None, as_
         from statedb.admin import iso, utc
 
         _echo_json([{"header": header, "value": value, "worker": where.worker, "key": where.key,
-                     "revoked_at": iso(utc(when)), "revoked_at_epoch": when}  # type: ignore[arg-type]
+                     "revoked_at": iso(utc(when)), "revoked_at_epoch": when}
                     for header, value, when in rows])
         return
     click.echo("REVOKED AT (UTC)     HEADER=VALUE")
