@@ -1,11 +1,24 @@
-"""Async admin APIs over every worker's stored state: list, inspect, purge, revoke, restore.
+"""Async admin API over every worker's stored state, for asyncio services and admin backends.
 
-For asyncio services and admin backends; no Celery needed. Each function takes a
-Redis URL or an existing ``redis.asyncio`` client (a client passed in is never
-closed here), and the key prefix and scope of the workers' configuration. Work
-across many workers runs in pipelined batches with bounded concurrency and can
-report progress as ``progress(done, total)``. Worker names are data: they are
-never put in a SCAN pattern, so glob characters match nothing but themselves.
+:class:`StateAdmin` binds a Redis URL or an existing ``redis.asyncio`` client (made with
+any ``decode_responses`` and RESP2 or RESP3: the replies are read either way) to the
+workers' key prefix and scope, once::
+
+    admin = StateAdmin(client, key_prefix="myapp:worker:state:", scope="shared")
+    states = await admin.inspect_workers()
+    report = await admin.purge_old_revoked(older_than="30d", dry_run=True)
+
+Results are frozen dataclasses; ``as_dict()`` gives JSON-ready dicts (times as ISO 8601
+UTC text plus ``<name>_epoch`` seconds, the fleet set named ``"fleet"``). A client passed
+in is never closed here; a URL is opened on first use and closed by ``aclose()`` (or the
+``async with`` block). The module-level functions are shortcuts over one call each.
+
+Every command goes through the sans-I/O layer (:mod:`statedb.admin_commands`), and
+every redis-py error through the repository's one translation. Work over many workers
+runs in pipelined batches with bounded concurrency and can report ``progress(done,
+total)``. Worker names are data: they are never put in a SCAN pattern, so glob
+characters match nothing but themselves. No Celery needed; live workers are told by
+``celery_redis_statedb.SyncStateAdmin``, which broadcasts.
 """
 
 from __future__ import annotations
@@ -13,23 +26,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
-from datetime import timedelta
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from statedb import admin_commands as ops
 from statedb import commands
 from statedb._async.clients import open_async_client
 from statedb._async.repository import AsyncStateRepository
 from statedb.config import StateDBConfig
-from statedb.errors import StateDBError
-from statedb.keys import CLOCK_SUFFIX, DEFAULT_KEY_PREFIX, REVOKED_SUFFIX, KeySchema, RedisKey, Scope, key_text
+from statedb.errors import AccessDeniedError, ConfigurationError, InvalidInputError, UnknownWorkerError
+from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, RedisKey, Scope, key_text
+from statedb.names import check_name
 from statedb.operations import StateOperations
-from statedb.timeframes import cutoff, purge_range
-from statedb.translate import translate_exception, translate_reply_error
+from statedb.timeframes import as_seconds, cutoff, format_duration, purge_range
+
+if TYPE_CHECKING:
+    from statedb.stamps_admin import StampsAdmin
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,113 +53,192 @@ RedisTarget = str | aioredis.Redis
 Progress = Callable[[int, int], None]
 
 BATCH_SIZE = 200
+DESCRIBE_BATCH = 50
 CONCURRENCY = 8
-SHARED = None  # the worker of the fleet-wide set, in results
+FLEET = "fleet"  # the fleet-wide set in results: Celery hostnames always hold '@', so no worker is called so
+SHARED = FLEET  # its former name (the fleet set was worker None in results)
+KINDS = ("revoked", "clock", "info", "stamps")
 
 
-@dataclass(frozen=True)
-class RevokedSetState:
-    """One revoked set (a worker's, or the fleet's when ``worker`` is None) and its worker's clock."""
+# -- results: frozen, JSON-ready ------------------------------------------------------------
 
-    worker: str | None
-    key: str
-    revoked_count: int
-    oldest: float | None
-    newest: float | None
-    clock: int | None
-    memory_bytes: int | None
+
+@overload
+def utc(epoch: float) -> datetime: ...
+@overload
+def utc(epoch: None) -> None: ...
+@overload
+def utc(epoch: float | None) -> datetime | None: ...
+def utc(epoch: float | None) -> datetime | None:
+    """An aware UTC datetime for epoch seconds (a score too far out for datetime is clamped)."""
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, tz=timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return (datetime.max if epoch > 0 else datetime.min).replace(tzinfo=timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``: ``2025-01-31T12:00:00.250000Z``."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Result):
+        return value.as_dict()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return iso(value)
+    return value
+
+
+class Result:
+    """Base of the result dataclasses: ``as_dict()`` is JSON-ready."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, times as ISO 8601 UTC text plus ``<name>_epoch`` (seconds, or None)."""
+        out: dict[str, Any] = {}
+        for item in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            value = getattr(self, item.name)
+            out[item.name] = _jsonable(value)
+            if "datetime" in str(item.type):
+                out[f"{item.name}_epoch"] = None if value is None else value.timestamp()
+        return out
 
 
 @dataclass(frozen=True)
-class Revocation:
-    """Where a task id is revoked, and since when (wall-clock seconds)."""
+class WorkerState(Result):
+    """One worker as Redis knows it (or the fleet set, ``worker == FLEET``).
+
+    ``key`` and the counts are the worker's own revoked set (a shared-scope worker writes to
+    the fleet set: 0 here). ``scope`` and ``version`` come from the info hash its clock saves
+    write (``scope`` is inferred as ``worker`` from an own set when there is no hash, else None);
+    ``last_seen`` is its last clock save, on the Redis server's clock (None: unknown, an older
+    worker).
+    """
+
+    worker: str
+    key: str
+    revoked_count: int
+    oldest: datetime | None
+    newest: datetime | None
+    clock: int | None
+    memory_bytes: int | None
+    scope: str | None = None
+    last_seen: datetime | None = None
+    version: str | None = None
+    stamps_count: int = 0
+
+    @property
+    def is_fleet(self) -> bool:
+        return self.worker == FLEET
+
+
+RevokedSetState = WorkerState  # its former name
+
+
+@dataclass(frozen=True)
+class Revocation(Result):
+    """Where a task id is revoked (a worker's set, or the fleet set), and since when."""
 
     task_id: str
-    worker: str | None
+    worker: str
     key: str
-    revoked_at: float
+    revoked_at: datetime
 
 
-class _Session:
-    """A client, the key schema, and error translation naming ``target`` (a masked URL)."""
+@dataclass(frozen=True)
+class SetChange(Result):
+    """How many entries a command removed (or, on a dry run, would remove) from one set."""
 
-    def __init__(self, client: aioredis.Redis, schema: KeySchema, scope: Scope, target: str) -> None:
-        self.client, self.schema, self.scope, self.target = client, schema, scope, target
-
-    async def pipeline(self, stage: Callable[[Any], None]) -> list[Any]:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            stage(pipe)
-            return list(await pipe.execute(raise_on_error=False))
-        except (RedisError, OSError) as exc:
-            raise translate_exception(exc, target=self.target) from exc
-
-    def checked(self, replies: Sequence[Any], keys: Sequence[RedisKey]) -> list[Any]:
-        for reply, key in zip(replies, keys, strict=True):
-            if isinstance(reply, Exception):
-                raise translate_reply_error(reply, key=key_text(key)) from reply
-        return list(replies)
-
-    async def revoked_keys(self) -> list[tuple[str | None, RedisKey]]:
-        """(worker, key) of every revoked set under the prefix, the fleet set (if any) last."""
-        return await self.sets_of("revoked", self.schema.shared_revoked_key)
-
-    async def sets_of(self, kind: str, fleet_key: str) -> list[tuple[str | None, RedisKey]]:
-        """(worker, key) of every worker key of ``kind`` under the prefix, ``fleet_key`` (if any) last.
-
-        Keys are the bytes SCAN returned, used as they are (a name that is not UTF-8, or holds a
-        newline, is still purged, restored and inspected); the worker is their text form (key_text).
-        """
-        found: list[tuple[str | None, RedisKey]] = []
-        fleet_raw, fleet_exists = fleet_key.encode("utf-8"), False
-        try:
-            async for raw in self.client.scan_iter(match=self.schema.match_all, count=1000):
-                if raw == fleet_raw:
-                    fleet_exists = True
-                parsed = self.schema.parse(key_text(raw))
-                if parsed is not None and parsed[1] == kind:
-                    found.append((parsed[0], bytes(raw)))
-        except (RedisError, OSError) as exc:
-            raise translate_exception(exc, target=self.target) from exc
-        found.sort(key=lambda pair: pair[1])
-        if fleet_exists:
-            found.append((SHARED, fleet_key))
-        return found
-
-    def clock_key_of(self, worker: str | None, key: RedisKey) -> RedisKey | None:
-        """The clock key beside a worker's revoked set (None for the fleet set); built from the bytes
-        of a key found by SCAN, so a name no KeySchema accepts still finds its clock."""
-        if worker is None:
-            return None
-        if isinstance(key, bytes) and key.endswith(REVOKED_SUFFIX.encode()):
-            return key[: -len(REVOKED_SUFFIX)] + CLOCK_SUFFIX.encode()
-        return self.schema.clock_key(worker)
-
-    def fleet_operations(self) -> StateOperations:
-        """The operations on the fleet-wide keys (any worker name gives them in shared scope)."""
-        return StateOperations(self.schema.for_worker("fleet", Scope.SHARED), self.target)
-
-    def worker_revoked_key(self, worker: str | None) -> str:
-        if worker is None:
-            return self.schema.shared_revoked_key
-        return self.schema.for_worker(worker, self.scope).revoked
+    worker: str
+    key: str
+    count: int
 
 
-@asynccontextmanager
-async def _session(redis: RedisTarget, key_prefix: str, scope: Scope | str) -> AsyncIterator[_Session]:
-    schema, chosen = KeySchema(key_prefix), Scope(scope)
-    if isinstance(redis, str):
-        config = StateDBConfig(url=redis, key_prefix=key_prefix, scope=chosen)
-        client = open_async_client(config)
-        try:
-            yield _Session(client, schema, chosen, config.safe_url)
-        finally:
-            await client.aclose()
-    else:
-        yield _Session(redis, schema, chosen, "the Redis client passed in")
+@dataclass(frozen=True)
+class RevokeReport(Result):
+    """A durable producer-side revoke: the ids stored in the fleet set, read by every worker at boot."""
+
+    task_ids: tuple[str, ...]
+    added: int  # new there (the others kept their earlier time)
+    worker: str
+    key: str
+    revoked_at: datetime
+
+
+@dataclass(frozen=True)
+class RestoreReport(Result):
+    """Ids removed from the stored sets. ``fleet_removed`` counts removals from the fleet set; a
+    restore for one worker also removes them there (``note`` says what that means)."""
+
+    task_ids: tuple[str, ...]
+    removed: int  # removals in all: an id held by three sets counts three times
+    sets: tuple[SetChange, ...]
+    fleet_removed: int
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class PurgeReport(Result):
+    """A purge by age (or its dry run): ids and stamped-header revokes revoked before ``cutoff``."""
+
+    older_than: str
+    cutoff: datetime
+    dry_run: bool
+    removed: int  # ids removed, or that would be on a dry run
+    sets: tuple[SetChange, ...]  # the sets that lose some
+    sets_scanned: int
+    stamps_removed: int
+
+
+@dataclass(frozen=True)
+class ForgottenWorker(Result):
+    """A worker whose keys ``forget``/``prune`` removed (or would)."""
+
+    worker: str
+    keys: tuple[str, ...]
+    revoked_count: int
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True)
+class ForgetReport(Result):
+    dry_run: bool
+    workers: tuple[ForgottenWorker, ...]
+    keys_removed: int  # keys that existed and were removed (0 on a dry run)
+
+
+@dataclass(frozen=True)
+class PruneReport(Result):
+    """Workers whose last clock save is older than ``cutoff``; live ones and (unless asked) those
+    whose last save is unknown are kept, and named."""
+
+    idle_for: str
+    cutoff: datetime
+    dry_run: bool
+    workers: tuple[ForgottenWorker, ...]
+    kept_live: tuple[str, ...]
+    kept_unknown: tuple[str, ...]
+    keys_removed: int
+
+
+# -- the bound admin -----------------------------------------------------------------------------
+
+
+def parse_scope(scope: Scope | str) -> Scope:
+    """A Scope, or ConfigurationError naming the accepted values (never a bare ValueError)."""
+    try:
+        return Scope(scope)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in Scope)
+        raise ConfigurationError(f"scope must be one of {allowed}, got {scope!r:.60}") from None
+
+
+def _is_fleet(worker: str | None) -> bool:
+    return worker is None or worker == FLEET
 
 
 async def _in_batches(
@@ -151,8 +246,8 @@ async def _in_batches(
     concurrency: int, progress: Progress | None, batch_size: int = BATCH_SIZE,
 ) -> list[R]:
     """Run ``work`` over pipelined batches, at most ``concurrency`` at a time, results in order."""
-    if concurrency < 1:
-        raise StateDBError(f"concurrency must be at least 1, got {concurrency}")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidInputError(f"concurrency must be an integer of at least 1, got {concurrency!r}")
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     limiter = asyncio.Semaphore(concurrency)
     done = 0
@@ -172,93 +267,401 @@ async def _in_batches(
     return [item for batch in results for item in batch]
 
 
-async def _sum_per_set(
-    session: _Session, worker_name: str | None, command: Callable[[Any, RedisKey], Any], *,
-    concurrency: int, progress: Progress | None,
-) -> int:
-    """Stage ``command(pipe, key)`` on every revoked set (or ``worker_name``'s); sum the integer replies."""
-    keys: list[RedisKey]
-    if worker_name is None:
-        keys = [key for _, key in await session.revoked_keys()]
-    else:
-        keys = [session.worker_revoked_key(worker_name)]
+@dataclass(frozen=True)
+class _Found:
+    """A worker's keys as SCAN found them (bytes), by kind."""
 
-    async def run(batch: Sequence[RedisKey]) -> list[int]:
-        def stage(pipe: Any) -> None:
-            for key in batch:
-                command(pipe, key)
+    name: str
+    keys: dict[str, RedisKey]
 
-        return [int(n) for n in session.checked(await session.pipeline(stage), batch)]
 
-    return sum(await _in_batches(keys, run, concurrency=concurrency, progress=progress))
+class StateAdmin:
+    """Every admin operation on the workers of one key prefix and scope, on one client.
+
+    ``redis`` is a URL (opened on first use, closed by :meth:`aclose`) or a ``redis.asyncio``
+    client (never closed here; any ``decode_responses``, RESP2 or RESP3). ``scope`` is the
+    workers' (it says which set is a worker's: its own, or the fleet set).
+    """
+
+    def __init__(self, redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+                 scope: Scope | str = Scope.WORKER, concurrency: int = CONCURRENCY) -> None:
+        try:
+            self.schema = KeySchema(key_prefix)
+        except InvalidInputError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.scope = parse_scope(scope)
+        self.concurrency = concurrency
+        self._client: aioredis.Redis | None = None
+        self._config: StateDBConfig | None = None
+        if isinstance(redis, str):
+            self._config = StateDBConfig(url=redis, key_prefix=key_prefix, scope=self.scope)
+            self.target = self._config.safe_url
+        else:
+            self._client, self.target = redis, "the Redis client passed in"
+        self._owns_client = isinstance(redis, str)
+
+    @property
+    def key_prefix(self) -> str:
+        return self.schema.prefix
+
+    @property
+    def stamps(self) -> StampsAdmin:
+        """The stamped-header revokes of the same workers (:class:`statedb.stamps_admin.StampsAdmin`)."""
+        from statedb.stamps_admin import StampsAdmin  # that module builds on this one
+
+        return StampsAdmin(self)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            assert self._config is not None
+            self._client = open_async_client(self._config)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client this object opened (a client passed in is left open)."""
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def __aenter__(self) -> StateAdmin:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # -- plumbing: one execution path, one error translation --------------------------------
+
+    def _repository(self, keys_of: str = FLEET, scope: Scope = Scope.SHARED,
+                    bad: commands.BadMembers | None = None) -> AsyncStateRepository:
+        keys = self.schema.for_worker(keys_of, scope)
+        return AsyncStateRepository(self.client, StateOperations(keys, self.target), bad=bad)
+
+    async def run(self, operation: commands.Operation[T]) -> T:
+        """Execute one operation of the command layer; every redis-py error leaves as a StateDBError."""
+        return await self._repository().run(operation)
+
+    async def server_time(self) -> float:
+        """The Redis server's clock (the one revocation and last-seen times are on); this host's clock
+        when an ACL refuses ``TIME``."""
+        try:
+            return await self.run(ops.server_time())
+        except AccessDeniedError:
+            return time.time()
+
+    async def _scan(self) -> tuple[dict[str, _Found], set[str]]:
+        """Every worker's keys under the prefix, and which fleet keys exist ("revoked", "stamps")."""
+        workers: dict[str, _Found] = {}
+        fleet: set[str] = set()
+        fleet_keys = {ops.as_bytes(self.schema.shared_revoked_key): "revoked",
+                      ops.as_bytes(self.schema.shared_stamps_key): "stamps"}
+        cursor = 0
+        while True:
+            cursor, keys = await self.run(ops.scan_page(self.schema.match_all, cursor))
+            for raw in keys:
+                if raw in fleet_keys:
+                    fleet.add(fleet_keys[raw])
+                    continue
+                parsed = self.schema.parse(key_text(raw))
+                if parsed is not None:
+                    name, kind = parsed
+                    workers.setdefault(name, _Found(name, {})).keys.setdefault(kind, raw)
+            if cursor == 0:
+                return dict(sorted(workers.items())), fleet
+
+    def _own_keys(self, worker: str) -> dict[str, RedisKey]:
+        keys = self.schema.for_worker(worker, Scope.WORKER)
+        return {"revoked": keys.revoked, "clock": keys.clock, "info": keys.info, "stamps": keys.stamps}
+
+    def _worker_set(self, worker: str | None) -> str:
+        """The set a worker reads and writes (the fleet set in the shared scope, or for FLEET/None)."""
+        if _is_fleet(worker):
+            return self.schema.shared_revoked_key
+        assert worker is not None
+        return self.schema.for_worker(check_name(worker, "worker name"), self.scope).revoked
+
+    def _state(self, name: str, keys: dict[str, RedisKey], facts: ops.Facts) -> WorkerState:
+        revoked = facts.revoked or ops.SetFacts(0, None, None, None)
+        info = facts.info or {}
+        scope = info.get("scope") or ("worker" if facts.revoked or facts.stamps else None)
+        seen = info.get("last_seen")
+        return WorkerState(
+            worker=name, key=key_text(keys.get("revoked", self.schema.shared_revoked_key)),
+            revoked_count=revoked.count, oldest=utc(revoked.oldest), newest=utc(revoked.newest),
+            clock=facts.clock, memory_bytes=revoked.memory_bytes, scope=scope,
+            last_seen=utc(float(seen)) if seen is not None else None, version=info.get("version"),
+            stamps_count=facts.stamps.count if facts.stamps else 0,
+        )
+
+    async def _facts(self, entries: Sequence[tuple[str, dict[str, RedisKey]]], *,
+                     progress: Progress | None = None) -> list[tuple[WorkerState, ops.Facts]]:
+        async def batch(part: Sequence[tuple[str, dict[str, RedisKey]]]) -> list[tuple[WorkerState, ops.Facts]]:
+            probes = [ops.Probe(**{kind: keys.get(kind) for kind in KINDS}) for _, keys in part]
+            facts = await self.run(ops.describe(probes))
+            return [(self._state(name, keys, fact), fact) for (name, keys), fact in zip(part, facts, strict=True)]
+
+        return await _in_batches(entries, batch, concurrency=self.concurrency, progress=progress,
+                                 batch_size=DESCRIBE_BATCH)
+
+    async def _describe(self, entries: Sequence[tuple[str, dict[str, RedisKey]]], *,
+                        progress: Progress | None = None) -> list[WorkerState]:
+        return [state for state, _ in await self._facts(entries, progress=progress)]
+
+    def _fleet_entry(self) -> tuple[str, dict[str, RedisKey]]:
+        return FLEET, {"revoked": self.schema.shared_revoked_key, "stamps": self.schema.shared_stamps_key}
+
+    async def _known_facts(self, workers: Iterable[str | None]) -> list[tuple[WorkerState, ops.Facts]]:
+        """The state of each named worker (None or FLEET: the fleet set); UnknownWorkerError for a
+        worker with no key under the prefix."""
+        entries = [self._fleet_entry() if _is_fleet(w) else (str(w), self._own_keys(str(w))) for w in workers]
+        found = await self._facts(entries)
+        for state, facts in found:
+            if not state.is_fleet and not (facts.revoked or facts.stamps or facts.clock is not None or facts.info):
+                raise UnknownWorkerError(state.worker, self.key_prefix)
+        return found
+
+    async def _known(self, workers: Iterable[str | None]) -> list[WorkerState]:
+        return [state for state, _ in await self._known_facts(workers)]
+
+    def _owned_set(self, worker: str | None) -> tuple[str, RedisKey]:
+        """(owner, key) of the set a worker reads and writes: the fleet set for FLEET, or in the shared scope."""
+        key = self._worker_set(worker)
+        return (FLEET if key == self.schema.shared_revoked_key else str(worker)), key
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def list_workers(self) -> list[str]:
+        """Names of the workers with any key under the prefix (a revoked set, a clock, an info hash,
+        stamps), sorted."""
+        workers, _ = await self._scan()
+        return list(workers)
+
+    async def inspect_workers(self, workers: Iterable[str | None] | None = None, *,
+                              progress: Progress | None = None) -> list[WorkerState]:
+        """The named workers (None or FLEET: the fleet set; UnknownWorkerError for a name with no
+        state), or every worker under the prefix and then the fleet set, if it exists."""
+        if workers is not None:
+            return await self._known(workers)
+        found, fleet = await self._scan()
+        entries = [(name, item.keys) for name, item in found.items()]
+        if fleet:
+            entries.append(self._fleet_entry())
+        return await self._describe(entries, progress=progress)
+
+    async def inspect_worker(self, worker: str | None) -> WorkerState:
+        """One worker (None or FLEET: the fleet set); UnknownWorkerError if it has no state."""
+        (state,) = await self._known([worker])
+        return state
+
+    async def revoked_rows(self, worker: str | None, *, newer_than: float | None = None, limit: int | None = None,
+                           bad: commands.BadMembers | None = None) -> AsyncIterator[tuple[str, float]]:
+        """(task id, epoch seconds) of a worker's set (None or FLEET: the fleet set), newest first."""
+        if not _is_fleet(worker):
+            await self._known([worker])
+        repository = self._repository("fleet" if _is_fleet(worker) else str(worker), self.scope, bad)
+        async for row in repository.iter_revoked(newer_than=newer_than, limit=limit, shared=_is_fleet(worker)):
+            yield row
+
+    async def iter_revoked(self, worker: str | None, *, newer_than: float | None = None, limit: int | None = None,
+                           bad: commands.BadMembers | None = None) -> AsyncIterator[Revocation]:
+        """The revocations of a worker's set (None or FLEET: the fleet set), newest first, read in chunks.
+
+        UnknownWorkerError for a worker with no state. A member that cannot be an id raises
+        CorruptValueError, or, given ``bad``, is skipped and counted there.
+        """
+        owner, key = self._owned_set(worker)
+        async for task_id, when in self.revoked_rows(worker, newer_than=newer_than, limit=limit, bad=bad):
+            yield Revocation(task_id, owner, key_text(key), utc(when))
+
+    async def _revoked_sets(self) -> list[tuple[str, RedisKey]]:
+        """(owner, key) of every worker's own revoked set, then the fleet set (those that exist)."""
+        found, fleet = await self._scan()
+        sets = [(name, item.keys["revoked"]) for name, item in found.items() if "revoked" in item.keys]
+        if "revoked" in fleet:
+            sets.append((FLEET, self.schema.shared_revoked_key))
+        return sets
+
+    async def where_revoked(self, task_id: str, *, progress: Progress | None = None) -> list[Revocation]:
+        """Every revoked set holding ``task_id``, with the time it was revoked there."""
+        commands.encode_task_ids([task_id])  # a bad id is an InvalidInputError before any I/O
+        sets = await self._revoked_sets()
+
+        async def look(batch: Sequence[tuple[str, RedisKey]]) -> list[Revocation]:
+            scores = await self.run(ops.scores_of([key for _, key in batch], task_id))
+            return [Revocation(task_id, owner, key_text(key), utc(score))
+                    for (owner, key), score in zip(batch, scores, strict=True) if score is not None]
+
+        return await _in_batches(sets, look, concurrency=self.concurrency, progress=progress)
+
+    # -- changes --------------------------------------------------------------------------
+
+    async def _each_set(self, sets: Sequence[tuple[str, RedisKey]],
+                        operation: Callable[[Sequence[RedisKey]], commands.Operation[list[int]]],
+                        progress: Progress | None) -> list[SetChange]:
+        async def run(batch: Sequence[tuple[str, RedisKey]]) -> list[SetChange]:
+            counts = await self.run(operation([key for _, key in batch]))
+            return [SetChange(owner, key_text(key), count) for (owner, key), count in zip(batch, counts, strict=True)]
+
+        return await _in_batches(sets, run, concurrency=self.concurrency, progress=progress)
+
+    async def revoke(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> RevokeReport:
+        """Producer-side durable revoke: into the fleet set, which every worker reads at boot
+        (``revoked_at`` defaults to the server's clock). Live workers also need Celery's own revoke
+        broadcast (``celery_redis_statedb.SyncStateAdmin.revoke`` does both)."""
+        ids = [member.decode() for member in commands.encode_task_ids(task_ids)]  # bad ids: before any I/O
+        when = await self.server_time() if revoked_at is None else revoked_at
+        added = await self.run(self._repository().operations.add_revoked(ids, when))
+        return RevokeReport(tuple(ids), added, FLEET, self.schema.shared_revoked_key,
+                            utc(when))
+
+    async def restore(self, task_ids: Iterable[object], *, worker: str | None = None,
+                      progress: Progress | None = None) -> RestoreReport:
+        """Un-revoke: remove ids from every revoked set, or from ``worker``'s.
+
+        For one worker the ids also leave the fleet set if it holds them, since the fleet set binds
+        that worker at its next boot too: the report says so (``fleet_removed``, ``note``). Live
+        workers keep the ids in memory until told (``SyncStateAdmin.restore`` broadcasts
+        ``statedb_restore``). UnknownWorkerError for a worker with no state.
+        """
+        ids = [member.decode() for member in commands.encode_task_ids(task_ids)]  # bad ids: before any I/O
+        if worker is None:
+            sets = await self._revoked_sets()
+        else:
+            await self._known([worker])
+            sets = [self._owned_set(worker)]
+            if sets[0][0] != FLEET:
+                sets.append((FLEET, self.schema.shared_revoked_key))
+        changes = [c for c in await self._each_set(sets, lambda keys: ops.remove_members(keys, ids), progress)
+                   if c.count]
+        fleet = sum(c.count for c in changes if c.worker == FLEET)
+        note = None
+        if worker is not None and not _is_fleet(worker) and fleet:
+            them = "it" if len(ids) == 1 else "them"
+            where = "also removed from" if len(sets) > 1 else f"{worker}'s set in the shared scope is"
+            note = (f"{where} the fleet set, which binds every worker at boot: new workers will run "
+                    f"{them}; workers that stored {them} in their own sets stay bound")
+        return RestoreReport(tuple(ids), sum(c.count for c in changes), tuple(changes), fleet, note)
+
+    async def purge_old_revoked(self, *, older_than: timedelta | float | int | str, worker: str | None = None,
+                                dry_run: bool = False, now: float | None = None,
+                                progress: Progress | None = None) -> PurgeReport:
+        """Remove ids revoked more than ``older_than`` before ``now`` (the server's clock by default),
+        and stamped-header revokes as old: from every worker's set and the fleet set, or from
+        ``worker``'s set only (UnknownWorkerError if it has no state). An id revoked exactly at the
+        cutoff is kept. On a dry run, count them instead."""
+        seconds = as_seconds(older_than)
+        moment = await self.server_time() if now is None else now
+        cut = cutoff(moment, seconds)
+        low, high = purge_range(cut)
+        if worker is None:
+            sets = await self._revoked_sets()
+        else:
+            await self._known([worker])
+            sets = [self._owned_set(worker)]
+        stamp_sets = await self.stamps.sets(worker, every=worker is None)  # before a purge may empty them
+        operation = ops.count_between if dry_run else ops.remove_between
+        changes = await self._each_set(sets, lambda keys: operation(keys, low, high), progress)
+        stamps = await self.stamps.purge_sets(stamp_sets, cut, dry_run=dry_run)
+        return PurgeReport(format_duration(seconds), utc(cut), dry_run,
+                           sum(c.count for c in changes), tuple(c for c in changes if c.count), len(sets), stamps)
+
+    # -- forgetting dead workers ----------------------------------------------------------
+
+    async def _remove_workers(self, chosen: Sequence[tuple[WorkerState, Sequence[RedisKey]]], dry_run: bool,
+                              progress: Progress | None) -> tuple[tuple[ForgottenWorker, ...], int]:
+        gone = tuple(ForgottenWorker(state.worker, tuple(key_text(k) for k in keys), state.revoked_count,
+                                     state.last_seen) for state, keys in chosen)
+        if dry_run:
+            return gone, 0
+
+        async def run(batch: Sequence[tuple[WorkerState, Sequence[RedisKey]]]) -> list[int]:
+            return [await self.run(ops.unlink([key for _, keys in batch for key in keys]))]
+
+        return gone, sum(await _in_batches(chosen, run, concurrency=self.concurrency, progress=progress,
+                                           batch_size=DESCRIBE_BATCH))
+
+    async def forget(self, workers: Iterable[str], *, live: Iterable[str] = (), dry_run: bool = False,
+                     progress: Progress | None = None) -> ForgetReport:
+        """Remove every key of the named workers (their own revoked and stamps sets, clock, info hash;
+        never the fleet sets): for workers that are gone for good (a Deployment's old pods).
+
+        All or nothing: a name with no state (UnknownWorkerError), the fleet set, or a name in ``live``
+        (workers that answered a ping: ``SyncStateAdmin`` asks them) is refused before anything is removed.
+        """
+        names = list(dict.fromkeys(workers))
+        alive = set(live)
+        for name in names:
+            if _is_fleet(name):
+                raise InvalidInputError("the fleet set belongs to no worker: purge or restore its ids instead")
+            check_name(name, "worker name")
+            if name in alive:
+                raise InvalidInputError(f"worker {name} is alive (it answered a ping): stop it before forgetting it")
+        chosen = [(state, [key for kind, key in self._own_keys(state.worker).items() if _holds(facts, kind)])
+                  for state, facts in await self._known_facts(names)]
+        gone, removed = await self._remove_workers(chosen, dry_run, progress)
+        return ForgetReport(dry_run, gone, removed)
+
+    async def prune(self, *, idle_for: timedelta | float | int | str, live: Iterable[str] = (),
+                    include_unknown: bool = False, dry_run: bool = False, now: float | None = None,
+                    progress: Progress | None = None) -> PruneReport:
+        """Forget the workers whose last clock save is older than ``idle_for`` (by the server's clock),
+        except those in ``live`` (workers that answered a ping) and, unless ``include_unknown``, those
+        whose last save is unknown (no info hash: a worker of an earlier version)."""
+        seconds = as_seconds(idle_for)
+        if seconds <= 0:
+            raise InvalidInputError("idle_for must be greater than zero: a worker just seen is not idle")
+        moment = await self.server_time() if now is None else now
+        cut = moment - seconds
+        alive = set(live)
+        found, _ = await self._scan()
+        states = await self._describe([(name, item.keys) for name, item in found.items()], progress=progress)
+        chosen, kept_live, kept_unknown = [], [], []
+        for state in states:
+            idle = state.last_seen.timestamp() < cut if state.last_seen is not None else include_unknown
+            if state.last_seen is None and not include_unknown:
+                kept_unknown.append(state.worker)
+            elif idle and state.worker in alive:
+                kept_live.append(state.worker)
+            elif idle:
+                chosen.append((state, list(found[state.worker].keys.values())))
+        gone, removed = await self._remove_workers(chosen, dry_run, progress=None)
+        return PruneReport(format_duration(seconds), utc(cut), dry_run, gone,
+                           tuple(kept_live), tuple(kept_unknown), removed)
+
+
+def _holds(facts: ops.Facts, kind: str) -> bool:
+    """Whether the key of ``kind`` exists, by what :func:`statedb.admin_commands.describe` read."""
+    if kind == "clock":
+        return facts.clock is not None
+    return bool(getattr(facts, kind))
+
+
+# -- the module-level shortcuts (the signatures they always had) -----------------------------------
 
 
 async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> list[str]:
-    """Names of the workers with a revoked set or a clock under the prefix, sorted."""
-    async with _session(redis, key_prefix, Scope.WORKER) as session:
-        names: set[str] = set()
-        try:
-            async for raw in session.client.scan_iter(match=session.schema.match_all, count=1000):
-                parsed = session.schema.parse(key_text(raw))
-                if parsed is not None:
-                    names.add(parsed[0])
-        except (RedisError, OSError) as exc:
-            raise translate_exception(exc, target=session.target) from exc
-        return sorted(names)
-
-
-async def _describe(session: _Session, pairs: Sequence[tuple[str | None, RedisKey]]) -> list[RevokedSetState]:
-    """Counts, oldest/newest, clock and memory of each (worker, key), in one pipeline."""
-    clock_keys = [session.clock_key_of(worker, key) for worker, key in pairs]
-
-    def stage(pipe: Any) -> None:
-        for (_, key), clock_key in zip(pairs, clock_keys, strict=True):
-            pipe.zcard(key)
-            pipe.zrange(key, 0, 0, withscores=True)
-            pipe.zrange(key, -1, -1, withscores=True)
-            pipe.memory_usage(key)
-            if clock_key is not None:
-                pipe.get(clock_key)
-
-    replies = iter(await session.pipeline(stage))
-    states = []
-    for (worker, key), clock_key in zip(pairs, clock_keys, strict=True):
-        count, first, last = session.checked([next(replies), next(replies), next(replies)], [key] * 3)
-        memory = next(replies)
-        clock = None
-        if clock_key is not None:
-            raw = session.checked([next(replies)], [clock_key])[0]
-            clock = None if raw is None else commands.parse_clock(key_text(clock_key), raw)
-        states.append(RevokedSetState(
-            worker=worker, key=key_text(key), revoked_count=int(count),
-            oldest=first[0][1] if first else None, newest=last[0][1] if last else None, clock=clock,
-            # MEMORY USAGE may be refused by an ACL or a managed Redis: then it is unknown.
-            memory_bytes=memory if isinstance(memory, int) else None,
-        ))
-    return states
+    """Names of the workers with any key under the prefix, sorted (:meth:`StateAdmin.list_workers`)."""
+    async with StateAdmin(redis, key_prefix=key_prefix) as admin:
+        return await admin.list_workers()
 
 
 async def inspect_workers(
     redis: RedisTarget, workers: Iterable[str | None] | None = None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
     scope: Scope | str = Scope.WORKER, concurrency: int = CONCURRENCY, progress: Progress | None = None,
-) -> list[RevokedSetState]:
-    """The state of the given workers (None: the fleet set), or of every revoked set under the prefix."""
-    async with _session(redis, key_prefix, scope) as session:
-        if workers is None:
-            pairs = await session.revoked_keys()
-        else:
-            pairs = [(worker, session.worker_revoked_key(worker)) for worker in workers]
-        return await _in_batches(pairs, lambda batch: _describe(session, batch),
-                                 concurrency=concurrency, progress=progress, batch_size=50)
+) -> list[WorkerState]:
+    """The given workers (None: the fleet set), or every worker (:meth:`StateAdmin.inspect_workers`)."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope, concurrency=concurrency) as admin:
+        return await admin.inspect_workers(workers, progress=progress)
 
 
 async def inspect_worker(
     redis: RedisTarget, worker: str | None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
     scope: Scope | str = Scope.WORKER,
-) -> RevokedSetState:
-    """One worker's revoked set and clock (``worker=None``: the fleet set)."""
-    (state,) = await inspect_workers(redis, [worker], key_prefix=key_prefix, scope=scope)
-    return state
+) -> WorkerState:
+    """One worker (None: the fleet set) (:meth:`StateAdmin.inspect_worker`)."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope) as admin:
+        return await admin.inspect_worker(worker)
 
 
 async def iter_revoked(
@@ -266,15 +669,10 @@ async def iter_revoked(
     scope: Scope | str = Scope.WORKER, newer_than: float | None = None, limit: int | None = None,
     bad: commands.BadMembers | None = None,
 ) -> AsyncIterator[tuple[str, float]]:
-    """(task id, revocation time) of a worker's set (None: the fleet set), newest first, in chunks.
-
-    A member that cannot be an id raises CorruptValueError, or, given ``bad``, is skipped and counted there."""
-    async with _session(redis, key_prefix, scope) as session:
-        # Any name gives the fleet key; shared=True below reads it when worker is None.
-        keys = session.schema.for_worker(worker or "fleet", session.scope)
-        operations = StateOperations(keys, session.target)
-        repository = AsyncStateRepository(session.client, operations, bad=bad)
-        async for row in repository.iter_revoked(newer_than=newer_than, limit=limit, shared=worker is None):
+    """(task id, revocation time in epoch seconds) of a worker's set (None: the fleet set), newest
+    first, in chunks (:meth:`StateAdmin.iter_revoked` gives :class:`Revocation` objects)."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope) as admin:
+        async for row in admin.revoked_rows(worker, newer_than=newer_than, limit=limit, bad=bad):
             yield row
 
 
@@ -282,21 +680,9 @@ async def where_revoked(
     redis: RedisTarget, task_id: str, *, key_prefix: str = DEFAULT_KEY_PREFIX,
     concurrency: int = CONCURRENCY, progress: Progress | None = None,
 ) -> list[Revocation]:
-    """Every revoked set holding ``task_id``, with the time it was revoked there."""
-    member = commands.encode_task_ids([task_id])[0]
-    async with _session(redis, key_prefix, Scope.WORKER) as session:
-        pairs = await session.revoked_keys()
-
-        async def look(batch: Sequence[tuple[str | None, RedisKey]]) -> list[Revocation]:
-            def stage(pipe: Any) -> None:
-                for _, key in batch:
-                    pipe.zscore(key, member)
-
-            replies = session.checked(await session.pipeline(stage), [key for _, key in batch])
-            return [Revocation(task_id, worker, key_text(key), float(score))
-                    for (worker, key), score in zip(batch, replies, strict=True) if score is not None]
-
-        return await _in_batches(pairs, look, concurrency=concurrency, progress=progress)
+    """Every revoked set holding ``task_id``, and since when (:meth:`StateAdmin.where_revoked`)."""
+    async with StateAdmin(redis, key_prefix=key_prefix, concurrency=concurrency) as admin:
+        return await admin.where_revoked(task_id, progress=progress)
 
 
 async def purge_old_revoked(
@@ -304,33 +690,20 @@ async def purge_old_revoked(
     key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER, dry_run: bool = False,
     now: float | None = None, concurrency: int = CONCURRENCY, progress: Progress | None = None,
 ) -> int:
-    """Remove ids revoked more than ``older_than`` ago; returns how many (would be, on dry_run).
-
-    From every worker's set and the fleet set, or from ``worker_name``'s set only.
-    An id revoked exactly at the cutoff is kept.
-    """
-    low, high = purge_range(cutoff(time.time() if now is None else now, older_than))
-    command = "zcount" if dry_run else "zremrangebyscore"
-    async with _session(redis, key_prefix, scope) as session:
-        removed = await _sum_per_set(session, worker_name, lambda pipe, key: getattr(pipe, command)(key, low, high),
-                                     concurrency=concurrency, progress=progress)
-        await _purge_old_stamps(session.client, older_than=older_than, worker_name=worker_name,  # stamped-header
-                                key_prefix=key_prefix, scope=scope, dry_run=dry_run, now=now)  # revokes
-        return removed
+    """How many ids a purge by age removed (would, on dry_run) (:meth:`StateAdmin.purge_old_revoked`)."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope, concurrency=concurrency) as admin:
+        report = await admin.purge_old_revoked(older_than=older_than, worker=worker_name, dry_run=dry_run, now=now,
+                                               progress=progress)
+        return report.removed
 
 
 async def revoke(
     redis: RedisTarget, task_ids: Iterable[object], *, key_prefix: str = DEFAULT_KEY_PREFIX,
     revoked_at: float | None = None,
 ) -> int:
-    """Producer-side durable revoke: write ids to the fleet set, which every worker reads at boot.
-
-    Returns how many were new there. Live workers also need Celery's own revoke broadcast
-    (``celery_redis_statedb.revoke_tasks`` does both).
-    """
-    async with _session(redis, key_prefix, Scope.WORKER) as session:
-        operation = session.fleet_operations().add_revoked(task_ids, revoked_at)
-        return operation.result(await session.pipeline(operation.stage))
+    """How many ids a producer-side revoke added to the fleet set (:meth:`StateAdmin.revoke`)."""
+    async with StateAdmin(redis, key_prefix=key_prefix) as admin:
+        return (await admin.revoke(task_ids, revoked_at=revoked_at)).added
 
 
 async def restore(
@@ -338,21 +711,26 @@ async def restore(
     key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER,
     concurrency: int = CONCURRENCY, progress: Progress | None = None,
 ) -> int:
-    """Un-revoke: remove ids from every revoked set (or ``worker_name``'s); returns how many removals.
-
-    Live workers keep the ids in memory until told: ``celery_redis_statedb.restore_tasks``
-    also broadcasts the library's ``statedb_restore`` control command.
-    """
-    members = commands.encode_task_ids(task_ids)
-    if not members:
-        return 0
-    async with _session(redis, key_prefix, scope) as session:
-        return await _sum_per_set(session, worker_name, lambda pipe, key: pipe.zrem(key, *members),
-                                  concurrency=concurrency, progress=progress)
+    """How many removals an un-revoke made (:meth:`StateAdmin.restore`, which also says where)."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope, concurrency=concurrency) as admin:
+        return (await admin.restore(task_ids, worker=worker_name, progress=progress)).removed
 
 
-async def _purge_old_stamps(redis: RedisTarget, **kwargs: Any) -> int:
-    """statedb.stamps_admin.purge_old_stamps (imported here: that module builds on this one)."""
-    from statedb.stamps_admin import purge_old_stamps
+async def forget(
+    redis: RedisTarget, workers: Iterable[str], *, key_prefix: str = DEFAULT_KEY_PREFIX,
+    scope: Scope | str = Scope.WORKER, live: Iterable[str] = (), dry_run: bool = False,
+) -> ForgetReport:
+    """:meth:`StateAdmin.forget` in one call."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope) as admin:
+        return await admin.forget(workers, live=live, dry_run=dry_run)
 
-    return await purge_old_stamps(redis, **kwargs)
+
+async def prune(
+    redis: RedisTarget, *, idle_for: timedelta | float | int | str, key_prefix: str = DEFAULT_KEY_PREFIX,
+    scope: Scope | str = Scope.WORKER, live: Iterable[str] = (), include_unknown: bool = False,
+    dry_run: bool = False, now: float | None = None,
+) -> PruneReport:
+    """:meth:`StateAdmin.prune` in one call."""
+    async with StateAdmin(redis, key_prefix=key_prefix, scope=scope) as admin:
+        return await admin.prune(idle_for=idle_for, live=live, include_unknown=include_unknown, dry_run=dry_run,
+                                 now=now)

@@ -123,8 +123,9 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 
 
 def _encode(task_id: object) -> bytes:
-    # The usual id, ASCII text within the limit, needs no other check.
-    if type(task_id) is str and task_id.isascii() and 0 < len(task_id) <= MAX_TASK_ID_BYTES:
+    # The usual id, printable ASCII text within the limit, needs no other check (for ASCII text,
+    # isprintable() is false exactly for the control characters: newline, tab, ESC, DEL...).
+    if type(task_id) is str and task_id.isascii() and task_id.isprintable() and 0 < len(task_id) <= MAX_TASK_ID_BYTES:
         return task_id.encode()
     return encode_task_id(task_id)
 
@@ -230,13 +231,23 @@ def decode_revoked_page(key: str, rows: Sequence[tuple[bytes, float]], bad: BadM
     if not rows:
         return []
     members, scores = zip(*rows, strict=True)
-    try:
-        task_ids = list(map(bytes.decode, members))
-    except UnicodeDecodeError:
-        task_ids = None
+    task_ids = _texts(members)
     if task_ids is None or not math.isfinite(sum(scores)):
         return _decode_revoked_rows(key, rows, bad)
     return list(zip(task_ids, scores, strict=True))
+
+
+def _texts(members: Sequence[bytes | str]) -> list[str] | None:
+    """Members as text, or None if one is not UTF-8. A client made with ``decode_responses=True``
+    (one passed in to the admin APIs) hands them over as text already."""
+    try:
+        return list(map(bytes.decode, members))  # type: ignore[arg-type]
+    except UnicodeDecodeError:
+        return None
+    except TypeError:
+        if all(type(member) is str for member in members):
+            return list(members)  # type: ignore[arg-type]
+        return None
 
 
 def _decode_revoked_rows(key: str, rows: Sequence[tuple[bytes, float]], bad: BadMembers | None
@@ -244,7 +255,7 @@ def _decode_revoked_rows(key: str, rows: Sequence[tuple[bytes, float]], bad: Bad
     page = []
     for member, score in rows:
         try:
-            task_id = member.decode("utf-8")
+            task_id = member if isinstance(member, str) else member.decode("utf-8")
         except UnicodeDecodeError:
             _bad(key, bad, CorruptValueError(
                 f"Redis key {key!r} holds a member that is not UTF-8 text: {member[:60]!r}", key=key))
@@ -273,6 +284,8 @@ def parse_clock(key: str, raw: object) -> int:
     """A stored clock: any non-negative integer (decimal text); anything else names the key."""
     if raw is None:
         return 0
+    if isinstance(raw, str) and raw.isascii():  # from a client made with decode_responses=True
+        raw = raw.encode()
     if isinstance(raw, bytes) and len(raw) <= MAX_CLOCK_DIGITS and _DIGITS.fullmatch(raw):
         return int(raw)
     raise CorruptValueError(
@@ -391,9 +404,87 @@ def ping() -> Operation[bool]:
 def decode_task_ids(key: str, members: Sequence[bytes], bad: BadMembers | None = None) -> list[str]:
     """Stored members as task ids; a member that is not UTF-8 names the key (skipped into ``bad``
     if given, else raised)."""
-    try:
-        return list(map(bytes.decode, members))
-    except UnicodeDecodeError:
-        return [task_id for task_id, _ in _decode_revoked_rows(key, [(member, 0.0) for member in members], bad)]
+    texts = _texts(members)
+    if texts is not None:
+        return texts
+    return [task_id for task_id, _ in _decode_revoked_rows(key, [(member, 0.0) for member in members], bad)]
 
 
+
+
+# -- every command the library sends, and to which keys -----------------------------------------
+# The README's ACL rules (Security) are checked against this table (tests/test_command_table.py),
+# and the admin APIs' commands against it as they run. The demo (its own embedded server) is not
+# in it.
+
+KEY_KINDS = {  # a kind of key, as in the README's Key layout, with the worker "celery@host"
+    "revoked": "{prefix}celery@host:revoked",
+    "clock": "{prefix}celery@host:clock",
+    "info": "{prefix}celery@host:info",
+    "stamps": "{prefix}celery@host:stamps",
+    "fleet-revoked": "{prefix}shared:fleet-revoked",
+    "fleet-stamps": "{prefix}shared:fleet-stamps",
+    "legacy-blob": "{prefix}celery@host:zrevoked",
+}
+WORKER, ADMIN = "worker", "admin"  # admin: the CLI, the admin APIs, migrations and producers' revokes
+SETS = ("revoked", "fleet-revoked")
+ALL_SETS = ("revoked", "fleet-revoked", "stamps", "fleet-stamps")
+
+
+@dataclass(frozen=True)
+class CommandUse:
+    """A command (as ACL rules name it), the kinds of keys it is sent to (none: a server command),
+    who sends it, and what for."""
+
+    command: str
+    keys: tuple[str, ...]
+    sender: str
+    why: str
+
+
+COMMANDS: tuple[CommandUse, ...] = (
+    CommandUse("ping", (), WORKER, "the probe of a Redis that failed"),
+    CommandUse("zadd", ALL_SETS, WORKER, "write-through, write-back (ZADD LT); the boot's check of ZADD LT (XX)"),
+    CommandUse("zrevrangebyscore", ALL_SETS, WORKER, "boot: the newest ids, every stamp"),
+    CommandUse("zrevrange", SETS, WORKER, "boot: the stored ids beyond memory, by rank"),
+    CommandUse("zcard", SETS, WORKER, "boot: which ranks are within the horizon; the loss check"),
+    CommandUse("zcount", SETS, WORKER, "boot: which ranks are within the horizon"),
+    CommandUse("zmscore", SETS, WORKER, "a hit of the index confirmed; the loss check"),
+    CommandUse("get", ("clock",), WORKER, "the stored clock (boot, the loss check)"),
+    CommandUse("eval", ("clock",), WORKER, "the clock's forward-only script"),
+    CommandUse("set", ("clock",), WORKER, "inside the clock's script"),
+    CommandUse("hset", ("info",), WORKER, "last seen, scope and version, with each clock save"),
+    CommandUse("time", (), WORKER, "the server's clock: revocation times"),
+    CommandUse("info", (), WORKER, "INFO memory: the eviction policy"),
+    CommandUse("ping", (), ADMIN, "celery statedb check"),
+    CommandUse("scan", (), ADMIN, "every key of the prefix (MATCH <prefix>*)"),
+    CommandUse("time", (), ADMIN, "the server's clock: purge cutoffs, prune, producers' revocation times"),
+    CommandUse("zadd", ALL_SETS, ADMIN, "producers' revokes (fleet sets, or aimed at workers); migrations"),
+    CommandUse("zcard", ALL_SETS, ADMIN, "inspect, workers, check"),
+    CommandUse("zrange", ALL_SETS, ADMIN, "inspect, workers: the oldest and newest revocation"),
+    CommandUse("zrevrangebyscore", ALL_SETS, ADMIN, "ls: ids or stamps, newest first"),
+    CommandUse("zscore", SETS, ADMIN, "where"),
+    CommandUse("zmscore", ("revoked",), ADMIN, "a migration's dry run: which ids are new"),
+    CommandUse("zcount", ALL_SETS, ADMIN, "purge --dry-run"),
+    CommandUse("zremrangebyscore", ALL_SETS, ADMIN, "purge"),
+    CommandUse("zrem", ALL_SETS, ADMIN, "restore"),
+    CommandUse("memory|usage", SETS, ADMIN, "inspect, workers: memory per set (refused: shown as unknown)"),
+    CommandUse("get", ("clock", "legacy-blob"), ADMIN, "inspect, workers, check; migrate --legacy-blob"),
+    CommandUse("hgetall", ("info",), ADMIN, "inspect, workers, prune: last seen, scope, version"),
+    CommandUse("eval", ("clock",), ADMIN, "migrations: the clock's forward-only script"),
+    CommandUse("set", ("clock",), ADMIN, "inside the clock's script"),
+    CommandUse("type", ("legacy-blob",), ADMIN, "migrate --legacy-blob: what the 0.2 key holds"),
+    CommandUse("unlink", ("revoked", "clock", "info", "stamps"), ADMIN, "forget, prune: a dead worker's keys"),
+)
+# Sent by redis-py itself when it connects, depending on its version, the URL and the server:
+# HELLO (RESP3, or a user name), SELECT (a database other than 0), CLIENT SETINFO (Redis >= 7.2).
+CONNECTION_COMMANDS = ("hello", "select", "client|setinfo")
+
+
+def commands_of(sender: str) -> dict[str, set[str]]:
+    """Each command ``sender`` sends, and the kinds of keys it sends it to."""
+    found: dict[str, set[str]] = {}
+    for use in COMMANDS:
+        if use.sender == sender:
+            found.setdefault(use.command, set()).update(use.keys)
+    return found

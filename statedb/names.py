@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 
 from statedb.errors import InvalidInputError
@@ -22,6 +23,12 @@ def _shown(value: str, limit: int = 60) -> str:
 
 def _has_control_chars(value: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
+# What breaks a line-oriented output: the control characters (category Cc: C0, DEL, C1, among them
+# newline, tab, ESC and U+0085 NEL) and the line and paragraph separators U+2028 and U+2029.
+# Celery's ids (UUIDs, or any id a caller chose) never hold them.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def check_name(value: object, what: str) -> str:
@@ -50,6 +57,9 @@ def encode_task_id(task_id: object) -> bytes:
         raise InvalidInputError(f"task id must be a string, got {type(task_id).__name__}: {task_id!r:.80}")
     if not task_id:
         raise InvalidInputError("task id must not be empty")
+    if _LINE_BREAKING.search(task_id):
+        raise InvalidInputError(f"task id {_shown(task_id)} contains control characters (newline, tab, ESC...) "
+                                "or line separators: no Celery id holds them")
     try:
         raw = task_id.encode("utf-8")
     except UnicodeEncodeError:

@@ -62,10 +62,11 @@ def encode_stamp(header: object, value: object) -> bytes:
     return raw
 
 
-def decode_stamp(key: str, member: bytes) -> Stamp:
-    """(header, value) of a stored member; anything else is a CorruptValueError naming the key."""
+def decode_stamp(key: str, member: bytes | str) -> Stamp:
+    """(header, value) of a stored member (text from a client made with ``decode_responses=True``);
+    anything else is a CorruptValueError naming the key."""
     try:
-        header, value = json.loads(member.decode("utf-8"))
+        header, value = json.loads(member if isinstance(member, str) else member.decode("utf-8"))
         if not isinstance(header, str) or not header:
             raise ValueError("no header name")
     except (UnicodeDecodeError, ValueError, TypeError):

@@ -1,89 +1,173 @@
-"""Async admin APIs over the stored stamped-header revokes: list, inspect, restore, purge by age.
+"""Async admin API over the stored stamped-header revokes: list, inspect, revoke, restore, purge by age.
 
-Same conventions as :mod:`statedb.admin`: a Redis URL or an existing ``redis.asyncio``
-client (never closed here), the workers' key prefix and scope, pipelined batches over
-many workers with an optional ``progress(done, total)``. Live workers also need the
-library's control commands (``celery_redis_statedb.restore_stamps`` and
-``purge_old_revoked_tasks`` send them).
+:class:`StampsAdmin` works on a :class:`statedb.admin.StateAdmin` (``admin.stamps``): the
+same client, prefix and scope, the same conventions (results with ``as_dict()``, the
+fleet's stamps set named ``"fleet"``, pipelined batches with an optional ``progress(done,
+total)``, UnknownWorkerError for a worker with no state). The module-level functions are
+shortcuts over one call each. Live workers also need the library's control commands
+(``celery_redis_statedb.SyncStateAdmin`` sends them).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import timedelta
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from statedb import admin_commands as ops
 from statedb import stamps as stamp_commands
-from statedb._async.repository import AsyncStateRepository
-from statedb.admin import CONCURRENCY, Progress, RedisTarget, _in_batches, _Session, _session
-from statedb.commands import BadMembers
+from statedb.admin import (
+    CONCURRENCY,
+    FLEET,
+    Progress,
+    RedisTarget,
+    Result,
+    SetChange,
+    StateAdmin,
+    _in_batches,
+    _is_fleet,
+    utc,
+)
+from statedb.commands import BadMembers, Operation
 from statedb.keys import DEFAULT_KEY_PREFIX, RedisKey, Scope, key_text
-from statedb.operations import StateOperations
 from statedb.stamps import Stamp, StampRow, encode_stamp
-from statedb.timeframes import cutoff
+from statedb.timeframes import as_seconds, cutoff
 
 
 @dataclass(frozen=True)
-class StampsSetState:
-    """One stamps set (a worker's, or the fleet's when ``worker`` is None)."""
+class StampsSetState(Result):
+    """One stamps set: a worker's, or the fleet's (``worker == "fleet"``)."""
 
-    worker: str | None
+    worker: str
     key: str
     stamps_count: int
-    oldest: float | None
-    newest: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    oldest: datetime | None
+    newest: datetime | None
 
 
-async def stamps_keys(session: _Session) -> list[tuple[str | None, RedisKey]]:
-    """(worker, key) of every stamps set under the prefix, the fleet one (if any) last."""
-    return await session.sets_of("stamps", session.schema.shared_stamps_key)
+class StampsAdmin:
+    """The stamped-header revokes of the workers a :class:`~statedb.admin.StateAdmin` is bound to."""
+
+    def __init__(self, admin: StateAdmin) -> None:
+        self.admin = admin
+
+    def _key_of(self, worker: str | None) -> tuple[str, str]:
+        """(owner, key) of the stamps set a worker reads and writes (the fleet's in the shared scope)."""
+        schema = self.admin.schema
+        if _is_fleet(worker):
+            return FLEET, schema.shared_stamps_key
+        key = schema.for_worker(str(worker), self.admin.scope).stamps
+        return (FLEET if key == schema.shared_stamps_key else str(worker)), key
+
+    async def sets(self, worker: str | None, *, every: bool) -> list[tuple[str, RedisKey]]:
+        """Every stamps set (``every``), or the named worker's (checked to exist)."""
+        if not every:
+            if not _is_fleet(worker):
+                await self.admin.inspect_worker(worker)
+            return [self._key_of(worker)]
+        found, fleet = await self.admin._scan()
+        sets: list[tuple[str, RedisKey]] = [(name, item.keys["stamps"]) for name, item in found.items()
+                                            if "stamps" in item.keys]
+        if "stamps" in fleet:
+            sets.append((FLEET, self.admin.schema.shared_stamps_key))
+        return sets
+
+    async def inspect_stamps(self, workers: Iterable[str | None] | None = None, *,
+                             progress: Progress | None = None) -> list[StampsSetState]:
+        """Count, oldest and newest revocation of the given workers' stamps sets (None or FLEET: the
+        fleet's), or of every stamps set under the prefix."""
+        if workers is None:
+            sets = await self.sets(None, every=True)
+        else:
+            sets = []
+            for worker in workers:
+                sets.extend(await self.sets(worker, every=False))
+
+        async def describe(batch: Sequence[tuple[str, RedisKey]]) -> list[StampsSetState]:
+            facts = await self.admin.run(ops.describe([ops.Probe(stamps=key) for _, key in batch]))
+            states = []
+            for (owner, key), fact in zip(batch, facts, strict=True):
+                found = fact.stamps or ops.SetFacts(0, None, None, None)
+                states.append(StampsSetState(owner, key_text(key), found.count, utc(found.oldest), utc(found.newest)))
+            return states
+
+        return await _in_batches(sets, describe, concurrency=self.admin.concurrency, progress=progress,
+                                 batch_size=50)
+
+    async def iter_stamps(self, worker: str | None, *, newer_than: float | None = None, limit: int | None = None,
+                          bad: BadMembers | None = None) -> AsyncIterator[StampRow]:
+        """(header, value, revocation time) of a worker's stamps (None or FLEET: the fleet's), newest first,
+        in chunks (a corrupt member raises CorruptValueError, or, given ``bad``, is skipped and counted)."""
+        if not _is_fleet(worker):
+            await self.admin.inspect_worker(worker)
+        repository = self.admin._repository("fleet" if _is_fleet(worker) else str(worker), self.admin.scope, bad)
+        async for row in repository.iter_stamps(newer_than=newer_than, limit=limit, shared=_is_fleet(worker)):
+            yield row
+
+    async def revoke_stamps(self, stamps: Iterable[Stamp], *, revoked_at: float | None = None) -> int:
+        """Producer-side durable stamp revoke: into the fleet stamps set, read by every worker at boot;
+        how many were new there. Live workers also need Celery's ``revoke_by_stamped_headers``."""
+        pairs = list(stamps)
+        for header, value in pairs:
+            encode_stamp(header, value)  # a bad one is an InvalidInputError before any I/O
+        when = await self.admin.server_time() if revoked_at is None else revoked_at
+        operation = self.admin._repository().operations.add_stamps(pairs, when, shared=True)
+        return await self.admin.run(operation)
+
+    async def restore_stamps(self, stamps: Iterable[Stamp], *, worker: str | None = None,
+                             progress: Progress | None = None) -> int:
+        """Lift stamped-header revokes: remove them from every stamps set (or ``worker``'s); how many
+        removals. Live workers keep them in memory until told (``statedb_restore_stamps``)."""
+        pairs = list(stamps)
+        for header, value in pairs:
+            encode_stamp(header, value)
+        if not pairs:
+            return 0
+        sets = await self.sets(worker, every=worker is None)
+        changes = await self._sum(sets, lambda key: stamp_commands.remove_stamps(key, pairs), progress)
+        return sum(change.count for change in changes)
+
+    async def purge_old_stamps(self, *, older_than: timedelta | float | int | str, worker: str | None = None,
+                               dry_run: bool = False, now: float | None = None,
+                               progress: Progress | None = None) -> int:
+        """Remove stamps revoked strictly before ``now - older_than`` (the server's clock by default) from
+        every stamps set and the fleet's (or ``worker``'s only); how many (would be, on dry_run)."""
+        seconds = as_seconds(older_than)
+        cut = cutoff(await self.admin.server_time() if now is None else now, seconds)
+        return await self.purge_sets(await self.sets(worker, every=worker is None), cut, dry_run=dry_run,
+                                     progress=progress)
+
+    async def purge_sets(self, sets: Sequence[tuple[str, RedisKey]], cutoff_time: float, *, dry_run: bool,
+                         progress: Progress | None = None) -> int:
+        """Purge (or count) the stamps revoked strictly before ``cutoff_time`` in ``sets`` (from :meth:`sets`)."""
+        changes = await self._sum(
+            sets, lambda key: stamp_commands.purge_stamps_before(key, cutoff_time, dry_run=dry_run), progress)
+        return sum(change.count for change in changes)
+
+    async def _sum(self, sets: Sequence[tuple[str, RedisKey]], operation: Callable[[RedisKey], Operation[int]],
+                   progress: Progress | None) -> list[SetChange]:
+        async def run(batch: Sequence[tuple[str, RedisKey]]) -> list[SetChange]:
+            counts = await self.admin.run(ops.combined([operation(key) for _, key in batch]))
+            return [SetChange(owner, key_text(key), count) for (owner, key), count in zip(batch, counts, strict=True)]
+
+        return await _in_batches(sets, run, concurrency=self.admin.concurrency, progress=progress)
 
 
-def _worker_stamps_key(session: _Session, worker: str | None) -> str:
-    if worker is None:
-        return session.schema.shared_stamps_key
-    return session.schema.for_worker(worker, session.scope).stamps
+# -- the module-level shortcuts (the signatures they always had) -----------------------------------
 
 
-async def _keys_for(session: _Session, worker_name: str | None) -> list[RedisKey]:
-    if worker_name is None:
-        return [key for _, key in await stamps_keys(session)]
-    return [_worker_stamps_key(session, worker_name)]
+def _admin(redis: RedisTarget, key_prefix: str, scope: Scope | str = Scope.WORKER,
+           concurrency: int = CONCURRENCY) -> StateAdmin:
+    return StateAdmin(redis, key_prefix=key_prefix, scope=scope, concurrency=concurrency)
 
 
 async def inspect_stamps(
     redis: RedisTarget, workers: Iterable[str | None] | None = None, *, key_prefix: str = DEFAULT_KEY_PREFIX,
     scope: Scope | str = Scope.WORKER, concurrency: int = CONCURRENCY, progress: Progress | None = None,
 ) -> list[StampsSetState]:
-    """Count, oldest and newest revocation of the given workers' stamps sets (None: the fleet's), or of all."""
-    async with _session(redis, key_prefix, scope) as session:
-        pairs: list[tuple[str | None, RedisKey]]
-        if workers is None:
-            pairs = await stamps_keys(session)
-        else:
-            pairs = [(worker, _worker_stamps_key(session, worker)) for worker in workers]
-
-        async def describe(batch: Sequence[tuple[str | None, RedisKey]]) -> list[StampsSetState]:
-            def stage(pipe: Any) -> None:
-                for _, key in batch:
-                    pipe.zcard(key)
-                    pipe.zrange(key, 0, 0, withscores=True)
-                    pipe.zrange(key, -1, -1, withscores=True)
-
-            replies = session.checked(await session.pipeline(stage), [key for _, key in batch for _ in range(3)])
-            states = []
-            for index, (worker, key) in enumerate(batch):
-                count, first, last = replies[3 * index : 3 * index + 3]
-                states.append(StampsSetState(worker, key_text(key), int(count), first[0][1] if first else None,
-                                             last[0][1] if last else None))
-            return states
-
-        return await _in_batches(pairs, describe, concurrency=concurrency, progress=progress, batch_size=50)
+    """:meth:`StampsAdmin.inspect_stamps` in one call."""
+    async with _admin(redis, key_prefix, scope, concurrency) as admin:
+        return await admin.stamps.inspect_stamps(workers, progress=progress)
 
 
 async def iter_stamps(
@@ -91,12 +175,9 @@ async def iter_stamps(
     scope: Scope | str = Scope.WORKER, newer_than: float | None = None, limit: int | None = None,
     bad: BadMembers | None = None,
 ) -> AsyncIterator[StampRow]:
-    """(header, value, revocation time) of a worker's stamps (None: the fleet's), newest first, in chunks
-    (a corrupt member raises CorruptValueError, or, given ``bad``, is skipped and counted there)."""
-    async with _session(redis, key_prefix, scope) as session:
-        keys = session.schema.for_worker(worker or "fleet", session.scope)
-        repository = AsyncStateRepository(session.client, StateOperations(keys, session.target), bad=bad)
-        async for row in repository.iter_stamps(newer_than=newer_than, limit=limit, shared=worker is None):
+    """:meth:`StampsAdmin.iter_stamps` in one call."""
+    async with _admin(redis, key_prefix, scope) as admin:
+        async for row in admin.stamps.iter_stamps(worker, newer_than=newer_than, limit=limit, bad=bad):
             yield row
 
 
@@ -104,35 +185,9 @@ async def revoke_stamps(
     redis: RedisTarget, stamps: Iterable[Stamp], *, key_prefix: str = DEFAULT_KEY_PREFIX,
     revoked_at: float | None = None,
 ) -> int:
-    """Producer-side durable stamp revoke: into the fleet stamps key, read by every worker at boot.
-
-    Returns how many were new there. Live workers also need Celery's
-    ``revoke_by_stamped_headers`` broadcast.
-    """
-    async with _session(redis, key_prefix, Scope.WORKER) as session:
-        operation = session.fleet_operations().add_stamps(stamps, revoked_at, shared=True)
-        result: int = operation.result(await session.pipeline(operation.stage))
-        return result
-
-
-async def _sum_over(session: _Session, keys: Sequence[RedisKey], operation: Any, *, concurrency: int,
-                    progress: Progress | None) -> int:
-    async def run(batch: Sequence[RedisKey]) -> list[int]:
-        operations = [operation(key) for key in batch]
-
-        def stage(pipe: Any) -> None:
-            for op in operations:
-                op.stage(pipe)
-
-        replies = await session.pipeline(stage)
-        results, start = [], 0
-        for op in operations:
-            width = len(op.keys)
-            results.append(op.result(replies[start : start + width]))
-            start += width
-        return results
-
-    return sum(await _in_batches(keys, run, concurrency=concurrency, progress=progress))
+    """:meth:`StampsAdmin.revoke_stamps` in one call."""
+    async with _admin(redis, key_prefix) as admin:
+        return await admin.stamps.revoke_stamps(stamps, revoked_at=revoked_at)
 
 
 async def restore_stamps(
@@ -140,18 +195,9 @@ async def restore_stamps(
     key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER,
     concurrency: int = CONCURRENCY, progress: Progress | None = None,
 ) -> int:
-    """Lift stamped-header revokes: remove them from every stamps set (or ``worker_name``'s); returns
-    how many removals. Live workers keep them in memory until told
-    (``celery_redis_statedb.restore_stamps`` broadcasts ``statedb_restore_stamps``)."""
-    pairs = list(stamps)
-    for header, value in pairs:
-        encode_stamp(header, value)  # a bad one is an InvalidInputError before any I/O
-    if not pairs:
-        return 0
-    async with _session(redis, key_prefix, scope) as session:
-        keys = await _keys_for(session, worker_name)
-        return await _sum_over(session, keys, lambda key: stamp_commands.remove_stamps(key, pairs),
-                               concurrency=concurrency, progress=progress)
+    """:meth:`StampsAdmin.restore_stamps` in one call."""
+    async with _admin(redis, key_prefix, scope, concurrency) as admin:
+        return await admin.stamps.restore_stamps(stamps, worker=worker_name, progress=progress)
 
 
 async def purge_old_stamps(
@@ -159,11 +205,7 @@ async def purge_old_stamps(
     key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER, dry_run: bool = False,
     now: float | None = None, concurrency: int = CONCURRENCY, progress: Progress | None = None,
 ) -> int:
-    """Remove stamps revoked strictly before ``now - older_than`` from every stamps set and the fleet's
-    (or ``worker_name``'s only); returns how many (would be, on dry_run)."""
-    cut = cutoff(time.time() if now is None else now, older_than)
-    async with _session(redis, key_prefix, scope) as session:
-        keys = await _keys_for(session, worker_name)
-        return await _sum_over(session, keys,
-                               lambda key: stamp_commands.purge_stamps_before(key, cut, dry_run=dry_run),
-                               concurrency=concurrency, progress=progress)
+    """:meth:`StampsAdmin.purge_old_stamps` in one call."""
+    async with _admin(redis, key_prefix, scope, concurrency) as admin:
+        return await admin.stamps.purge_old_stamps(older_than=older_than, worker=worker_name, dry_run=dry_run,
+                                                   now=now, progress=progress)

@@ -1,4 +1,5 @@
-"""Least-privilege ACL users for the tests: the rules the README documents, and the server's ACL log."""
+"""Least-privilege ACL users for the tests: the README's rules (Security section, parsed by
+:mod:`tests.acl_rules`) applied to a test's own key prefix, and the server's ACL log."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ from typing import Any
 import redis
 
 from celery_redis_statedb.local_servers import PrivateServer
+from tests.acl_rules import ADMIN_USER, WORKER_USER, readme_rules
 
-# What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, ZREVRANGE, ZCARD, ZCOUNT, ZMSCORE on the sorted
-# sets; GET and EVAL (whose script calls GET and SET) on clock keys only; HSET on its info hash only
-# (last seen, with each clock save); TIME and INFO (keyless: the server's clock and eviction policy);
-# plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than 0) and CLIENT SETINFO (redis-py >= 5
-# on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the ACL log).
-WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +time +info"
-CLOCK_COMMANDS = "+get +set +eval"
-INFO_COMMANDS = "+hset"
+# Added to the README's rules where a test needs them: SELECT (a database other than 0) and CLIENT
+# SETINFO (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the ACL log).
 OPTIONAL_COMMANDS = "+client|setinfo"
-# The admin CLI and APIs add reads, purges and restores over every set of the prefix.
-ADMIN_COMMANDS = WORKER_COMMANDS + " +get +set +eval +scan +type +zrange +zscore +zrem +zremrangebyscore" \
-                                  " +memory|usage"
 ACL_PASSWORD = "acl-pw-1"
 
 
@@ -34,21 +27,30 @@ def _optional(client: redis.Redis) -> list[str]:
 
 
 def acl_rule(prefix: str, commands: str, client: redis.Redis) -> list[str]:
-    """``ACL SETUSER`` arguments for a user limited to ``prefix``; CLIENT SETINFO where the server knows it."""
+    """``ACL SETUSER`` arguments for a user limited to ``prefix`` with ``commands`` (not a README rule)."""
     return ["on", f">{ACL_PASSWORD}", "resetkeys", f"~{prefix}*", "resetchannels", "-@all", *commands.split(),
             *_optional(client)]
 
 
-def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str = CLOCK_COMMANDS,
-                    info_commands: str | None = INFO_COMMANDS) -> list[str]:
-    """The README's worker rule: the sorted-set commands on the sorted sets only, and selectors for the
-    clock keys (GET, SET, EVAL) and the info hashes (HSET), so a worker credential cannot change any key's
-    type. ``info_commands=None``: a rule written before the info hash (no selector for it)."""
-    keys = [f"~{prefix}*:revoked", f"~{prefix}*:stamps", f"~{prefix}shared:fleet-revoked",
-            f"~{prefix}shared:fleet-stamps"]
-    info = [] if info_commands is None else [f"(~{prefix}*:info {info_commands})"]
-    return ["on", f">{ACL_PASSWORD}", "resetkeys", *keys, "resetchannels", "-@all", *WORKER_COMMANDS.split(),
-            *_optional(client), f"(~{prefix}*:clock {clock_commands})", *info]
+def admin_acl_rule(prefix: str, client: redis.Redis) -> list[str]:
+    """The README's admin rule for ``prefix``; CLIENT SETINFO where the server knows it."""
+    return readme_rules()[ADMIN_USER].setuser_args(prefix, ACL_PASSWORD, "+select", *_optional(client))
+
+
+def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str | None = None,
+                    info_commands: str | None = "+hset") -> list[str]:
+    """The README's worker rule for ``prefix``: the sorted-set commands on the sorted sets only, and
+    selectors for the clock keys (GET, SET, EVAL; ``clock_commands`` instead if given) and the info
+    hashes (HSET; ``info_commands=None``: a rule written before the info hash, without that selector)."""
+    args = readme_rules()[WORKER_USER].setuser_args(prefix, ACL_PASSWORD, "+select", *_optional(client))
+    clock, info = f"(~{prefix}*:clock ", f"(~{prefix}*:info "
+    if clock_commands is not None:
+        args = [f"{clock}{clock_commands})" if arg.startswith(clock) else arg for arg in args]
+    if info_commands is None:
+        args = [arg for arg in args if not arg.startswith(info)]
+    elif info_commands != "+hset":
+        args = [f"{info}{info_commands})" if arg.startswith(info) else arg for arg in args]
+    return args
 
 
 def acl_log(client: redis.Redis) -> list[str]:

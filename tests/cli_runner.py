@@ -18,8 +18,10 @@ from tests.workers import DROPPED_ENV_PREFIXES
 APP_ENV = "CLI_TEST_APP"
 
 
-def cli_app(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """Write an app module whose statedb keys and broker keys live under ``key_prefix``; a runner for it."""
+def cli_app(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+            **conf: object) -> CliRunner:
+    """Write an app module whose statedb keys and broker keys live under ``key_prefix`` (and ``conf``);
+    a runner for it."""
     module = f"cliapp_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{module}.py").write_text(
         "from celery import Celery\n"
@@ -27,6 +29,7 @@ def cli_app(tmp_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest
         f"app.conf.redis_state_key_prefix = {key_prefix!r}\n"
         "app.conf.broker_transport_options = {'global_keyprefix': "
         f"{key_prefix + 'broker:'!r}}}\n"
+        + "".join(f"app.conf.{name} = {value!r}\n" for name, value in conf.items())
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [name for name in os.environ if name.startswith(DROPPED_ENV_PREFIXES)]:

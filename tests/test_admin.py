@@ -14,6 +14,7 @@ from celery_redis_statedb.local_servers import free_port
 from statedb import (
     InvalidInputError,
     RedisUnavailableError,
+    UnknownWorkerError,
     WrongKeyTypeError,
     inspect_worker,
     inspect_workers,
@@ -24,6 +25,7 @@ from statedb import (
     revoke,
     where_revoked,
 )
+from statedb.admin import FLEET, utc
 from statedb.keys import KeySchema
 
 NOW = 1_800_000_000.0
@@ -102,7 +104,7 @@ async def test_a_thousand_workers(redis_url: str, key_prefix: str, redis_client:
     assert len(await list_workers(redis_url, key_prefix=key_prefix)) == 1000
     states = await inspect_workers(redis_url, key_prefix=key_prefix, progress=lambda d, t: seen.append((d, t)))
     assert len(states) == 1000
-    assert all(s.revoked_count == 2 and s.oldest == NOW - 7200 and s.newest == NOW - 10 for s in states)
+    assert all(s.revoked_count == 2 and s.oldest == utc(NOW - 7200) and s.newest == utc(NOW - 10) for s in states)
     assert {s.clock for s in states} == set(range(1000))
     assert seen[-1] == (1000, 1000)
     seen.clear()
@@ -130,12 +132,13 @@ async def test_inspect_reports_clock_memory_and_the_fleet_set(
     redis_client.set(KeySchema(key_prefix).clock_key("w@h"), 42)
     seed(redis_client, key_prefix, None, {"c": NOW})
     states = {s.worker: s for s in await inspect_workers(redis_url, key_prefix=key_prefix)}
-    assert set(states) == {"w@h", None}
+    assert set(states) == {"w@h", FLEET}
     worker = states["w@h"]
-    assert (worker.revoked_count, worker.oldest, worker.newest, worker.clock) == (2, NOW - 50, NOW - 5, 42)
+    assert (worker.revoked_count, worker.oldest, worker.newest, worker.clock) == (2, utc(NOW - 50), utc(NOW - 5), 42)
     assert worker.memory_bytes is not None and worker.memory_bytes > 0
-    assert states[None].revoked_count == 1 and states[None].clock is None
-    assert worker.as_dict()["worker"] == "w@h"
+    assert states[FLEET].revoked_count == 1 and states[FLEET].clock is None
+    assert worker.as_dict()["worker"] == "w@h" and states[FLEET].as_dict()["worker"] == "fleet"
+    assert worker.as_dict()["oldest_epoch"] == NOW - 50
 
 
 async def test_producer_revoke_where_and_restore(redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
@@ -143,12 +146,13 @@ async def test_producer_revoke_where_and_restore(redis_url: str, key_prefix: str
     assert await revoke(redis_url, ["t", "u"], key_prefix=key_prefix) == 2
     assert await revoke(redis_url, ["t"], key_prefix=key_prefix) == 0
     places = await where_revoked(redis_url, "t", key_prefix=key_prefix)
-    assert sorted(str(p.worker) for p in places) == ["None", "w@h"]
+    assert sorted(p.worker for p in places) == ["fleet", "w@h"]
     assert [row[0] for row in [r async for r in iter_revoked(redis_url, None, key_prefix=key_prefix)]] in (
         ["t", "u"], ["u", "t"])
     assert await restore(redis_url, ["t"], key_prefix=key_prefix) == 2
     assert await where_revoked(redis_url, "t", key_prefix=key_prefix) == []
-    assert [r async for r in iter_revoked(redis_url, "w@h", key_prefix=key_prefix)] == []
+    with pytest.raises(UnknownWorkerError):  # its only key, the set, is gone: no state left for w@h
+        [r async for r in iter_revoked(redis_url, "w@h", key_prefix=key_prefix)]
 
 
 async def test_errors_name_the_problem(redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:

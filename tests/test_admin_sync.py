@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -12,6 +13,8 @@ from celery import Celery
 
 from celery_redis_statedb import (
     ConfigurationError,
+    InvalidInputError,
+    SyncStateAdmin,
     purge_old_revoked_tasks,
     restore_tasks,
     revoke_tasks,
@@ -42,6 +45,7 @@ def test_purge_old_revoked_tasks_as_in_the_seed_readme(redis_url: str, key_prefi
 
 def test_url_resolution_order(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_STATEDB_URL", raising=False)
+    monkeypatch.delenv("CELERY_WORKER_STATEDB", raising=False)
     app = Celery("u", set_as_current=False, broker="amqp://guest@localhost//")
     with pytest.raises(ConfigurationError, match="no Redis URL"):
         statedb_url(app)
@@ -54,6 +58,56 @@ def test_url_resolution_order(redis_url: str, monkeypatch: pytest.MonkeyPatch) -
     app.conf.worker_state_db = "redis://conf:6379/2"
     assert statedb_url(app) == "redis://conf:6379/2"
     assert statedb_url(app, "redis://explicit:6379/3") == "redis://explicit:6379/3"
+    monkeypatch.setenv("CELERY_WORKER_STATEDB", "redis://worker-env:6379/4")  # before worker_state_db: as
+    assert statedb_url(app) == "redis://worker-env:6379/4"  # celery worker reads them (issue 12)
+
+
+class Spy:
+    """Celery's broadcasts (and pings) of an app, recorded; ``alive`` answer pings."""
+
+    def __init__(self, app: Celery, monkeypatch: pytest.MonkeyPatch, alive: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[str, Any, Any]] = []
+
+        def broadcast(command: str, arguments: Any = None, destination: Any = None, **kwargs: Any) -> Any:
+            self.calls.append((command, arguments, destination))
+            if command == "ping":
+                return [{name: {"ok": "pong"}} for name in alive]
+            return [{name: {"ok": "done"}} for name in (destination or alive)] if kwargs.get("reply") else None
+
+        monkeypatch.setattr(app.control, "broadcast", broadcast)
+
+
+def test_sync_admin_binds_the_app_and_tells_live_workers(redis_url: str, key_prefix: str,
+                                                         redis_client: redis.Redis,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    schema, now = KeySchema(key_prefix), time.time()
+    redis_client.zadd(schema.revoked_key("w1@h"), {"t": now - 40 * 86400})
+    redis_client.zadd(schema.shared_revoked_key, {"t": now - 40 * 86400})
+    redis_client.set(schema.clock_key("w1@h"), 1)
+    redis_client.set(schema.clock_key("w2@h"), 1)
+    app = make_app("unused-prefix:", worker_state_db=redis_url)
+    spy = Spy(app, monkeypatch, alive=("w2@h",))
+    admin = SyncStateAdmin.for_app(app, key_prefix=key_prefix, scope="worker")
+    assert admin.config.key_prefix == key_prefix and admin.url_source is not None
+    assert admin.url_source.source == "app.conf.worker_state_db"
+
+    result = admin.restore(["t"], worker="w1@h")
+    assert (result.removed, result.report.fleet_removed) == (2, 1) and result.report.note  # type: ignore[union-attr]
+    assert spy.calls[-1] == ("statedb_restore", {"task_id": ["t"]}, ["w1@h"])  # to that worker only
+    assert result.replies == [{"w1@h": {"ok": "done"}}]
+
+    redis_client.zadd(schema.revoked_key("w1@h"), {"old": now - 40 * 86400})
+    report = admin.purge_old_revoked("30d")
+    assert report.removed == 1 and [c[0] for c in spy.calls[-2:]] == ["statedb_purge", "statedb_purge_stamps"]
+    assert admin.purge_old_revoked("30d", dry_run=True).dry_run and spy.calls[-1][0] == "statedb_purge_stamps"
+
+    with pytest.raises(InvalidInputError, match="w2@h is alive"):
+        admin.forget(["w2@h"])
+    assert spy.calls[-1][0] == "ping"
+    assert [w.worker for w in admin.forget(["w1@h"], dry_run=True).workers] == ["w1@h"]
+    pruned = admin.prune("1s", include_unknown=True)
+    assert pruned.kept_live == ("w2@h",) and [w.worker for w in pruned.workers] == ["w1@h"]
+    assert redis_client.exists(schema.clock_key("w2@h")) and not redis_client.exists(schema.clock_key("w1@h"))
 
 
 @pytest.mark.e2e

@@ -603,22 +603,29 @@ def test_importing_the_entry_point_is_what_does_it() -> None:
 def test_revoke_tasks_stores_once_and_broadcasts(
     app: Celery, spy: BroadcastSpy, redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writes: list[int] = []
-    real = durable_control.run_operations
+    from statedb.admin import StateAdmin
+
+    writes: list[object] = []
+    real, real_admin = durable_control.run_operations, StateAdmin.revoke
 
     def counting(client: Any, operations: Any, target: str) -> int:
         writes.append(len(operations))
         return real(client, operations, target)
 
+    async def counting_admin(admin: StateAdmin, *args: Any, **kwargs: Any) -> Any:
+        writes.append("admin")
+        return await real_admin(admin, *args, **kwargs)
+
     monkeypatch.setattr(durable_control, "run_operations", counting)
+    monkeypatch.setattr(StateAdmin, "revoke", counting_admin)
     key = shared_key(key_prefix)
     spy.probe = lambda: redis_client.zscore(key, "rt-1")
     assert revoke_tasks(app, ["rt-1", "rt-2"], terminate=True, signal="KILL") == 2
-    assert writes == [1]
+    assert writes == ["admin"]  # stored by revoke_tasks; its broadcast stores nothing again
     assert spy.commands == ["revoke"] and spy.seen[0] is not None
     assert spy.calls[0]["arguments"] == {"task_id": ["rt-1", "rt-2"], "terminate": True, "signal": "KILL"}
     app.control.revoke("after")  # the next revoke is stored again as usual
-    assert writes == [1, 1]
+    assert writes == ["admin", 1]
 
 
 def test_revoke_tasks_with_redis_down_broadcasts_nothing(key_prefix: str, spy: BroadcastSpy) -> None:

@@ -17,7 +17,7 @@ import redis
 from celery_redis_statedb import purge_old_revoked_tasks, restore_stamps
 from celery_redis_statedb.local_servers import PrivateServer
 from statedb.stamps import add_stamps
-from tests.acl import ACL_PASSWORD, ADMIN_COMMANDS, acl_log, acl_rule, worker_acl_rule
+from tests.acl import ACL_PASSWORD, acl_log, admin_acl_rule, worker_acl_rule
 from tests.keys import shared_stamps_key, stamp, stamps_key
 from tests.pickles import payloads
 from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, fast_env, new_task_id
@@ -130,7 +130,7 @@ def test_a_worker_and_the_admin_keep_to_the_documented_acl(harness: WorkerHarnes
     admin = server.client()
     try:
         admin.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(state_prefix, admin))
-        admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(state_prefix, ADMIN_COMMANDS, admin))
+        admin.execute_command("ACL", "SETUSER", "statedb-admin", *admin_acl_rule(state_prefix, admin))
         admin.execute_command("ACL", "LOG", "RESET")
         admin.zadd(shared_stamps_key(state_prefix), {stamp("tenant", "t-1"): time.time()})
         url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"

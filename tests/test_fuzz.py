@@ -48,7 +48,10 @@ names = st.text(name_chars, min_size=1, max_size=40)
 # Glob-heavy names: the characters a SCAN pattern would otherwise interpret.
 globby = st.text(st.sampled_from("*?[]\\^-!:@ab"), min_size=1, max_size=12)
 any_names = st.one_of(names, globby)
-task_ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+# What an id may be: any text without control characters, line separators or lone surrogates (issue 12:
+# ids that break a line-oriented output are refused).
+task_ids = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=30)
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
 anything = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=20),
                      st.text(max_size=20), st.lists(st.integers(), max_size=3))
@@ -96,16 +99,38 @@ def test_check_name_accepts_text_or_raises_invalid_input(value: object) -> None:
     assert not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
 
 
+def _breaks_lines(value: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
+
+
 @PURE
-@given(value=st.one_of(anything, task_ids, st.text(max_size=10)))
+@given(value=st.one_of(anything, task_ids, any_text, st.text(max_size=10)))
 def test_encode_task_id_round_trips_or_raises_invalid_input(value: object) -> None:
     try:
         raw = encode_task_id(value)
     except InvalidInputError as exc:
         assert len(str(exc)) < 300
-        assert not isinstance(value, str) or not value or any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+        assert (not isinstance(value, str) or not value or any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+                or _breaks_lines(value))
         return
     assert isinstance(value, str) and raw.decode("utf-8") == value and 0 < len(raw) <= MAX_TASK_ID_BYTES
+    assert not _breaks_lines(value)
+
+
+@PURE
+@given(value=any_text)
+def test_the_fast_path_and_the_full_check_agree(value: str) -> None:
+    """commands' ASCII fast path refuses exactly what encode_task_id refuses (control characters are ASCII)."""
+    try:
+        expected: bytes | None = encode_task_id(value)
+    except InvalidInputError:
+        expected = None
+    try:
+        (got,) = commands.encode_task_ids([value])
+    except InvalidInputError:
+        assert expected is None
+    else:
+        assert got == expected
 
 
 @PURE

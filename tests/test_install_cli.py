@@ -24,7 +24,7 @@ def fake_worker(statedb: Any, **options: Any) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h/1", "unix:///tmp/r.sock"])
-def test_a_redis_url_is_claimed_from_celery_file_statedb(url: str) -> None:
+def test_a_redis_url_is_claimed_fromwrite_celery_statedb(url: str) -> None:
     worker = fake_worker(url)
     claim_redis_statedb(worker)
     assert worker.statedb is None  # Celery's own StateDB step stays disabled

@@ -22,7 +22,7 @@ from celery_redis_statedb import watch as watch_module
 from celery_redis_statedb.local_servers import PrivateServer
 from celery_redis_statedb.settings import resolve_config
 from statedb import ConfigurationError, EvictionPolicyError, StateDBConfig
-from tests.acl import ACL_PASSWORD, CLOCK_COMMANDS, WORKER_COMMANDS, acl_rule
+from tests.acl import ACL_PASSWORD, worker_acl_rule
 from tests.clocks import SkewedTime
 from tests.guarantees import guarantee, missing_from
 from tests.keys import clock_key, revoked_key, shared_key
@@ -393,8 +393,8 @@ def test_a_restore_during_a_partition_is_not_undone(
 def test_an_acl_without_time_and_info_still_runs_and_says_so(server: PrivateServer, admin: redis.Redis,
                                                               make: Persistences, key_prefix: str,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    older = f'{WORKER_COMMANDS.replace(" +time", "").replace(" +info", "")} {CLOCK_COMMANDS}'
-    admin.execute_command("ACL", "SETUSER", "old-acl", *acl_rule(key_prefix, older, admin))
+    older = [arg for arg in worker_acl_rule(key_prefix, admin) if arg not in ("+time", "+info")]  # the README's
+    admin.execute_command("ACL", "SETUSER", "old-acl", *older)  # worker rule, without +time +info
     url = f"redis://old-acl:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
     with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
         persistence = make(url, clock_interval=0.1)

@@ -60,10 +60,11 @@ def test_workers_table_and_json_with_odd_key_names(cli: CliRunner, redis_url: st
     table = run(cli, redis_url, "workers").output
     no_raw_control(table)
     lines = table.splitlines()
-    assert len(lines) == 1 + 3 + 1, table  # header, one row per set (the newline escaped), summary
+    # header, one row per worker (the newline escaped; the stamps-only one too), summary
+    assert len(lines) == 1 + 4 + 1, table
     assert any(line.startswith("'nl\\nname@h'") and " 5 " in line for line in lines), table
     assert any("bad\\xff\\xfe@h" in line for line in lines), table
-    assert "3 revoked sets, 4 ids" in table
+    assert "4 workers: 4 revoked ids in 3 sets" in table
     rows = json.loads(run(cli, redis_url, "workers", "--json").output)
     by_worker = {row["worker"]: row for row in rows}
     assert by_worker["nl\nname@h"]["clock"] == 5
@@ -79,7 +80,7 @@ def test_ls_and_where_escape_what_redis_holds(cli: CliRunner, redis_url: str, se
     no_raw_control(as_json)
     assert [row["task_id"] for row in json.loads(as_json)] == [ESC_ID]  # exactly, once decoded
     where = run(cli, redis_url, "where", "t-nl").output
-    assert "'nl\\nname@h'" in where and len(where.splitlines()) == 1, where
+    assert "'nl\\nname@h'" in where and len(where.splitlines()) == 1 + 1, where  # a header, one row
     inspect = run(cli, redis_url, "inspect", "esc@h").output
     no_raw_control(inspect)
 
@@ -88,7 +89,7 @@ def test_purge_and_restore_reach_keys_that_are_not_utf8(
     cli: CliRunner, redis_url: str, seeded: dict[str, bytes], redis_client: redis.Redis
 ) -> None:
     dry = run(cli, redis_url, "purge", "--older-than", "30d", "--dry-run").output
-    assert "would remove 1 revoked ids" in dry, dry
+    assert "would remove 1 revoked id older than 30d from 1 of 3 sets" in dry, dry
     run(cli, redis_url, "purge", "--older-than", "30d", "--yes")
     assert redis_client.zscore(seeded["binary"], "t-old") is None
     assert redis_client.zscore(seeded["binary"], "t-new") is not None

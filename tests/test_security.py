@@ -31,12 +31,15 @@ from statedb import (
     AsyncStateRepository,
     ConfigurationError,
     RedisUnavailableError,
+    StateAdmin,
     StateDBConfig,
     StateDBError,
 )
 from statedb import admin as async_admin
-from tests.acl import ACL_PASSWORD, ADMIN_COMMANDS, acl_log, acl_rule, worker_acl_rule, worker_acl_server
+from tests.acl import ACL_PASSWORD, acl_log, admin_acl_rule, worker_acl_rule, worker_acl_server
+from tests.admin_contract import run_contract
 from tests.cli_runner import cli_app, run_cli
+from tests.file_statedb import write_celery_statedb
 from tests.keys import clock_key, info_key, revoked_key, shared_key
 from tests.pickles import payloads
 from tests.servers import make_tls_files, openssl_available, server_version
@@ -505,27 +508,31 @@ def test_a_worker_whose_acl_predates_the_info_hash_runs_and_says_so_once(
         assert "Traceback" not in log and ACL_PASSWORD not in log
 
 
-def test_the_admin_apis_run_as_an_admin_acl_user(key_prefix: str) -> None:
+def test_the_admin_apis_run_as_an_admin_acl_user(key_prefix: str, tmp_path: Path) -> None:
+    """The whole admin contract, a migration (file and legacy blob) and check's reads, as the README's
+    admin user: nothing is refused (the ACL log stays empty)."""
+    from celery_redis_statedb.migration import legacy_blob_key, migrate_file_statedb, migrate_legacy_blob
+    from statedb import admin_commands
+
     server = PrivateServer().start()
     admin = server.client()
     try:
-        admin.execute_command("ACL", "SETUSER", "statedb-admin", *acl_rule(key_prefix, ADMIN_COMMANDS, admin))
+        admin.execute_command("ACL", "SETUSER", "statedb-admin", *admin_acl_rule(key_prefix, admin))
         admin.execute_command("ACL", "LOG", "RESET")
-        admin.zadd(revoked_key(key_prefix, "a@h"), {"old": 1.0, "new": 4e9})
-        admin.set(clock_key(key_prefix, "a@h"), 3)
         url = f"redis://statedb-admin:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+        asyncio.run(run_contract(StateAdmin(url, key_prefix=key_prefix), admin))
 
-        async def operate() -> None:
-            assert await async_admin.list_workers(url, key_prefix=key_prefix) == ["a@h"]
-            states = await async_admin.inspect_workers(url, key_prefix=key_prefix)
-            assert states[0].memory_bytes is not None
-            assert [r.worker for r in await async_admin.where_revoked(url, "new", key_prefix=key_prefix)] == ["a@h"]
-            assert await async_admin.revoke(url, ["fleet-1"], key_prefix=key_prefix) == 1
-            assert await async_admin.purge_old_revoked(url, older_than="1d", dry_run=True, key_prefix=key_prefix) == 1
-            assert await async_admin.purge_old_revoked(url, older_than="1d", key_prefix=key_prefix) == 1
-            assert await async_admin.restore(url, ["new", "fleet-1"], key_prefix=key_prefix) == 2
-
-        asyncio.run(operate())
+        db = tmp_path / "worker.db"
+        write_celery_statedb(db, ["m-1"], 5)
+        repository = SyncStateRepository.open(StateDBConfig(url=url, key_prefix=key_prefix), "m@h")
+        try:
+            assert migrate_file_statedb(db, repository, dry_run=True).ids_added == 1
+            assert migrate_file_statedb(db, repository).clock_after >= 5
+            assert migrate_legacy_blob(repository, key=legacy_blob_key(repository)).ids_found == 0
+            assert repository.ping() and repository.count_revoked() == 1 and repository.read_clock() >= 5
+            repository.run(admin_commands.describe([admin_commands.Probe(info=repository.keys.info)]))
+        finally:
+            repository.close()
         assert acl_log(admin) == []
     finally:
         admin.close()

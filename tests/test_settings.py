@@ -6,6 +6,7 @@ import pytest
 
 from celery_redis_statedb import resolve_config
 from celery_redis_statedb.install import worker_options
+from celery_redis_statedb.settings import choose_url
 from statedb import ConfigurationError, Scope, UnavailablePolicy
 
 URL = "redis://localhost:6379/0"
@@ -119,3 +120,69 @@ def test_the_write_budget_setting() -> None:
         resolve_config(URL, conf={"redis_state_write_budget": 0})
     with pytest.raises(ConfigurationError, match="CELERY_REDIS_STATE_WRITE_BUDGET='soon'"):
         resolve_config(URL, env={"CELERY_REDIS_STATE_WRITE_BUDGET": "soon"})
+
+
+# -- which Redis: the URL a worker of the app uses (issue 12, defect 1) --------------------------
+
+
+def test_the_url_is_found_where_celery_worker_finds_it() -> None:
+    conf = {"worker_state_db": "redis://conf/1", "broker_url": "redis://broker/0"}
+    env = {"CELERY_WORKER_STATEDB": "redis://env/2", "REDIS_STATEDB_URL": "redis://lib/3"}
+    steps = [
+        (dict(conf), dict(env), "redis://explicit/4", ("redis://explicit/4", "--url", False)),
+        (dict(conf), dict(env), None, ("redis://env/2", "environment variable CELERY_WORKER_STATEDB", False)),
+        (dict(conf), {"REDIS_STATEDB_URL": "redis://lib/3"}, None, ("redis://conf/1", "app.conf.worker_state_db",
+                                                                     False)),
+        ({"broker_url": "redis://broker/0"}, {"REDIS_STATEDB_URL": "redis://lib/3"}, None,
+         ("redis://lib/3", "environment variable REDIS_STATEDB_URL", False)),
+    ]
+    for conf_now, env_now, explicit, (url, source, broker) in steps:
+        choice = choose_url(conf_now, env_now, explicit=explicit, explicit_label="--url")
+        assert (choice.url, choice.source, choice.broker) == (url, source, broker)
+    fallback = choose_url({"broker_url": "redis://broker/0"}, {})
+    assert fallback.broker and fallback.source.startswith("app.conf.broker_url (the broker: no statedb URL")
+    assert "redis://broker" not in repr(fallback)  # a URL may hold a password: never in a repr
+
+
+def test_a_worker_value_is_expanded_as_celery_worker_expands_it() -> None:
+    choice = choose_url({"worker_state_db": "redis://:p%%40ss@host/0"}, {}, node="celery@box")
+    assert choice.url == "redis://:p%40ss@host/0"
+    assert choose_url({}, {"CELERY_WORKER_STATEDB": "redis://%h:6379/0"}, node="w1@box.example").url == \
+        "redis://box.example:6379/0"
+    assert choose_url({}, {"REDIS_STATEDB_URL": "redis://:p%40ss@host/0"}).url == "redis://:p%40ss@host/0"  # ours
+    with pytest.raises(ConfigurationError, match="cannot expand") as caught:
+        choose_url({}, {"CELERY_WORKER_STATEDB": "redis://:p%40ss@host/0"})
+    assert "p%40ss" not in str(caught.value)
+
+
+def test_no_url_and_file_statedbs() -> None:
+    with pytest.raises(ConfigurationError, match="set one with redis_url, \\$CELERY_WORKER_STATEDB"):
+        choose_url({"broker_url": "amqp://guest@localhost//"}, {})
+    with pytest.raises(ConfigurationError, match="a file path"):
+        choose_url({"worker_state_db": "/var/run/w.db", "broker_url": "redis://broker/0"}, {})
+    assert choose_url({"worker_state_db": "/var/run/w.db"}, {}, required=False) is None
+    assert choose_url({"broker_url": "redis://b/0"}, {}, allow_broker=False, required=False) is None
+    assert choose_url({"worker_state_db": "/w.db"}, {"REDIS_STATEDB_URL": "redis://lib/3"}).url == "redis://lib/3"
+    with pytest.raises(ConfigurationError, match="environment variable REDIS_STATEDB_URL='ftp://x' is not valid"):
+        choose_url({}, {"REDIS_STATEDB_URL": "ftp://x"})
+    with pytest.raises(ConfigurationError, match=r"^--url: malformed Redis URL"):
+        choose_url({}, {}, explicit="redis://h:70000/0", explicit_label="--url")
+
+
+@pytest.mark.parametrize(("setting", "value", "accepted"), [
+    ("CELERY_REDIS_STATE_SCOPE", "Shared", "'worker', 'shared'"),
+    ("CELERY_REDIS_STATE_ON_UNAVAILABLE", "retry", "'fail', 'degrade'"),
+])
+def test_enum_settings_name_their_source_and_the_accepted_values(setting: str, value: str, accepted: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_config(URL, env={setting: value})
+    assert str(caught.value).startswith(f"environment variable {setting}={value!r} is not valid: ")
+    assert accepted in str(caught.value)
+
+
+def test_overrides_name_the_option_they_came_from() -> None:
+    config = resolve_config(URL, overrides={"scope": ("shared", "--scope"), "key_prefix": (None, "--key-prefix")},
+                            conf={"redis_state_key_prefix": "conf:"})
+    assert (config.scope, config.key_prefix) == (Scope.SHARED, "conf:")
+    with pytest.raises(ConfigurationError, match=r"^--scope='all' is not valid: scope must be one of"):
+        resolve_config(URL, overrides={"scope": ("all", "--scope")})

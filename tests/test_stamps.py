@@ -38,9 +38,11 @@ from celery_redis_statedb.stamps import (
     stamps_for,
 )
 from statedb import (
+    FLEET,
     CorruptValueError,
     InvalidInputError,
     StateDBConfig,
+    UnknownWorkerError,
     inspect_stamps,
     iter_stamps,
     purge_old_revoked,
@@ -48,6 +50,7 @@ from statedb import (
     restore_stamps,
     revoke_stamps,
 )
+from statedb.admin import utc
 from statedb.keys import KeySchema, Scope
 from statedb.names import MAX_TASK_ID_BYTES
 from statedb.stamps import StampPageCursor, add_stamps, decode_stamp, encode_stamp
@@ -185,11 +188,12 @@ async def test_iter_and_inspect(aclient: aioredis.Redis, redis_client: redis.Red
     fleet = [row async for row in iter_stamps(aclient, None, key_prefix=key_prefix, limit=1)]
     assert fleet == [("batch", "fleet", NOW - 5)]
     states = {s.worker: s for s in await inspect_stamps(aclient, key_prefix=key_prefix)}
-    assert set(states) == {"a@h", "b@h", None}
+    assert set(states) == {"a@h", "b@h", FLEET}
     assert states["a@h"].stamps_count == 3 and states["a@h"].key == keys["a"]
-    assert (states["a@h"].oldest, states["a@h"].newest) == (NOW - 7200, NOW - 60)
-    (missing,) = await inspect_stamps(aclient, ["nobody@h"], key_prefix=key_prefix)
-    assert missing.stamps_count == 0 and missing.oldest is None
+    assert (states["a@h"].oldest, states["a@h"].newest) == (utc(NOW - 7200), utc(NOW - 60))
+    assert states["a@h"].as_dict()["oldest_epoch"] == NOW - 7200
+    with pytest.raises(UnknownWorkerError, match="no state for worker nobody@h under prefix"):
+        await inspect_stamps(aclient, ["nobody@h"], key_prefix=key_prefix)
 
 
 async def test_restore_from_every_set_or_one_worker(aclient: aioredis.Redis, redis_client: redis.Redis,
@@ -267,16 +271,17 @@ def test_cli_ls_inspect_restore_purge(cli: CliRunner, redis_url: str, redis_clie
                                                           ("batch", "old")]
     table = run(cli, redis_url, "ls", "a@h", "--stamps", "--limit", "3")
     assert table.exit_code == 0, table.output
-    lines = table.output.splitlines()
+    header, *lines = table.output.splitlines()
+    assert header.split() == ["REVOKED", "AT", "(UTC)", "HEADER=VALUE"]
     assert len(lines) == 3 and lines[0].endswith("  batch=new")
     assert lines[1].endswith("batch='ev\\x1bil\\n'") and "\x1b" not in table.output  # escaped
     assert lines[2].endswith("n=42")
     assert run(cli, redis_url, "ls", "--fleet", "--stamps").output.strip().endswith("batch=fleet")
 
     state = json.loads(run(cli, redis_url, "inspect", "a@h", "--json").output)
-    assert state["stamps_count"] == 4 and state["stamps_key"] == key
+    assert state["stamps_count"] == 4 and state["stamps"]["key"] == key and state["stamps"]["stamps_count"] == 4
     assert "stamps: 4" in run(cli, redis_url, "inspect", "a@h").output
-    assert json.loads(run(cli, redis_url, "inspect", "--fleet", "--json").output)["stamps_count"] == 1
+    assert json.loads(run(cli, redis_url, "inspect", "--fleet", "--json").output)["stamps"]["stamps_count"] == 1
 
     restored = run(cli, redis_url, "restore", "--stamp", "batch=new", "--stamp", "batch=fleet", "--no-broadcast")
     assert restored.exit_code == 0 and "removed 2 stored stamped-header revokes" in restored.output

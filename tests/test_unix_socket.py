@@ -110,7 +110,7 @@ def test_the_async_api_on_a_unix_socket(unix_server: UnixServer, state_prefix: s
     async def scenario() -> None:
         assert await statedb.revoke(url, [task_id], key_prefix=state_prefix) == 1
         places = await statedb.where_revoked(url, task_id, key_prefix=state_prefix)
-        assert [place.worker for place in places] == [None]
+        assert [place.worker for place in places] == ["fleet"]
         states = await statedb.inspect_workers(url, key_prefix=state_prefix)
         assert [state.revoked_count for state in states] == [1]
         async with statedb.AsyncStateRepository.open(

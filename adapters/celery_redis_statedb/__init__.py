@@ -6,6 +6,7 @@ package is installed; ``install_redis_statedb(app)`` does the same from code.
 
 from celery_redis_statedb.admin import (
     RestoreResult,
+    SyncStateAdmin,
     broadcast_purge_stamps,
     inspect_stamps,
     inspect_worker,
@@ -27,16 +28,20 @@ from celery_redis_statedb.persistence import WorkerStatePersistence
 from celery_redis_statedb.settings import SETTINGS, resolve_config
 from celery_redis_statedb.version import installed_version
 from statedb import (
+    FLEET,
     AccessDeniedError,
     ConfigurationError,
     CorruptValueError,
     InvalidInputError,
     RedisUnavailableError,
+    RequestError,
     Scope,
+    ServiceError,
     StateDataError,
     StateDBConfig,
     StateDBError,
     SyncStateRepository,
+    UnknownWorkerError,
     WrongKeyTypeError,
     open_sync_client,
 )
@@ -44,6 +49,7 @@ from statedb import (
 __version__ = installed_version()
 
 __all__ = [
+    "FLEET",
     "SETTINGS",
     "AccessDeniedError",
     "ConfigurationError",
@@ -51,12 +57,16 @@ __all__ = [
     "InvalidInputError",
     "RedisStateDB",
     "RedisUnavailableError",
+    "RequestError",
     "RestoreResult",
     "Scope",
+    "ServiceError",
     "StateDBConfig",
     "StateDBError",
     "StateDataError",
+    "SyncStateAdmin",
     "SyncStateRepository",
+    "UnknownWorkerError",
     "WorkerStatePersistence",
     "WrongKeyTypeError",
     "broadcast_purge_stamps",

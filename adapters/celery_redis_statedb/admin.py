@@ -1,20 +1,26 @@
-"""Synchronous twins of the async admin APIs, for scripts, cron, Celery beat and Django admin.
+"""The admin API for scripts, cron, Celery beat and Django admin: synchronous, bound to a Celery app.
 
-Each resolves the Redis URL the way a worker of ``app`` would (see :func:`statedb_url`)
-and the key prefix and scope from ``app.conf`` and the environment, then runs the
-async API once with ``anyio.run``. Do not call them from inside a running event loop:
-use :mod:`statedb.admin` there.
+:class:`SyncStateAdmin` resolves the Redis URL, key prefix and scope exactly as a worker of
+the app does (:func:`celery_redis_statedb.settings.choose_url`, then
+:func:`~celery_redis_statedb.settings.resolve_config`), runs :class:`statedb.admin.StateAdmin`
+once per call with ``anyio.run``, and tells live workers what changed (Celery's broadcasts):
+``statedb_restore`` after a restore, ``statedb_purge`` after a purge, Celery's revoke after a
+revoke; ``forget`` and ``prune`` ping the workers first and never touch a live one::
+
+    admin = SyncStateAdmin.for_app(app)
+    report = admin.purge_old_revoked(older_than="30d")
+
+The functions below it are the shortcuts of earlier versions, kept with their signatures. Do not call any of
+this from inside a running event loop: use :mod:`statedb.admin` there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -22,47 +28,230 @@ from celery import Celery
 
 from celery_redis_statedb.control import COMMAND as RESTORE_COMMAND
 from celery_redis_statedb.control import PURGE_COMMAND
-from celery_redis_statedb.settings import resolve_config
-from statedb import admin
-from statedb.admin import Progress, Revocation, RevokedSetState
+from celery_redis_statedb.settings import URLChoice, choose_url, resolve_config
+from statedb.admin import (
+    FLEET,
+    ForgetReport,
+    Progress,
+    PruneReport,
+    PurgeReport,
+    RestoreReport,
+    Result,
+    Revocation,
+    RevokedSetState,
+    RevokeReport,
+    StateAdmin,
+    WorkerState,
+)
 from statedb.commands import BadMembers
 from statedb.config import StateDBConfig
-from statedb.errors import ConfigurationError
+from statedb.errors import ServiceError
+from statedb.keys import Scope
+from statedb.stamps_admin import StampsSetState
 from statedb.timeframes import cutoff
-from statedb.urls import is_redis_url
 
 T = TypeVar("T")
-URL_ENV = "REDIS_STATEDB_URL"
-WORKER_STATEDB_ENV = "CELERY_WORKER_STATEDB"  # Celery's own variable for the worker's --statedb
+logger = logging.getLogger("celery_redis_statedb")
+
+
+@dataclass(frozen=True)
+class RestoreResult(Result):
+    """A restore: how many removals in Redis, the live workers' answers to the broadcast, and where
+    the ids were (``report``, with the note on the fleet set for a one-worker restore)."""
+
+    removed: int
+    replies: list[dict[str, Any]]
+    report: RestoreReport | None = None
+
+
+@dataclass(frozen=True)
+class SyncStateAdmin:
+    """Every admin operation for the workers of one app: bound once, called from sync code."""
+
+    app: Celery
+    config: StateDBConfig
+    url_source: URLChoice | None = field(default=None, compare=False)
+
+    @classmethod
+    def for_app(cls, app: Celery, redis_url: str | None = None, *, key_prefix: str | None = None,
+                scope: Scope | str | None = None, node: str | None = None,
+                labels: tuple[str, str, str] = ("redis_url", "key_prefix", "scope")) -> SyncStateAdmin:
+        """Bound to ``app``: the URL, prefix and scope a worker of the app uses (arguments first; see
+        :func:`~celery_redis_statedb.settings.choose_url`). ``labels`` name the three arguments in
+        errors (the CLI passes its option names); ``node`` is the worker name ``%h``/``%n`` expand to."""
+        url_label, prefix_label, scope_label = labels
+        choice = choose_url(app.conf, os.environ, explicit=redis_url, explicit_label=url_label, node=node)
+        config = resolve_config(choice.url, conf=app.conf, env=os.environ,
+                                overrides={"key_prefix": (key_prefix, prefix_label), "scope": (scope, scope_label)})
+        return cls(app, config, choice)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _admin(self) -> StateAdmin:
+        return StateAdmin(self.config.url, key_prefix=self.config.key_prefix, scope=self.config.scope)
+
+    def call(self, work: Callable[[StateAdmin], Awaitable[T]]) -> T:
+        """Run ``work(admin)`` on a StateAdmin of its own (opened and closed here)."""
+        async def main() -> T:
+            async with self._admin() as admin:
+                return await work(admin)
+
+        return anyio.run(main)
+
+    def _collect(self, rows: Callable[[StateAdmin], AsyncIterator[T]]) -> list[T]:
+        async def gather(admin: StateAdmin) -> list[T]:
+            return [row async for row in rows(admin)]
+
+        return self.call(gather)
+
+    def _broadcast(self, command: str, arguments: dict[str, Any], worker: str | None, *, reply: bool,
+                   timeout: float, what: str) -> list[dict[str, Any]]:
+        """Tell live workers (all, or ``worker``); a broker that cannot be reached is logged, not raised:
+        Redis is already changed, and workers that missed it pick the change up at their next boot."""
+        destination = [worker] if worker and worker != FLEET else None
+        try:
+            replies: list[dict[str, Any]] = self.app.control.broadcast(
+                command, arguments=arguments, destination=destination, reply=reply, timeout=timeout) or []
+        except Exception as exc:  # kombu's OperationalError, OSError: the broker is not there
+            logger.warning("redis-statedb: %s in Redis, but live workers could not be told: %s", what, exc)
+            return []
+        return replies
+
+    def live_workers(self, timeout: float = 1.0) -> list[str]:
+        """The workers that answer Celery's ping within ``timeout``; ServiceError if the broker cannot be
+        asked (then no worker can be known not to be alive)."""
+        try:
+            replies = self.app.control.ping(timeout=timeout) or []
+        except Exception as exc:  # kombu's OperationalError, OSError
+            raise ServiceError(f"cannot ask which workers are alive (Celery's ping through the broker failed: "
+                               f"{exc}); nothing was removed") from exc
+        return sorted(name for reply in replies for name in reply)
+
+    def server_time(self) -> float:
+        return self.call(lambda admin: admin.server_time())
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def list_workers(self) -> list[str]:
+        return self.call(lambda admin: admin.list_workers())
+
+    def inspect_workers(self, workers: Iterable[str | None] | None = None, *,
+                        progress: Progress | None = None) -> list[WorkerState]:
+        return self.call(lambda admin: admin.inspect_workers(workers, progress=progress))
+
+    def inspect_worker(self, worker: str | None) -> WorkerState:
+        return self.call(lambda admin: admin.inspect_worker(worker))
+
+    def iter_revoked(self, worker: str | None, *, limit: int | None = None,
+                     bad: BadMembers | None = None) -> list[Revocation]:
+        """The revocations of a worker's set (None or FLEET: the fleet set), newest first."""
+        return self._collect(lambda admin: admin.iter_revoked(worker, limit=limit, bad=bad))
+
+    def revoked_rows(self, worker: str | None, *, limit: int | None = None,
+                     bad: BadMembers | None = None) -> list[tuple[str, float]]:
+        return self._collect(lambda admin: admin.revoked_rows(worker, limit=limit, bad=bad))
+
+    def where_revoked(self, task_id: str) -> list[Revocation]:
+        return self.call(lambda admin: admin.where_revoked(task_id))
+
+    def inspect_stamps(self, workers: Iterable[str | None] | None = None, *,
+                       progress: Progress | None = None) -> list[StampsSetState]:
+        return self.call(lambda admin: admin.stamps.inspect_stamps(workers, progress=progress))
+
+    def stamp_rows(self, worker: str | None, *, limit: int | None = None,
+                   bad: BadMembers | None = None) -> list[tuple[str, Any, float]]:
+        return self._collect(lambda admin: admin.stamps.iter_stamps(worker, limit=limit, bad=bad))
+
+    # -- changes, then the broadcast ----------------------------------------------------------
+
+    def revoke(self, task_ids: Iterable[str], *, broadcast: bool = True, terminate: bool = False,
+               signal: str | None = None) -> RevokeReport:
+        """Durable revoke: into the fleet set first (read at every boot), then Celery's own broadcast,
+        which does not store the ids a second time, whatever the app's control class."""
+        from celery_redis_statedb.durable_control import already_durable
+
+        ids = list(task_ids)
+        report = self.call(lambda admin: admin.revoke(ids))
+        if broadcast and report.task_ids:
+            with already_durable():
+                self.app.control.revoke(list(report.task_ids), terminate=terminate, signal=signal)
+        return report
+
+    def restore(self, task_ids: Iterable[str], *, worker: str | None = None, broadcast: bool = True,
+                reply_timeout: float = 1.0) -> RestoreResult:
+        """Un-revoke: remove the ids from Redis (every set, or ``worker``'s and the fleet set: see
+        :meth:`statedb.admin.StateAdmin.restore`), then tell live workers (all, or ``worker``) to forget them."""
+        ids = list(task_ids)
+        report = self.call(lambda admin: admin.restore(ids, worker=worker))
+        replies: list[dict[str, Any]] = []
+        if broadcast and report.task_ids:
+            replies = self._broadcast(RESTORE_COMMAND, {"task_id": list(report.task_ids)}, worker, reply=True,
+                                      timeout=reply_timeout, what=f"{len(report.task_ids)} ids restored")
+        return RestoreResult(report.removed, replies, report)
+
+    def purge_old_revoked(self, older_than: timedelta | float | int | str, worker: str | None = None, *,
+                          dry_run: bool = False, progress: Progress | None = None, broadcast: bool = True,
+                          ) -> PurgeReport:
+        """Remove ids (and stamped-header revokes) revoked more than ``older_than`` ago, by the server's
+        clock, from every set or ``worker``'s; then (unless ``dry_run`` or ``broadcast=False``) live
+        workers drop the purged ids they hold, so they stop binding at once."""
+        now = self.server_time()  # the clock the workers stamp revocations with
+        report = self.call(lambda admin: admin.purge_old_revoked(older_than=older_than, worker=worker,
+                                                                 dry_run=dry_run, now=now, progress=progress))
+        if broadcast and not dry_run:
+            self._broadcast(PURGE_COMMAND, {"before": cutoff(now, older_than)}, worker, reply=False, timeout=1.0,
+                            what="revoked ids purged")
+            broadcast_purge_stamps(self.app, older_than, worker, scope=self.config.scope, now=now)
+        return report
+
+    def forget(self, workers: Iterable[str], *, dry_run: bool = False, ping_timeout: float = 1.0,
+               progress: Progress | None = None) -> ForgetReport:
+        """Remove every key of workers gone for good; a worker that answers a ping is refused."""
+        names = list(workers)
+        live = self.live_workers(ping_timeout)
+        return self.call(lambda admin: admin.forget(names, live=live, dry_run=dry_run, progress=progress))
+
+    def prune(self, idle_for: timedelta | float | int | str, *, include_unknown: bool = False, dry_run: bool = False,
+              ping_timeout: float = 1.0, progress: Progress | None = None) -> PruneReport:
+        """Forget every worker whose last clock save is older than ``idle_for``, never a live one
+        (they are pinged first), nor one whose last save is unknown unless ``include_unknown``."""
+        live = self.live_workers(ping_timeout)
+        return self.call(lambda admin: admin.prune(idle_for=idle_for, live=live, include_unknown=include_unknown,
+                                                   dry_run=dry_run, progress=progress))
+
+    def revoke_stamps(self, stamps: Iterable[tuple[str, Any]]) -> int:
+        """Producer-side durable stamp revoke into the fleet stamps key (no broadcast: see Celery's
+        ``app.control.revoke_by_stamped_headers`` for live workers)."""
+        pairs = list(stamps)
+        return self.call(lambda admin: admin.stamps.revoke_stamps(pairs))
+
+    def restore_stamps(self, stamps: Iterable[tuple[str, Any]], *, worker: str | None = None,
+                       broadcast: bool = True, reply_timeout: float = 1.0) -> RestoreResult:
+        """Lift stamped-header revokes: remove them from Redis (every stamps set, or one worker's), then
+        tell live workers (``statedb_restore_stamps``) to drop them from ``revoked_stamps``."""
+        from celery_redis_statedb.stamps import RESTORE_COMMAND as RESTORE_STAMPS_COMMAND
+
+        pairs = [(header, value) for header, value in stamps]
+        removed = self.call(lambda admin: admin.stamps.restore_stamps(pairs, worker=worker))
+        replies: list[dict[str, Any]] = []
+        if broadcast and pairs:
+            replies = self._broadcast(RESTORE_STAMPS_COMMAND, {"stamps": [list(p) for p in pairs]}, worker,
+                                      reply=True, timeout=reply_timeout, what="stamped-header revokes restored")
+        return RestoreResult(removed, replies)
+
+
+# -- the functions of earlier versions: shortcuts over SyncStateAdmin ----------------------------
 
 
 def statedb_url(app: Celery, redis_url: str | None = None) -> str:
-    """Explicit URL, else worker_state_db, $CELERY_WORKER_STATEDB, $REDIS_STATEDB_URL, then the broker:
-    the first Redis URL."""
-    if redis_url:
-        return redis_url
-    candidates = (app.conf.get("worker_state_db"), os.environ.get(WORKER_STATEDB_ENV), os.environ.get(URL_ENV),
-                  app.conf.get("broker_url"))
-    for candidate in candidates:
-        if is_redis_url(candidate):
-            return str(candidate)
-    raise ConfigurationError(
-        f"no Redis URL for the statedb: pass redis_url, or set worker_state_db or ${URL_ENV} "
-        "(the broker is used only when it is Redis)"
-    )
+    """``redis_url``, else the URL a worker of ``app`` uses: ``$CELERY_WORKER_STATEDB`` (as ``celery worker``
+    reads it), ``worker_state_db``, ``$REDIS_STATEDB_URL``, and the broker only when none is set."""
+    return choose_url(app.conf, os.environ, explicit=redis_url).url
 
 
 def app_config(app: Celery, redis_url: str | None = None) -> StateDBConfig:
     """The configuration a worker of ``app`` would use (prefix, scope), for ``redis_url``."""
-    return resolve_config(statedb_url(app, redis_url), conf=app.conf, env=os.environ)
-
-
-def _run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return anyio.run(partial(function, *args, **kwargs))
-
-
-def _prefix_option(config: StateDBConfig) -> dict[str, Any]:
-    return {"key_prefix": config.key_prefix}
+    return SyncStateAdmin.for_app(app, redis_url).config
 
 
 def purge_old_revoked_tasks(
@@ -70,59 +259,24 @@ def purge_old_revoked_tasks(
     redis_url: str | None = None, *, dry_run: bool = False, progress: Progress | None = None,
     broadcast: bool = True,
 ) -> int:
-    """Remove revoked ids older than ``older_than`` from every worker (or one); returns how many.
-
-    Then (unless ``dry_run`` or ``broadcast=False``) live workers are told, so the purged
-    ids they still hold in memory stop binding them at once.
-    """
-    config = app_config(app, redis_url)
-    now = _server_now(config)  # the clock the workers stamp revocations with
-    result: int = _run(admin.purge_old_revoked, config.url, older_than=older_than, worker_name=worker_name,
-                       scope=config.scope, dry_run=dry_run, progress=progress, now=now, **_prefix_option(config))
-    if broadcast and not dry_run:
-        destination = [worker_name] if worker_name else None
-        try:
-            app.control.broadcast(PURGE_COMMAND, arguments={"before": cutoff(now, older_than)},
-                                  destination=destination, reply=False)
-        except Exception as exc:  # kombu's OperationalError, OSError: the broker is not there
-            logging.getLogger("celery_redis_statedb").warning(
-                "redis-statedb: revoked ids purged in Redis, but live workers could not be told: %s", exc)
-        broadcast_purge_stamps(app, older_than, worker_name, scope=config.scope, now=now)
-    return result
-
-
-def _server_now(config: StateDBConfig) -> float:
-    from celery_redis_statedb.durable_control import server_time
-    from statedb._sync.clients import open_sync_client
-
-    client = open_sync_client(config)
-    try:
-        return server_time(client, config.safe_url)
-    finally:
-        client.close()
+    """How many ids :meth:`SyncStateAdmin.purge_old_revoked` removed (would, on dry_run)."""
+    return SyncStateAdmin.for_app(app, redis_url).purge_old_revoked(
+        older_than, worker_name, dry_run=dry_run, progress=progress, broadcast=broadcast).removed
 
 
 def list_workers(app: Celery, redis_url: str | None = None) -> list[str]:
-    config = app_config(app, redis_url)
-    result: list[str] = _run(admin.list_workers, config.url, **_prefix_option(config))
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).list_workers()
 
 
 def inspect_workers(
     app: Celery, workers: Iterable[str | None] | None = None, redis_url: str | None = None,
     *, progress: Progress | None = None,
 ) -> list[RevokedSetState]:
-    config = app_config(app, redis_url)
-    result: list[RevokedSetState] = _run(admin.inspect_workers, config.url, workers, scope=config.scope,
-                                         progress=progress, **_prefix_option(config))
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).inspect_workers(workers, progress=progress)
 
 
 def inspect_worker(app: Celery, worker: str | None, redis_url: str | None = None) -> RevokedSetState:
-    config = app_config(app, redis_url)
-    result: RevokedSetState = _run(admin.inspect_worker, config.url, worker, scope=config.scope,
-                                   **_prefix_option(config))
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).inspect_worker(worker)
 
 
 def revoked_ids(
@@ -131,67 +285,29 @@ def revoked_ids(
 ) -> list[tuple[str, float]]:
     """(task id, revocation time) of a worker's set (None: the fleet set), newest first (bad members
     raise CorruptValueError, or, given ``bad``, are skipped and counted there)."""
-    config = app_config(app, redis_url)
-
-    async def collect() -> list[tuple[str, float]]:
-        rows: AsyncIterator[tuple[str, float]] = admin.iter_revoked(
-            config.url, worker, scope=config.scope, limit=limit, bad=bad, **_prefix_option(config))
-        return [row async for row in rows]
-
-    result: list[tuple[str, float]] = anyio.run(collect)
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).revoked_rows(worker, limit=limit, bad=bad)
 
 
 def where_revoked(app: Celery, task_id: str, redis_url: str | None = None) -> list[Revocation]:
-    config = app_config(app, redis_url)
-    result: list[Revocation] = _run(admin.where_revoked, config.url, task_id, **_prefix_option(config))
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).where_revoked(task_id)
 
 
 def revoke_tasks(
     app: Celery, task_ids: Iterable[str], *, broadcast: bool = True, terminate: bool = False,
     signal: str | None = None, redis_url: str | None = None,
 ) -> int:
-    """Durable revoke: into the fleet set first (read at every boot), then Celery's own broadcast.
-
-    Stored once: the broadcast that follows does not store the ids again, whatever the
-    app's control class (a DurableControl would otherwise write them a second time).
-    """
-    from celery_redis_statedb.durable_control import already_durable, store_revoked_ids
-
-    ids = list(task_ids)
-    config = app_config(app, redis_url)
-    added = store_revoked_ids(config, ids)
-    if broadcast and ids:
-        with already_durable():
-            app.control.revoke(ids, terminate=terminate, signal=signal)
-    return added
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    removed: int
-    replies: list[dict[str, Any]]
+    """How many ids :meth:`SyncStateAdmin.revoke` added to the fleet set."""
+    return SyncStateAdmin.for_app(app, redis_url).revoke(task_ids, broadcast=broadcast, terminate=terminate,
+                                                        signal=signal).added
 
 
 def restore_tasks(
     app: Celery, task_ids: Iterable[str], *, worker_name: str | None = None, broadcast: bool = True,
     redis_url: str | None = None, reply_timeout: float = 1.0,
 ) -> RestoreResult:
-    """Un-revoke: remove the ids from Redis, then tell live workers to forget them."""
-    ids = list(task_ids)
-    config = app_config(app, redis_url)
-    removed: int = _run(admin.restore, config.url, ids, worker_name=worker_name, scope=config.scope,
-                        **_prefix_option(config))
-    replies: list[dict[str, Any]] = []
-    if broadcast and ids:
-        destination = [worker_name] if worker_name else None
-        replies = app.control.broadcast(RESTORE_COMMAND, arguments={"task_id": ids}, destination=destination,
-                                        reply=True, timeout=reply_timeout) or []
-    return RestoreResult(removed, replies)
-
-
-# -- stamped-header revokes (statedb.stamps_admin) ---------------------------------------
+    """:meth:`SyncStateAdmin.restore` in one call."""
+    return SyncStateAdmin.for_app(app, redis_url).restore(task_ids, worker=worker_name, broadcast=broadcast,
+                                                         reply_timeout=reply_timeout)
 
 
 def stamp_rows(
@@ -199,63 +315,29 @@ def stamp_rows(
     bad: BadMembers | None = None,
 ) -> list[tuple[str, Any, float]]:
     """(header, value, revocation time) of a worker's stamps (None: the fleet's), newest first."""
-    from statedb import stamps_admin
-
-    config = app_config(app, redis_url)
-
-    async def collect() -> list[tuple[str, Any, float]]:
-        rows = stamps_admin.iter_stamps(config.url, worker, scope=config.scope, limit=limit, bad=bad,
-                                        **_prefix_option(config))
-        return [row async for row in rows]
-
-    result: list[tuple[str, Any, float]] = anyio.run(collect)
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).stamp_rows(worker, limit=limit, bad=bad)
 
 
 def inspect_stamps(
     app: Celery, workers: Iterable[str | None] | None = None, redis_url: str | None = None,
     *, progress: Progress | None = None,
-) -> list[Any]:
+) -> list[StampsSetState]:
     """Count, oldest and newest of the given workers' stamps sets (None: the fleet's), or of all."""
-    from statedb import stamps_admin
-
-    config = app_config(app, redis_url)
-    result: list[Any] = _run(stamps_admin.inspect_stamps, config.url, workers, scope=config.scope,
-                             progress=progress, **_prefix_option(config))
-    return result
+    return SyncStateAdmin.for_app(app, redis_url).inspect_stamps(workers, progress=progress)
 
 
 def restore_stamps(
     app: Celery, stamps: Iterable[tuple[str, Any]], *, worker_name: str | None = None, broadcast: bool = True,
     redis_url: str | None = None, reply_timeout: float = 1.0,
 ) -> RestoreResult:
-    """Lift stamped-header revokes: remove them from Redis (every stamps set, or one worker's), then
-    tell live workers (``statedb_restore_stamps``) to drop them from ``revoked_stamps``."""
-    from celery_redis_statedb.stamps import RESTORE_COMMAND as RESTORE_STAMPS_COMMAND
-    from statedb import stamps_admin
-
-    pairs = [(header, value) for header, value in stamps]
-    config = app_config(app, redis_url)
-    removed: int = _run(stamps_admin.restore_stamps, config.url, pairs, worker_name=worker_name,
-                        scope=config.scope, **_prefix_option(config))
-    replies: list[dict[str, Any]] = []
-    if broadcast and pairs:
-        destination = [worker_name] if worker_name else None
-        replies = app.control.broadcast(RESTORE_STAMPS_COMMAND, arguments={"stamps": [list(p) for p in pairs]},
-                                        destination=destination, reply=True, timeout=reply_timeout) or []
-    return RestoreResult(removed, replies)
+    """:meth:`SyncStateAdmin.restore_stamps` in one call."""
+    return SyncStateAdmin.for_app(app, redis_url).restore_stamps(stamps, worker=worker_name, broadcast=broadcast,
+                                                                reply_timeout=reply_timeout)
 
 
-def revoke_stamps(
-    app: Celery, stamps: Iterable[tuple[str, Any]], *, redis_url: str | None = None,
-) -> int:
-    """Producer-side durable stamp revoke into the fleet stamps key (no broadcast: see Celery's
-    ``app.control.revoke_by_stamped_headers`` for live workers)."""
-    from statedb import stamps_admin
-
-    config = app_config(app, redis_url)
-    added: int = _run(stamps_admin.revoke_stamps, config.url, list(stamps), **_prefix_option(config))
-    return added
+def revoke_stamps(app: Celery, stamps: Iterable[tuple[str, Any]], *, redis_url: str | None = None) -> int:
+    """:meth:`SyncStateAdmin.revoke_stamps` in one call."""
+    return SyncStateAdmin.for_app(app, redis_url).revoke_stamps(stamps)
 
 
 def broadcast_purge_stamps(
@@ -270,20 +352,21 @@ def broadcast_purge_stamps(
     cannot be reached is logged, not raised: the purge in Redis is done, and workers that missed the
     broadcast drop the purged stamps at their next boot.
     """
-    from celery_redis_statedb.stamps import PURGE_COMMAND
-    from statedb.keys import Scope
+    import time
+
+    from celery_redis_statedb.stamps import PURGE_COMMAND as PURGE_STAMPS_COMMAND
 
     if dry_run:
         return []
     cut = cutoff(time.time() if now is None else now, older_than)
-    fleet = worker_name is None or Scope(scope or Scope.WORKER) is Scope.SHARED
-    destination = [worker_name] if worker_name else None
+    fleet = worker_name is None or worker_name == FLEET or Scope(scope or Scope.WORKER) is Scope.SHARED
+    destination = [worker_name] if worker_name and worker_name != FLEET else None
     try:
         replies: list[dict[str, Any]] = app.control.broadcast(
-            PURGE_COMMAND, arguments={"cutoff": cut, "fleet": fleet}, destination=destination, reply=reply,
+            PURGE_STAMPS_COMMAND, arguments={"cutoff": cut, "fleet": fleet}, destination=destination, reply=reply,
             timeout=reply_timeout) or []
     except Exception as exc:  # kombu's OperationalError, OSError: the broker is not there
-        logging.getLogger("celery_redis_statedb").warning(
-            "redis-statedb: stamped-header revokes purged in Redis, but live workers could not be told: %s", exc)
+        logger.warning("redis-statedb: stamped-header revokes purged in Redis, but live workers could not be "
+                       "told: %s", exc)
         return []
     return replies

@@ -15,9 +15,10 @@ Where it is stored: a revoke for every worker goes to the fleet sets
 ``destination=[...]`` stays aimed, in each destination's own sets (the fleet sets in the
 shared scope).
 
-The Redis URL: ``worker_state_db``, then ``$CELERY_WORKER_STATEDB``, then
-``$REDIS_STATEDB_URL`` (the first Redis URL); with ``install_redis_statedb(app)``
-also the broker when it is Redis. No URL: plain Celery, no Redis call.
+The Redis URL: the one the app's workers use (``$CELERY_WORKER_STATEDB``, then
+``worker_state_db``, as ``celery worker`` reads them), then ``$REDIS_STATEDB_URL``; with
+``install_redis_statedb(app)`` also the broker when it is Redis and no URL is configured.
+No URL: plain Celery, no Redis call.
 
 The client is the synchronous one (producers may run inside an event loop: Flower,
 FastAPI), opened lazily once per control object and again after a fork.
@@ -35,7 +36,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
@@ -43,22 +44,21 @@ from celery.app.control import Control
 from redis.exceptions import RedisError
 
 from celery_redis_statedb import admin
-from celery_redis_statedb.settings import Setting, raw_value
-from statedb import commands, stamps
+from celery_redis_statedb.settings import Setting, choose_url, raw_value
+from statedb import admin_commands, commands, stamps
 from statedb._sync.clients import open_sync_client
 from statedb.config import StateDBConfig
-from statedb.errors import ConfigurationError, StateDataError, StateDBError
+from statedb.errors import AccessDeniedError, ConfigurationError, StateDataError, StateDBError
 from statedb.translate import translate_exception
-from statedb.urls import is_redis_url
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_CONTROL = "celery.app.control:Control"
 DURABLE_CONTROL = "celery_redis_statedb.durable_control:DurableControl"
 ID_COMMANDS = frozenset({"revoke", "terminate"})
 STAMP_COMMANDS = frozenset({"revoke_by_stamped_headers"})
 REVOKE_COMMANDS = ID_COMMANDS | STAMP_COMMANDS
-WORKER_STATEDB_ENV = admin.WORKER_STATEDB_ENV
 INSTALLED_ATTR = "_celery_redis_statedb_installed"
 
 
@@ -101,12 +101,10 @@ def revoke_policy(app: Celery) -> RevokePolicy:
 
 
 def explicit_url(app: Celery) -> str | None:
-    """The first Redis URL of ``worker_state_db``, ``$CELERY_WORKER_STATEDB``, ``$REDIS_STATEDB_URL``."""
-    for candidate in (app.conf.get("worker_state_db"), os.environ.get(WORKER_STATEDB_ENV),
-                      os.environ.get(admin.URL_ENV)):
-        if is_redis_url(candidate):
-            return str(candidate)
-    return None
+    """The statedb URL configured for the app's workers (``$CELERY_WORKER_STATEDB``, ``worker_state_db``,
+    then ``$REDIS_STATEDB_URL``: :func:`~celery_redis_statedb.settings.choose_url`), or None."""
+    choice = choose_url(app.conf, os.environ, allow_broker=False, required=False)
+    return None if choice is None else choice.url
 
 
 def producer_config(app: Celery) -> StateDBConfig | None:
@@ -184,29 +182,26 @@ def server_time(client: redis.Redis, target: str) -> float:
 
     This host's clock if the server refuses ``TIME`` (an ACL without ``+time``)."""
     try:
-        seconds, micros = client.time()
-    except redis.exceptions.NoPermissionError:
+        return run_operation(client, admin_commands.server_time(), target)
+    except AccessDeniedError:
         return time.time()
+
+
+def run_operation(client: redis.Redis, operation: commands.Operation[T], target: str) -> T:
+    """Execute one operation of the command layer (one round trip); redis-py errors leave translated."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        operation.stage(pipe)
+        replies: Sequence[Any] = pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
         raise translate_exception(exc, target=target) from exc
-    return float(seconds) + float(micros) / 1e6
+    return operation.result(replies)
 
 
 def run_operations(client: redis.Redis, operations: Sequence[commands.Operation[int]], target: str) -> int:
     """Stage every operation on one pipeline (one round trip); the sum of their results."""
-    try:
-        pipe = client.pipeline(transaction=False)
-        for operation in operations:
-            operation.stage(pipe)
-        replies: Sequence[Any] = pipe.execute(raise_on_error=False)
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=target) from exc
-    total, start = 0, 0
-    for operation in operations:
-        end = start + len(operation.keys)
-        total += operation.result(replies[start:end])
-        start = end
-    return total
+    results: list[int] = run_operation(client, admin_commands.combined(operations), target)
+    return sum(results)
 
 
 def store_revoked_ids(config: StateDBConfig, task_ids: Sequence[object], *, revoked_at: float | None = None) -> int:

@@ -28,10 +28,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from redis.exceptions import RedisError
-
+from statedb import admin_commands as ops
 from statedb._sync.repository import SyncStateRepository
-from statedb.admin import Progress
+from statedb.admin import Progress, Result
 from statedb.commands import MAX_CLOCK, parse_clock
 from statedb.errors import (
     ConfigurationError,
@@ -42,7 +41,7 @@ from statedb.errors import (
 )
 from statedb.keys import CLOCK_SUFFIX, LEGACY_BLOB_SUFFIX
 from statedb.names import is_storable_task_id
-from statedb.translate import translate_exception
+from statedb.stored_ids import revoked_scores
 
 __all__ = [
     "MigrationReport",
@@ -86,7 +85,7 @@ class MigrationSourceError(StateDBError, ValueError):
 
 
 @dataclass(frozen=True)
-class MigrationReport:
+class MigrationReport(Result):
     """What one migration read and changed; ``ids_added`` counts ids new in Redis."""
 
     source: str
@@ -452,11 +451,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _count_missing(repository: SyncStateRepository, chunk: list[str]) -> int:
-    key = repository.keys.revoked
-    try:
-        scores = repository.client.zmscore(key, chunk)
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=repository.operations.target, key=key) from exc
+    scores = repository.run(revoked_scores([repository.keys.revoked], chunk))
     return sum(score is None for score in scores)
 
 
@@ -534,24 +529,15 @@ def legacy_blob_key(repository: SyncStateRepository) -> str:
     return repository.keys.clock.removesuffix(CLOCK_SUFFIX) + LEGACY_BLOB_SUFFIX
 
 
-def _redis_call(repository: SyncStateRepository, key: str, call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=repository.operations.target, key=key) from exc
-
-
 def _read_blob(repository: SyncStateRepository, key: str) -> bytes | None:
-    kind = _redis_call(repository, key, lambda: repository.client.type(key))
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    kind = repository.run(ops.key_type(key))
     if kind == "none":
         return None
     if kind != "string":
         raise WrongKeyTypeError(
             f"Redis key {key!r} holds a {kind}, not the string blob celery-redis-statedb 0.2 wrote there", key=key
         )
-    blob = _redis_call(repository, key, lambda: repository.client.get(key))
-    return None if blob is None else bytes(blob)
+    return repository.run(ops.read_value(key))
 
 
 def _load_blob(key: str, blob: bytes) -> list[object]:
@@ -577,7 +563,7 @@ def _legacy_clock_key(blob_key: str) -> str | None:
 def _read_legacy_clock(repository: SyncStateRepository, clock_key: str | None) -> int | None:
     if clock_key is None:
         return None
-    raw = _redis_call(repository, clock_key, lambda: repository.client.get(clock_key))
+    raw = repository.run(ops.read_value(clock_key))
     return None if raw is None else parse_clock(clock_key, raw)
 
 

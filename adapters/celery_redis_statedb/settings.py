@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from dataclasses import field as dataclass_field
+from enum import Enum
+from typing import Any, Literal, overload
 
-from statedb.config import StateDBConfig
+from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import ConfigurationError, InvalidInputError
+from statedb.keys import Scope
 from statedb.timeframes import parse_duration
+from statedb.urls import is_redis_url, mask_url, validate_url
 
 NO_LIMIT = ("0", "none", "no", "off", "never", "inf", "infinite")
 
@@ -59,6 +63,20 @@ def _text(value: object) -> str:
     return str(value).strip()
 
 
+def _choice(enum_type: type[Enum], what: str) -> Callable[[object], Any]:
+    """A parser accepting one of ``enum_type``'s values (as they are written: lower case)."""
+
+    def parse(value: object) -> Any:
+        text = value.value if isinstance(value, enum_type) else str(value).strip()
+        try:
+            return enum_type(text)
+        except ValueError:
+            allowed = ", ".join(repr(member.value) for member in enum_type)
+            raise ValueError(f"{what} must be one of {allowed}") from None
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Setting:
     """One user-facing setting and the config field it feeds."""
@@ -86,9 +104,11 @@ SETTINGS: tuple[Setting, ...] = (
             "How long after its revocation a stored revoke binds workers: 30d, 12h, seconds; 0/none: no limit "
             "(the default: until purged or restored)."),
     Setting("scope", "redis_state_scope", "CELERY_REDIS_STATE_SCOPE",
-            "--redis-state-scope", _text, "worker: one revoked set per hostname; shared: one for the fleet."),
+            "--redis-state-scope", _choice(Scope, "scope"),
+            "worker: one revoked set per hostname; shared: one for the fleet."),
     Setting("on_unavailable", "redis_state_on_unavailable", "CELERY_REDIS_STATE_ON_UNAVAILABLE",
-            "--redis-state-on-unavailable", _text, "Redis down at boot: fail (default) or degrade."),
+            "--redis-state-on-unavailable", _choice(UnavailablePolicy, "on_unavailable"),
+            "Redis down at boot: fail (default) or degrade."),
     Setting("boot_timeout", "redis_state_boot_timeout", "CELERY_REDIS_STATE_BOOT_TIMEOUT",
             "--redis-state-boot-timeout", _number, "Seconds to keep retrying Redis at boot (default 30)."),
     Setting("socket_timeout", "redis_state_socket_timeout", "CELERY_REDIS_STATE_SOCKET_TIMEOUT",
@@ -126,17 +146,133 @@ def resolve_config(
     cli: Mapping[str, Any] | None = None,
     conf: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, tuple[Any, str]] | None = None,
 ) -> StateDBConfig:
-    """The configuration for ``url``; a bad value raises ConfigurationError naming its source."""
+    """The configuration for ``url``; a bad value raises ConfigurationError naming its source and what
+    is accepted.
+
+    ``overrides`` maps a field to (value, where it came from): an option of another command (the
+    admin CLI's ``--key-prefix``) or an argument, above every other source (None values are unset).
+    """
+    validate_url(url)
     values: dict[str, Any] = {}
+    picked: dict[str, tuple[Any, str]] = {}
     for setting in SETTINGS:
-        picked = raw_value(setting, cli or {}, conf or {}, env or {})
-        if picked is None:
+        chosen = (overrides or {}).get(setting.field)
+        found = chosen if chosen is not None and chosen[0] is not None else raw_value(
+            setting, cli or {}, conf or {}, env or {})
+        if found is None:
             continue
-        raw, source = picked
+        raw, source = found
         try:
             values[setting.field] = setting.parse(raw)
         except (TypeError, ValueError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) and str(exc) else "expected a number"
             raise ConfigurationError(f"{source}={raw!r} is not valid: {reason}") from None
-    return StateDBConfig(url=url, **values)
+        picked[setting.field] = found
+    try:
+        return StateDBConfig(url=url, **values)
+    except ConfigurationError:
+        for name, (raw, source) in picked.items():  # which one: each checked alone names its source
+            try:
+                StateDBConfig(url=url, **{name: values[name]})
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{source}={raw!r} is not valid: {exc}") from None
+        raise
+
+
+# -- which Redis: the statedb URL as a worker of the app finds it ------------------------------
+
+WORKER_STATEDB_ENV = "CELERY_WORKER_STATEDB"  # Celery's own variable for the worker's --statedb
+WORKER_STATEDB_CONF = "worker_state_db"
+URL_ENV = "REDIS_STATEDB_URL"  # this library's, for producers and admin tools that are not workers
+
+
+@dataclass(frozen=True)
+class URLChoice:
+    """The statedb URL and where it came from (``broker``: no statedb URL is configured anywhere)."""
+
+    url: str = dataclass_field(repr=False)  # may hold a password: shown only through mask_url
+    source: str
+    broker: bool = False
+
+
+def _expanded(value: str, source: str, node: str | None) -> str:
+    """``value`` as ``celery worker`` expands it (``%%``, ``%h``, ``%n``...: Celery's node_format)."""
+    if "%" not in value:
+        return value
+    from celery.utils.nodenames import default_nodename, node_format
+
+    try:
+        return str(node_format(value, node or default_nodename(None)))
+    except ValueError:  # Celery's own message quotes the whole value, password included
+        raise ConfigurationError(
+            f"{source} holds a '%' sequence celery worker cannot expand (write a literal % as %%): "
+            f"{mask_url(value)}") from None
+
+
+def _checked(url: str, source: str) -> URLChoice:
+    try:
+        validate_url(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source}: {exc}") from None
+    return URLChoice(url, source)
+
+
+@overload
+def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str | None = ...,
+               explicit_label: str = ..., node: str | None = ..., allow_broker: bool = ...,
+               required: Literal[True] = ...) -> URLChoice: ...
+@overload
+def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str | None = ...,
+               explicit_label: str = ..., node: str | None = ..., allow_broker: bool = ...,
+               required: bool) -> URLChoice | None: ...
+def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str | None = None,
+               explicit_label: str = "redis_url", node: str | None = None, allow_broker: bool = True,
+               required: bool = True) -> URLChoice | None:
+    """The statedb URL a worker of the app uses, and its source.
+
+    ``explicit`` (an option or argument) first; then what ``celery worker`` itself reads: its
+    ``--statedb`` option's variable ``$CELERY_WORKER_STATEDB`` before ``app.conf.worker_state_db``
+    (Celery's order), expanded as the worker expands it (``%%`` is ``%``; ``%h``/``%n`` with
+    ``node``, by default this host's worker name); then ``$REDIS_STATEDB_URL``; the broker only when
+    none of them is set and it is Redis (``allow_broker``). A worker value that is a file path means
+    Celery's own file statedb: never silently replaced by the broker. No URL at all raises
+    ConfigurationError naming where it was looked for (None if not ``required``); a malformed one
+    always raises, naming its source.
+    """
+    if explicit:
+        return _checked(explicit, explicit_label)
+    file_statedb: tuple[str, str] | None = None
+    for value, source in ((env.get(WORKER_STATEDB_ENV), f"environment variable {WORKER_STATEDB_ENV}"),
+                          (conf.get(WORKER_STATEDB_CONF), f"app.conf.{WORKER_STATEDB_CONF}")):
+        if value is None or not str(value).strip():
+            continue
+        text = _expanded(str(value).strip(), source, node)
+        if is_redis_url(text):
+            return _checked(text, source)
+        file_statedb = (source, text)
+        break  # celery worker reads the first one set: the other is not the workers' statedb
+    fallback = env.get(URL_ENV, "").strip()
+    if fallback:
+        if not is_redis_url(fallback):
+            raise ConfigurationError(f"environment variable {URL_ENV}={mask_url(fallback)!r} is not valid: "
+                                     f"use a redis://, rediss:// or unix:// URL")
+        return _checked(fallback, f"environment variable {URL_ENV}")
+    searched = f"{explicit_label}, ${WORKER_STATEDB_ENV}, app.conf.{WORKER_STATEDB_CONF} or ${URL_ENV}"
+    if file_statedb is not None:
+        if not required:
+            return None
+        source, text = file_statedb
+        raise ConfigurationError(
+            f"no Redis URL for the statedb: {source} is {mask_url(text)!r}, a file path (Celery's own file "
+            f"statedb); give the Redis URL with {explicit_label} or ${URL_ENV}")
+    broker = conf.get("broker_url")
+    if allow_broker and is_redis_url(broker):
+        return URLChoice(str(broker), "app.conf.broker_url (the broker: no statedb URL is configured in "
+                                      f"{searched})", broker=True)
+    if not required:
+        return None
+    raise ConfigurationError(
+        f"no Redis URL for the statedb: set one with {searched} "
+        + ("(the broker is used only when it is Redis and none of them is set)" if allow_broker else ""))

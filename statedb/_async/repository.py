@@ -68,6 +68,10 @@ class AsyncStateRepository:
             raise translate_exception(exc, target=self.operations.target) from exc
         return operation.result(replies)
 
+    async def run(self, operation: commands.Operation[T]) -> T:
+        """Execute any operation of the command layer (the admin APIs and migrations go through here)."""
+        return await self._run(operation)
+
     async def _walk(self, cursor: cursors.Cursor[T]) -> AsyncIterator[T]:
         while (operation := cursor.next_operation()) is not None:
             for row in cursor.feed(await self._run(operation)):

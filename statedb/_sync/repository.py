@@ -69,6 +69,10 @@ class SyncStateRepository:
             raise translate_exception(exc, target=self.operations.target) from exc
         return operation.result(replies)
 
+    def run(self, operation: commands.Operation[T]) -> T:
+        """Execute any operation of the command layer (the admin APIs and migrations go through here)."""
+        return self._run(operation)
+
     def _walk(self, cursor: cursors.Cursor[T]) -> Iterator[T]:
         while (operation := cursor.next_operation()) is not None:
             for row in cursor.feed(self._run(operation)):
