@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,9 @@ from click.testing import CliRunner, Result
 from celery_redis_statedb.local_servers import PrivateServer
 from statedb.keys import KeySchema
 from tests.cli_runner import APP_ENV, cli_app
-from tests.workers import WorkerHarness, assert_discarded, new_task_id, wait_until
+from tests.workers import WorkerHarness, assert_discarded, fast_env, new_task_id, wait_until
 
 pytestmark = pytest.mark.e2e
-FAST_ENV = {"CELERY_REDIS_STATE_SOCKET_TIMEOUT": "0.5", "CELERY_REDIS_STATE_CONNECT_TIMEOUT": "0.5"}
 
 
 @pytest.fixture
@@ -105,6 +105,34 @@ def test_restore_for_one_worker_is_not_undone_at_its_next_restart(
     assert redis_client.zscore(KeySchema(state_prefix).shared_revoked_key, task_id) is None
 
 
+def test_restore_for_one_worker_lifts_the_fleet_entry_on_every_live_worker_for_good(
+    harness: WorkerHarness, cli: CliRunner, redis_url: str, state_prefix: str, redis_client: redis.Redis,
+) -> None:
+    """The fleet entry is gone: workers bound only through it run the task too, and none of them writes
+    it back to the fleet set (their loss checks run every second) nor into its own set."""
+    task_id = new_task_id()
+    stored = statedb(cli, "--url", redis_url, "--key-prefix", state_prefix, "revoke", task_id, "--no-broadcast")
+    assert stored.exit_code == 0, stored.output
+    app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
+    first, other = (harness.worker(app, redis_url, env=fast_env(clock_interval=0.5)).start() for _ in range(2))
+    for worker in (first, other):
+        assert_discarded(harness, worker, task_id)  # bound through the fleet set only
+        harness.wait_reachable(worker)
+
+    restored = statedb(cli, "--url", redis_url, "--key-prefix", state_prefix, "restore", "--worker", first.name,
+                       task_id)
+    assert restored.exit_code == 0, restored.output
+    assert f"{first.name}: 1 of 1 ids restored" in restored.output
+    assert f"{other.name}: 1 of 1 ids restored (those bound here only through the fleet set)" in restored.output
+    for worker in (first, other):
+        harness.send(worker, task_id, marker=f"after-restore-{worker.name}")
+        harness.wait_ran(worker, f"after-restore-{worker.name}")
+    schema = KeySchema(state_prefix)
+    time.sleep(3)  # three loss checks of each worker
+    assert redis_client.zscore(schema.shared_revoked_key, task_id) is None
+    assert all(redis_client.zscore(schema.revoked_key(w.name), task_id) is None for w in (first, other))
+
+
 def test_forget_and_prune_never_touch_a_live_worker(
     harness: WorkerHarness, cli: CliRunner, redis_url: str, state_prefix: str, redis_client: redis.Redis,
 ) -> None:
@@ -143,7 +171,7 @@ def test_health_and_metrics_of_a_worker_whose_redis_is_stopped(
     server = PrivateServer().start()
     try:
         app = harness.app(install=True, conf={"redis_state_key_prefix": state_prefix})
-        worker = harness.worker(app, server.url, env=FAST_ENV).start()
+        worker = harness.worker(app, server.url, env=fast_env()).start()
         harness.wait_reachable(worker)
         args = ("--url", server.url, "--key-prefix", state_prefix)
         healthy = statedb(cli, *args, "health", "--worker", worker.name)

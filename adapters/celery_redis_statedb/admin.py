@@ -185,8 +185,15 @@ class SyncStateAdmin:
         report = self.call(lambda admin: admin.restore(ids, worker=worker))
         replies: list[dict[str, Any]] = []
         if broadcast and report.task_ids:
-            replies = self._broadcast(RESTORE_COMMAND, {"task_id": list(report.task_ids)}, worker, reply=True,
-                                      timeout=reply_timeout, what=f"{len(report.task_ids)} ids restored")
+            arguments: dict[str, Any] = {"task_id": list(report.task_ids)}
+            destination = worker
+            if worker is not None and report.fleet_removed:
+                # The fleet entry is gone: every worker bound only through it is told (``worker`` lifts
+                # them all), or their loss checks would write it back to the fleet set.
+                arguments.update(fleet=True, worker=worker)
+                destination = None
+            replies = self._broadcast(RESTORE_COMMAND, arguments, destination, reply=True, timeout=reply_timeout,
+                                      what=f"{len(report.task_ids)} ids restored")
         return RestoreResult(report.removed, replies, report)
 
     def purge_old_revoked(self, older_than: timedelta | float | int | str, worker: str | None = None, *,

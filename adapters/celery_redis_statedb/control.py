@@ -30,12 +30,23 @@ def _persistence() -> Any:
 
 
 @control_command(variadic="task_id", signature="[id1 [id2 [... [idN]]]]")  # type: ignore[untyped-decorator]
-def statedb_restore(state: Any, task_id: Any, **kwargs: Any) -> dict[str, str]:
+def statedb_restore(state: Any, task_id: Any, fleet: Any = False, worker: Any = None, **kwargs: Any
+                    ) -> dict[str, str]:
     """Un-revoke task ids on this worker: memory, the index of stored revokes, the pending buffer
-    (Redis is left to the caller)."""
+    (Redis is left to the caller).
+
+    ``fleet=True``: the fleet set no longer holds them (a restore for ``worker``, or of the fleet set),
+    so every worker lifts those bound on it only through the fleet set, and ``worker`` lifts them all.
+    """
     task_ids = [tid for tid in dict.fromkeys(maybe_list(task_id) or []) if isinstance(tid, str)]
-    present = [tid for tid in task_ids if tid in worker_state.revoked._data]
     persistence = _persistence()
+    if fleet and worker != getattr(state, "hostname", None):
+        if persistence is None or not hasattr(persistence, "lift_fleet_entries"):
+            return ok(f"0 of {len(task_ids)} ids restored (no Redis statedb on this worker)")  # type: ignore[no-any-return]
+        lifted = persistence.lift_fleet_entries(task_ids)
+        return ok(f"{len(lifted)} of {len(task_ids)} ids restored "  # type: ignore[no-any-return]
+                  "(those bound here only through the fleet set)")
+    present = [tid for tid in task_ids if tid in worker_state.revoked._data]
     if persistence is not None and hasattr(persistence, "lift"):
         persistence.lift(task_ids)
     else:

@@ -418,6 +418,17 @@ class WorkerStatePersistence:
                 self.fleet_only.pop(task_id, None)
             self.stored.lift(task_ids)
 
+    def lift_fleet_entries(self, task_ids: Sequence[str]) -> list[str]:
+        """The fleet set no longer holds these ids: lift those bound here only through it (read from the
+        fleet set alone at boot, in the worker scope; every one in the shared scope, where the fleet set is
+        this worker's set). Ids this worker's own set holds stay revoked, and are never written back to
+        the fleet set. Returns the ids lifted (present here or not)."""
+        keys = self.repository.keys
+        with self._lock:
+            chosen = list(task_ids) if keys.revoked == keys.shared else [t for t in task_ids if t in self.fleet_only]
+            self.lift(chosen)
+        return chosen
+
     def purged_before(self, before: float) -> int:
         """A purge removed ids revoked before ``before``: drop those Redis no longer holds."""
         expires = self.revoked.expires or 0.0
