@@ -18,22 +18,19 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from statedb import commands
-from statedb._async.clients import open_async_client
-from statedb._async.repository import AsyncStateRepository
+from statedb._async.clients import Client, open_async_client
+from statedb._async.repository import AsyncStateRepository, check_topology, run_staged
 from statedb.config import StateDBConfig
 from statedb.errors import StateDBError
 from statedb.keys import CLOCK_SUFFIX, DEFAULT_KEY_PREFIX, REVOKED_SUFFIX, KeySchema, RedisKey, Scope, key_text
 from statedb.operations import StateOperations
 from statedb.timeframes import cutoff, purge_range
-from statedb.translate import translate_exception, translate_reply_error
+from statedb.translate import REDIS_FAILURES, translate_exception, translate_reply_error
 
 T = TypeVar("T")
 R = TypeVar("R")
-RedisTarget = str | aioredis.Redis
+RedisTarget = str | Client
 Progress = Callable[[int, int], None]
 
 BATCH_SIZE = 200
@@ -70,16 +67,11 @@ class Revocation:
 class _Session:
     """A client, the key schema, and error translation naming ``target`` (a masked URL)."""
 
-    def __init__(self, client: aioredis.Redis, schema: KeySchema, scope: Scope, target: str) -> None:
+    def __init__(self, client: Client, schema: KeySchema, scope: Scope, target: str) -> None:
         self.client, self.schema, self.scope, self.target = client, schema, scope, target
 
     async def pipeline(self, stage: Callable[[Any], None]) -> list[Any]:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            stage(pipe)
-            return list(await pipe.execute(raise_on_error=False))
-        except (RedisError, OSError) as exc:
-            raise translate_exception(exc, target=self.target) from exc
+        return await run_staged(self.client, stage, self.target)
 
     def checked(self, replies: Sequence[Any], keys: Sequence[RedisKey]) -> list[Any]:
         for reply, key in zip(replies, keys, strict=True):
@@ -106,7 +98,7 @@ class _Session:
                 parsed = self.schema.parse(key_text(raw))
                 if parsed is not None and parsed[1] == kind:
                     found.append((parsed[0], bytes(raw)))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise translate_exception(exc, target=self.target) from exc
         found.sort(key=lambda pair: pair[1])
         if fleet_exists:
@@ -139,10 +131,12 @@ async def _session(redis: RedisTarget, key_prefix: str, scope: Scope | str) -> A
         config = StateDBConfig(url=redis, key_prefix=key_prefix, scope=chosen)
         client = open_async_client(config)
         try:
+            await check_topology(client, config.safe_url)  # a plain URL naming a cluster node: refused
             yield _Session(client, schema, chosen, config.safe_url)
         finally:
             await client.aclose()
     else:
+        await check_topology(redis, "the Redis client passed in")
         yield _Session(redis, schema, chosen, "the Redis client passed in")
 
 
@@ -202,7 +196,7 @@ async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREF
                 parsed = session.schema.parse(key_text(raw))
                 if parsed is not None:
                     names.add(parsed[0])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise translate_exception(exc, target=session.target) from exc
         return sorted(names)
 

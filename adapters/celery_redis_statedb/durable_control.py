@@ -40,15 +40,15 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.app.control import Control
-from redis.exceptions import RedisError
 
 from celery_redis_statedb import admin
 from celery_redis_statedb.settings import Setting, raw_value
 from statedb import commands, stamps
-from statedb._sync.clients import open_sync_client
+from statedb._sync.clients import Client, open_sync_client
+from statedb._sync.repository import run_staged
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError, StateDataError, StateDBError
-from statedb.translate import translate_exception
+from statedb.translate import REDIS_FAILURES, translate_exception
 from statedb.urls import is_redis_url
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def plan_revoke(config: StateDBConfig, command: str, arguments: dict[str, Any],
     return RevokeWrite(ops, f"revoke of {len(pairs)} stamped header{'s' if len(pairs) != 1 else ''}")
 
 
-def server_time(client: redis.Redis, target: str) -> float:
+def server_time(client: Client, target: str) -> float:
     """The Redis server's clock (``TIME``): revocation times must not depend on this host's clock.
 
     This host's clock if the server refuses ``TIME`` (an ACL without ``+time``)."""
@@ -187,20 +187,19 @@ def server_time(client: redis.Redis, target: str) -> float:
         seconds, micros = client.time()
     except redis.exceptions.NoPermissionError:
         return time.time()
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise translate_exception(exc, target=target) from exc
     return float(seconds) + float(micros) / 1e6
 
 
-def run_operations(client: redis.Redis, operations: Sequence[commands.Operation[int]], target: str) -> int:
-    """Stage every operation on one pipeline (one round trip); the sum of their results."""
-    try:
-        pipe = client.pipeline(transaction=False)
+def run_operations(client: Client, operations: Sequence[commands.Operation[int]], target: str) -> int:
+    """Stage every operation on one pipeline (one round trip a node); the sum of their results."""
+
+    def stage(pipe: Any) -> None:
         for operation in operations:
             operation.stage(pipe)
-        replies: Sequence[Any] = pipe.execute(raise_on_error=False)
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=target) from exc
+
+    replies = run_staged(client, stage, target)
     total, start = 0, 0
     for operation in operations:
         end = start + len(operation.keys)
@@ -241,7 +240,7 @@ class _Clients:
     pid: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     opened_for: tuple[str, float, float] | None = None
-    client: redis.Redis | None = None
+    client: Client | None = None
 
 
 _clients_lock = threading.Lock()
@@ -301,7 +300,7 @@ class DurableControl(Control):  # type: ignore[misc]
                 f"failed ({exc}); retry, or set redis_state_revoke_on_unavailable=broadcast to broadcast anyway"
             )) from exc
 
-    def _statedb_client(self, config: StateDBConfig) -> redis.Redis:
+    def _statedb_client(self, config: StateDBConfig) -> Client:
         """The client for ``config``, opened once per process (and again if the config changed)."""
         pid = os.getpid()
         clients = self._statedb_clients

@@ -28,8 +28,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from statedb._sync.repository import SyncStateRepository
 from statedb.admin import Progress
 from statedb.commands import MAX_CLOCK, parse_clock
@@ -42,7 +40,7 @@ from statedb.errors import (
 )
 from statedb.keys import CLOCK_SUFFIX, LEGACY_BLOB_SUFFIX
 from statedb.names import is_storable_task_id
-from statedb.translate import translate_exception
+from statedb.translate import REDIS_FAILURES, translate_exception
 
 __all__ = [
     "MigrationReport",
@@ -455,7 +453,7 @@ def _count_missing(repository: SyncStateRepository, chunk: list[str]) -> int:
     key = repository.keys.revoked
     try:
         scores = repository.client.zmscore(key, chunk)
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise translate_exception(exc, target=repository.operations.target, key=key) from exc
     return sum(score is None for score in scores)
 
@@ -537,7 +535,7 @@ def legacy_blob_key(repository: SyncStateRepository) -> str:
 def _redis_call(repository: SyncStateRepository, key: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         raise translate_exception(exc, target=repository.operations.target, key=key) from exc
 
 
