@@ -8,6 +8,8 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,12 +17,15 @@ import pytest
 import redis
 from celery import Celery
 from celery.utils.collections import LimitedSet
+from celery.worker.state import Persistent
 from kombu.clocks import LamportClock
 from redis.cluster import RedisCluster
 
 from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb import admin as sync_admin
+from celery_redis_statedb.durable_control import store_revoked_ids
 from celery_redis_statedb.local_servers import PrivateCluster, delete_prefixed, free_port
+from celery_redis_statedb.migration import migrate_file_statedb
 from statedb import (
     AccessDeniedError,
     AsyncStateRepository,
@@ -284,6 +289,23 @@ def test_the_admin_apis_see_every_primary(cluster_url: str, cluster_client: Redi
     app = Celery("cluster-admin", broker=redis_url, set_as_current=False)
     app.conf.update(worker_state_db=cluster_url, redis_state_key_prefix=cluster_prefix)
     assert sync_admin.list_workers(app) == sorted(names)
+
+
+def test_producer_revokes_and_migration_on_a_cluster(
+    cluster_url: str, cluster_client: RedisCluster, cluster_prefix: str, tmp_path: Path
+) -> None:
+    config = StateDBConfig(url=cluster_url, key_prefix=cluster_prefix)
+    assert store_revoked_ids(config, ["p1", "p2"]) == 2  # on the server's clock (TIME on a cluster)
+    assert cluster_client.zcard(config.keys.shared_revoked_key) == 2
+    path = tmp_path / "worker.db"
+    state = SimpleNamespace(revoked=LimitedSet(maxlen=10))
+    state.revoked.update(["m1", "m2"])
+    Persistent(state, str(path), LamportClock(initial_value=41)).save()
+    with SyncStateRepository.open(config, "migrated@h") as repo:
+        report = migrate_file_statedb(path, repo)
+        assert (report.ids_found, report.ids_added) == (2, 2)
+        assert {task_id for task_id, _ in repo.iter_revoked()} == {"m1", "m2"}
+        assert repo.read_clock() > 41
 
 
 # -- a worker's persistence ---------------------------------------------------------------
