@@ -91,6 +91,7 @@ class _Session:
         """
         found: list[tuple[str | None, RedisKey]] = []
         fleet_raw, fleet_exists = fleet_key.encode("utf-8"), False
+        await check_topology(self.client, self.target)  # a plain client on a cluster node scans that node only
         try:
             async for raw in self.client.scan_iter(match=self.schema.match_all, count=1000):
                 if raw == fleet_raw:
@@ -131,12 +132,10 @@ async def _session(redis: RedisTarget, key_prefix: str, scope: Scope | str) -> A
         config = StateDBConfig(url=redis, key_prefix=key_prefix, scope=chosen)
         client = open_async_client(config)
         try:
-            await check_topology(client, config.safe_url)  # a plain URL naming a cluster node: refused
             yield _Session(client, schema, chosen, config.safe_url)
         finally:
             await client.aclose()
     else:
-        await check_topology(redis, "the Redis client passed in")
         yield _Session(redis, schema, chosen, "the Redis client passed in")
 
 
@@ -191,6 +190,7 @@ async def list_workers(redis: RedisTarget, *, key_prefix: str = DEFAULT_KEY_PREF
     """Names of the workers with a revoked set or a clock under the prefix, sorted."""
     async with _session(redis, key_prefix, Scope.WORKER) as session:
         names: set[str] = set()
+        await check_topology(session.client, session.target)  # a plain client on a cluster node: one node only
         try:
             async for raw in session.client.scan_iter(match=session.schema.match_all, count=1000):
                 parsed = session.schema.parse(key_text(raw))

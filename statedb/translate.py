@@ -25,8 +25,9 @@ _TRANSIENT_MARKERS = ("READONLY", "LOADING", "OOM", "MISCONF", "MASTERDOWN", "TR
                       "MOVED", "ASK")
 _TRANSIENT_TYPES: tuple[type[Exception], ...] = tuple(
     getattr(redis_errors, name)
-    for name in ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError", "ClusterDownError",
-                 "MasterDownError", "AskError", "SlotNotCoveredError")  # AskError: MovedError too
+    # ClusterError: CLUSTERDOWN, and redirections past redis-py's limit; AskError: MovedError too.
+    for name in ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError", "ClusterError",
+                 "MasterDownError", "AskError", "SlotNotCoveredError")
     if hasattr(redis_errors, name)
 )
 # What a client may raise: redis-py's cluster client raises RedisClusterException (not a RedisError)

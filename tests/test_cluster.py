@@ -151,14 +151,18 @@ def test_a_plain_url_naming_a_cluster_node_is_told_to_use_redis_cluster(
                 with pytest.raises(RedisUnavailableError, match=r"use redis\+cluster://") as info:
                     repo.add_revoked(["a"])
                 assert not isinstance(info.value, StateDataError)
-    with pytest.raises(ConfigurationError, match=r"use redis\+cluster://"):
-        asyncio.run(admin.list_workers(url, key_prefix=cluster_prefix))
+    for scan in (admin.list_workers(url, key_prefix=cluster_prefix),  # listings would see one node only
+                 admin.where_revoked(url, "a", key_prefix=cluster_prefix),
+                 stamps_admin.inspect_stamps(url, key_prefix=cluster_prefix)):
+        with pytest.raises(ConfigurationError, match=r"use redis\+cluster://"):
+            asyncio.run(scan)
 
 
 @pytest.mark.parametrize("reply", [
     redis.exceptions.MovedError("3999 127.0.0.1:6381"), redis.exceptions.AskError("3999 127.0.0.1:6381"),
     redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"),
     redis.exceptions.ClusterDownError("The cluster is down"), redis.exceptions.ResponseError("MOVED 1 h:1"),
+    redis.exceptions.ClusterError("TTL exhausted."),
 ])
 def test_cluster_redirections_and_outages_are_transient(reply: Exception) -> None:
     assert isinstance(translate_reply_error(reply, key="k"), RedisUnavailableError)

@@ -103,3 +103,16 @@ def test_twenty_workers_on_a_cluster(
     assert purged["removed"] == WORKERS
     assert all(state.revoked_count == 0
                for state in asyncio.run(admin.inspect_workers(cluster_url, key_prefix=prefix)))
+
+
+def test_a_plain_url_naming_a_cluster_node_stops_the_worker_with_a_hint(
+    harness: WorkerHarness, cluster_client: RedisCluster, cluster_prefix: str
+) -> None:
+    """Was exit 65 ("Redis rejected a command on key ...: 16029 ...": a MOVED reply) for most names."""
+    node = cluster_client.get_primaries()[0]
+    worker = harness.worker(harness.app(install=False), f"redis://{node.host}:{node.port}/0",
+                            extra_args=["--redis-state-key-prefix", cluster_prefix])
+    worker.start(wait_ready=False)
+    assert worker.wait_exit(BOOT_TIMEOUT) == 78, worker.log()
+    assert "is a Redis Cluster node" in worker.log() and "use redis+cluster://" in worker.log()
+    assert "Traceback" not in worker.log()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,6 +67,7 @@ class DeferredCluster:
     def __init__(self, build: Callable[[], RedisCluster]) -> None:
         self._build = build
         self._client: RedisCluster | None = None
+        self._lock = threading.Lock()  # threads sharing a client (a producer) build it once
 
     @property
     def built(self) -> bool:
@@ -74,7 +76,9 @@ class DeferredCluster:
     @property
     def cluster(self) -> RedisCluster:
         if self._client is None:
-            self._client = self._build()
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
         return self._client
 
     def __getattr__(self, name: str) -> Any:
