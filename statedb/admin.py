@@ -31,25 +31,24 @@ from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-import redis.asyncio as aioredis
-
 from statedb import admin_commands as ops
 from statedb import commands
-from statedb._async.clients import open_async_client
-from statedb._async.repository import AsyncStateRepository
+from statedb._async.clients import Client, cluster_ready, is_cluster_client, open_async_client
+from statedb._async.repository import AsyncStateRepository, check_topology
 from statedb.config import StateDBConfig
 from statedb.errors import AccessDeniedError, ConfigurationError, InvalidInputError, UnknownWorkerError
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, RedisKey, Scope, key_text
 from statedb.names import check_name
 from statedb.operations import StateOperations
 from statedb.timeframes import as_seconds, cutoff, format_duration, purge_range
+from statedb.translate import REDIS_FAILURES, translate_exception
 
 if TYPE_CHECKING:
     from statedb.stamps_admin import StampsAdmin
 
 T = TypeVar("T")
 R = TypeVar("R")
-RedisTarget = str | aioredis.Redis
+RedisTarget = str | Client
 Progress = Callable[[int, int], None]
 
 BATCH_SIZE = 200
@@ -291,7 +290,7 @@ class StateAdmin:
             raise ConfigurationError(str(exc)) from None
         self.scope = parse_scope(scope)
         self.concurrency = concurrency
-        self._client: aioredis.Redis | None = None
+        self._client: Client | None = None
         self._config: StateDBConfig | None = None
         if isinstance(redis, str):
             self._config = StateDBConfig(url=redis, key_prefix=key_prefix, scope=self.scope)
@@ -312,7 +311,7 @@ class StateAdmin:
         return StampsAdmin(self)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         if self._client is None:
             assert self._config is not None
             self._client = open_async_client(self._config)
@@ -356,9 +355,7 @@ class StateAdmin:
         fleet: set[str] = set()
         fleet_keys = {ops.as_bytes(self.schema.shared_revoked_key): "revoked",
                       ops.as_bytes(self.schema.shared_stamps_key): "stamps"}
-        cursor = 0
-        while True:
-            cursor, keys = await self.run(ops.scan_page(self.schema.match_all, cursor))
+        async for keys in self._scan_pages():
             for raw in keys:
                 if raw in fleet_keys:
                     fleet.add(fleet_keys[raw])
@@ -367,8 +364,28 @@ class StateAdmin:
                 if parsed is not None:
                     name, kind = parsed
                     workers.setdefault(name, _Found(name, {})).keys.setdefault(kind, raw)
+        return dict(sorted(workers.items())), fleet
+
+    async def _scan_pages(self) -> AsyncIterator[list[bytes]]:
+        """The keys under the prefix, a SCAN page at a time. On a cluster, redis-py's ``scan_iter``
+        walks every primary (a SCAN cursor belongs to one node); a plain client pointed at a cluster
+        node would see that node only, and is refused (ConfigurationError)."""
+        client = self.client
+        if is_cluster_client(client):
+            built = await cluster_ready(client)  # type: ignore[arg-type]
+            try:
+                async for raw in built.scan_iter(match=self.schema.match_all, count=ops.SCAN_COUNT):
+                    yield [ops.as_bytes(raw)]
+            except REDIS_FAILURES as exc:
+                raise translate_exception(exc, target=self.target) from exc
+            return
+        await check_topology(client, self.target)
+        cursor = 0
+        while True:
+            cursor, keys = await self.run(ops.scan_page(self.schema.match_all, cursor))
+            yield keys
             if cursor == 0:
-                return dict(sorted(workers.items())), fleet
+                return
 
     def _own_keys(self, worker: str) -> dict[str, RedisKey]:
         keys = self.schema.for_worker(worker, Scope.WORKER)

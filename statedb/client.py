@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import parse_url
 
 from statedb.config import StateDBConfig
-from statedb.urls import is_unix_url
+from statedb.urls import ClusterURL, is_unix_url, parse_cluster_url
 
 
 def client_options(config: StateDBConfig) -> dict[str, Any]:
@@ -34,6 +35,21 @@ def client_options(config: StateDBConfig) -> dict[str, Any]:
     if not is_unix_url(config.url):
         options["socket_keepalive"] = True
     return options
+
+
+def cluster_options(config: StateDBConfig) -> tuple[ClusterURL, dict[str, Any]]:
+    """The startup nodes and the keyword arguments (minus Retry and nodes) of a RedisCluster, sync or
+    async, for a ``redis+cluster://`` URL: :func:`client_options`, then what the URL sets (credentials,
+    TLS, query options), read by redis-py's own URL parser and merged as its ``from_url`` does."""
+    target = parse_cluster_url(config.url)
+    from_url: dict[str, Any] = parse_url(target.node_url)  # type: ignore[no-untyped-call]
+    for name in ("host", "port", "db"):
+        from_url.pop(name, None)
+    options = client_options(config)
+    if from_url.pop("connection_class", None) is not None:  # rediss: redis-py's SSLConnection
+        options["ssl"] = True
+    options.update(from_url)
+    return target, options
 
 
 def command_backoff() -> NoBackoff:

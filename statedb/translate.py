@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis import exceptions as redis_errors
+from redis.exceptions import RedisClusterException, RedisError
 
 from statedb.errors import (
     AccessDeniedError,
@@ -20,13 +21,21 @@ _AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid u
                  "ACL failure in script")  # Redis 7.2, Valkey
 # Error replies of a server that is failing over, full, loading or read-only: wait, do not give up.
 # redis-py turns some of them into classes (and strips the code), the others keep their code.
-_TRANSIENT_MARKERS = ("READONLY", "LOADING", "OOM", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+_TRANSIENT_MARKERS = ("READONLY", "LOADING", "OOM", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY",
+                      "MOVED", "ASK")
 _TRANSIENT_TYPES: tuple[type[Exception], ...] = tuple(
     getattr(redis_errors, name)
-    for name in ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError", "ClusterDownError",
-                 "MasterDownError")
+    # ClusterError: CLUSTERDOWN, and redirections past redis-py's limit; AskError: MovedError too.
+    for name in ("ReadOnlyError", "BusyLoadingError", "OutOfMemoryError", "TryAgainError", "ClusterError",
+                 "MasterDownError", "AskError", "SlotNotCoveredError")
     if hasattr(redis_errors, name)
 )
+# What a client may raise: redis-py's cluster client raises RedisClusterException (not a RedisError)
+# when no node answers, or the slots are not all covered.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, RedisClusterException)
+# A MOVED or ASK reply: the key's slot is served by another node of a Redis Cluster.
+_REDIRECT_HINT = ("the key lives on another node of a Redis Cluster (resharding, or a redis:// URL naming one "
+                  "node of a cluster: use redis+cluster://)")
 # redis-py strips the NOPERM/WRONGPASS codes from these classes: match the types too.
 _ACCESS_TYPES: tuple[type[Exception], ...] = tuple(
     getattr(redis_errors, name)
@@ -50,6 +59,11 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
     text = str(exc)
     if _is_access_error(exc, text):
         return AccessDeniedError(f"Redis at {target} refused access: {text}")
+    if isinstance(exc, RedisClusterException) and not isinstance(exc, _TRANSIENT_TYPES):
+        return _cluster_error(exc, target)
+    if isinstance(exc, redis_errors.AskError):
+        return RedisUnavailableError(f"Redis at {target} redirected a command ({type(exc).__name__} {text}): "
+                                     f"{_REDIRECT_HINT}")
     if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
         return RedisUnavailableError(f"Redis at {target} cannot serve us right now: {text}")
     if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
@@ -65,10 +79,28 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
     return StateDBError(f"Redis at {target} failed: {type(exc).__name__}: {text}")
 
 
+def _cluster_error(exc: RedisClusterException, target: str) -> StateDBError:
+    """redis-py's cluster client could not set itself up or route a command."""
+    if exc.__cause__ is not None:  # why no startup node answered: refused credentials, a TLS mismatch...
+        why = translate_exception(exc.__cause__, target=target)
+        if isinstance(why, (AccessDeniedError, ConfigurationError)):
+            return why
+    text = str(exc)
+    if "Cluster mode is not enabled" in text:
+        return ConfigurationError(f"Redis at {target} is not a Redis Cluster node (cluster mode is not enabled): "
+                                  f"use redis:// or rediss:// for a single server")
+    if "cannot be connected" in text or "not covered" in text:
+        return RedisUnavailableError(f"Redis Cluster at {target} cannot serve us right now: {text}")
+    return StateDBError(f"Redis Cluster at {target} failed: {text}")
+
+
 def translate_reply_error(exc: Exception, *, key: str | None) -> StateDBError:  # noqa: PLR0911
     """The library error for an error reply to a command on ``key`` (None: a command on no key)."""
     text = str(exc)
     target = "a server command" if key is None else f"key {key!r}"
+    if isinstance(exc, redis_errors.AskError) or text.split(" ", 1)[0] in ("MOVED", "ASK"):
+        return RedisUnavailableError(f"Redis cannot serve {target} right now: {type(exc).__name__} {text}: "
+                                     f"{_REDIRECT_HINT}")
     if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
         if key is None:
             return RedisUnavailableError(f"Redis cannot serve us right now: {text}")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from statedb.errors import ConfigurationError
 
-SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
+TargetKind = Literal["standalone", "sentinel", "cluster"]
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 MASK = "***"
 _SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 _QUERY_PAIR = re.compile(r"(?P<key>[^&=;]+)=(?P<value>[^&;]*)")
@@ -32,6 +36,12 @@ def is_redis_url(value: object) -> bool:
         return False
     scheme, sep, _ = value.partition("://")
     return bool(sep) and scheme.lower() in SUPPORTED_SCHEMES
+
+
+def target_kind(url: str) -> TargetKind:
+    """What a (valid) URL names: one server, or a Redis Cluster (``redis+cluster://``)."""
+    scheme = url.partition("://")[0].lower()
+    return "cluster" if scheme in CLUSTER_SCHEMES else "standalone"
 
 
 def is_unix_url(url: str) -> bool:
@@ -91,6 +101,9 @@ def validate_url(url: object) -> str:
             f"unsupported Redis URL scheme {mask_url(scheme)!r} in {shown}: "
             f"use one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
         )
+    if target_kind(url) == "cluster":
+        parse_cluster_url(url)
+        return url
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -117,3 +130,59 @@ def validate_url(url: object) -> str:
             f"database number {db_text!r} in Redis URL {shown} is not a non-negative integer"
         )
     return url
+
+
+# -- redis+cluster:// -------------------------------------------------------------------
+
+_NODE = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]@,]+))(?::(?P<port>[0-9]*))?$")
+DEFAULT_PORT = 6379
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://[user:password@]h1:p1[,h2:p2...][/0][?options]`` URL.
+
+    ``nodes`` are the startup nodes (any one that answers gives the client the whole
+    cluster); ``node_url`` is the same URL naming the first node only, with the scheme
+    ``redis``/``rediss``: what redis-py's own URL parser reads the credentials, TLS and
+    query options from, exactly as for a standalone URL.
+    """
+
+    kind: Literal["cluster"]
+    nodes: tuple[tuple[str, int], ...]
+    node_url: str
+    tls: bool
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """The nodes and options of a ``redis+cluster://`` URL; ConfigurationError naming the fault."""
+    shown = mask_url(url)
+    scheme, _, rest = url.partition("://")
+    base = scheme.lower().partition("+")[0]  # redis or rediss
+    try:
+        parts = urlsplit(f"{base}://{rest}")
+    except ValueError:  # an unbalanced '[': the parser's message may quote a password
+        raise ConfigurationError(f"malformed Redis Cluster URL {shown}") from None
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for text in hosts.split(","):
+        match = _NODE.match(text.strip())
+        port_text = match["port"] if match else None
+        if match is None or (port_text is not None and not (port_text.isdigit() and 0 < int(port_text) < 65536)):
+            raise ConfigurationError(
+                f"malformed Redis Cluster URL {shown}: each node must be host:port with a port from 1 to 65535, "
+                f"nodes separated by ',' (a password with '#', '/' or '?' must be percent-encoded)"
+            )
+        nodes.append((match["ipv6"] or match["host"], int(port_text) if port_text else DEFAULT_PORT))
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    _check_query(query, base, shown)
+    db_text = query.get("db", parts.path.lstrip("/") or "0")
+    if db_text != "0":
+        raise ConfigurationError(
+            f"Redis Cluster URL {shown} selects database {db_text!r}: a cluster has database 0 only "
+            "(drop the /db part, or use /0)"
+        )
+    host, port = nodes[0]
+    first = f"[{host}]" if ":" in host else host
+    node_url = f"{base}://{userinfo}{at}{first}:{port}/0" + (f"?{parts.query}" if parts.query else "")
+    return ClusterURL("cluster", tuple(dict.fromkeys(nodes)), node_url, base == "rediss")

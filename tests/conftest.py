@@ -6,11 +6,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from celery_redis_statedb.local_servers import PrivateServer, delete_prefixed
+from celery_redis_statedb.local_servers import PrivateCluster, PrivateServer, delete_prefixed
+from statedb import StateDBConfig, open_sync_client
 from tests.workers import WorkerHarness
 
 
@@ -62,3 +64,30 @@ def harness(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[WorkerH
 def state_prefix(key_prefix: str) -> str:
     """The statedb key prefix of a worker test (under ``key_prefix``, so its keys are deleted)."""
     return f"{key_prefix}state:"
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A ``redis+cluster://`` URL of a 3-primary cluster for the run (an outside one is never flushed)."""
+    outside = os.environ.get("STATEDB_TEST_CLUSTER_URL", "").strip()
+    if outside:
+        yield outside
+        return
+    with PrivateCluster() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
+    """An admin client of the test cluster (keys of any slot)."""
+    client: Any = open_sync_client(StateDBConfig(url=cluster_url))
+    yield client.cluster
+    client.close()
+
+
+@pytest.fixture
+def cluster_prefix(cluster_url: str) -> Iterator[str]:
+    """A key prefix no other test uses on the test cluster; its keys are deleted afterwards."""
+    prefix = f"statedb-test:{uuid.uuid4().hex}:"
+    yield prefix
+    delete_prefixed(cluster_url, prefix)

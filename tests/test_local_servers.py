@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -10,11 +11,17 @@ import pytest
 import redis
 
 from celery_redis_statedb.local_servers import (
+    CLUSTER_SLOTS,
     SERVER_KIND_ENV,
+    SERVER_KINDS,
+    PrivateCluster,
     PrivateServer,
+    ServerKind,
     default_kind,
     delete_prefixed,
+    installed,
     kill_process,
+    slot_ranges,
     stop_process,
 )
 
@@ -79,3 +86,31 @@ def test_stop_process_terminates_then_kills(group: bool) -> None:
 
 def test_kill_process_kills_at_once() -> None:
     assert kill_process(sleeper(ignore_term=False), group=True) == -signal.SIGKILL
+
+
+def test_slot_ranges_cover_every_slot_once() -> None:
+    for nodes in (1, 2, 3, 7):
+        ranges = slot_ranges(nodes)
+        assert ranges[0][0] == 0 and ranges[-1][1] == CLUSTER_SLOTS - 1
+        assert all(high + 1 == low for (_, high), (low, _) in itertools.pairwise(ranges))
+    with pytest.raises(ValueError, match="at least one node"):
+        PrivateCluster(primaries=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [kind for kind in SERVER_KINDS if installed(kind)])
+def test_a_private_cluster_of_each_kind_serves_every_slot(kind: ServerKind) -> None:
+    with PrivateCluster(kind=kind) as cluster:
+        client = cluster.client()
+        try:
+            assert client.cluster_info()["cluster_state"] == "ok"
+            assert len(client.get_primaries()) == 3
+            keys = [f"k{i}" for i in range(60)]  # spread over every primary
+            assert {client.get_node_from_key(key).name for key in keys} == {
+                f"127.0.0.1:{server.port}" for server in cluster.servers}
+            for key in keys:
+                client.set(key, 1)
+            assert delete_prefixed(client, "k") == 60
+            assert delete_prefixed(cluster.url, "k") == 0
+        finally:
+            client.close()

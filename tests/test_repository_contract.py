@@ -25,6 +25,7 @@ from statedb import (
     StateDBConfig,
     WrongKeyTypeError,
 )
+from statedb.urls import target_kind
 from tests.round_trips import round_trips
 
 
@@ -85,9 +86,24 @@ def open_repo(request: pytest.FixtureRequest) -> Iterator[Opener]:
     loop.close()
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def target(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(URL, key prefix) on the run's server or the run's Redis Cluster; the prefix's keys are deleted after."""
+    if request.param == "standalone":
+        return request.getfixturevalue("redis_url"), request.getfixturevalue("key_prefix")
+    return request.getfixturevalue("cluster_url"), request.getfixturevalue("cluster_prefix")
+
+
 @pytest.fixture
-def config(redis_url: str, key_prefix: str) -> StateDBConfig:
-    return StateDBConfig(url=redis_url, key_prefix=key_prefix, load_chunk_size=3, write_chunk_size=4)
+def redis_client(request: pytest.FixtureRequest, target: tuple[str, str], redis_client: redis.Redis) -> Any:
+    """An admin client of the target: the run's server's (conftest), or a cluster client."""
+    return request.getfixturevalue("cluster_client") if target_kind(target[0]) == "cluster" else redis_client
+
+
+@pytest.fixture
+def config(target: tuple[str, str]) -> StateDBConfig:
+    url, prefix = target
+    return StateDBConfig(url=url, key_prefix=prefix, load_chunk_size=3, write_chunk_size=4)
 
 
 def test_add_count_remove(open_repo: Opener, config: StateDBConfig) -> None:
@@ -126,12 +142,11 @@ def test_iteration_is_newest_first_across_chunks(open_repo: Opener, config: Stat
     assert repo.iter_revoked(limit=0) == []
 
 
-def test_big_batch_is_one_call(open_repo: Opener, redis_url: str, key_prefix: str) -> None:
+def test_big_batch_is_one_call(open_repo: Opener, config: StateDBConfig) -> None:
     """25 000 ids are written in one round trip (one pipeline of ZADD chunks) and counted in one; they are
     read back a page of ``load_chunk_size`` a round trip."""
-    config = StateDBConfig(url=redis_url, key_prefix=key_prefix)
-    repo = open_repo(config)
-    assert repo.ping()  # connected: the handshake is not counted below
+    repo = open_repo(StateDBConfig(url=config.url, key_prefix=config.key_prefix))
+    assert repo.count_revoked() == 0  # connected to the set's node: the handshake is not counted below
     ids = [f"task-{i}" for i in range(25_000)]
     with round_trips() as sent:
         assert repo.add_revoked(ids) == 25_000

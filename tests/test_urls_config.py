@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from statedb import ConfigurationError, Scope, StateDBConfig, UnavailablePolicy
-from statedb.urls import is_redis_url, mask_url, validate_url
+from statedb.urls import is_redis_url, mask_url, parse_cluster_url, target_kind, validate_url
 
 
 @pytest.mark.parametrize("url", ["redis://h:6379/0", "REDIS://h", "rediss://u:p@h:6380/2", "unix:///tmp/r.sock"])
@@ -143,3 +145,62 @@ def test_url_options_that_would_override_the_library_are_refused(option: str) ->
 
 def test_other_url_options_pass() -> None:
     assert validate_url("rediss://h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&client_name=w1")
+
+
+# -- redis+cluster:// ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "redis+cluster://h1:7000", "redis+cluster://h1:7000,h2:7001,h3:7002", "REDIS+CLUSTER://h1:7000/0",
+    "rediss+cluster://u:p@h1:7000,h2:7001/0?ssl_ca_certs=/tmp/ca.pem", "redis+cluster://[::1]:7000,h2",
+    "redis+cluster://h1:7000?db=0&client_name=w",
+])
+def test_cluster_urls_are_recognised(url: str) -> None:
+    assert is_redis_url(url)
+    assert validate_url(url) == url
+    assert target_kind(url) == "cluster"
+    assert StateDBConfig(url=url).url == url
+
+
+def test_a_cluster_url_names_its_nodes_and_a_url_for_the_options() -> None:
+    parsed = parse_cluster_url("rediss+cluster://us%3Aer:p%40ss@h1:7000,[::1]:7001,h3?ssl_cert_reqs=none")
+    assert parsed.nodes == (("h1", 7000), ("::1", 7001), ("h3", 6379))
+    assert parsed.tls
+    # redis-py's own parser reads the credentials and options from this one, as for redis://
+    assert parsed.node_url == "rediss://us%3Aer:p%40ss@h1:7000/0?ssl_cert_reqs=none"
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("redis+cluster://h1:7000/1", "selects database '1': a cluster has database 0 only"),
+    ("redis+cluster://h1:7000?db=3", "selects database '3'"),
+    ("redis+cluster://h1:7000/x", "selects database 'x'"),
+    ("redis+cluster://", "malformed Redis Cluster URL"),
+    ("redis+cluster://h1:7000,,h2:7001", "malformed Redis Cluster URL"),
+    ("redis+cluster://h1:0", "port from 1 to 65535"),
+    ("redis+cluster://h1:70000", "port from 1 to 65535"),
+    ("redis+cluster://h1:port", "malformed Redis Cluster URL"),
+    ("redis+cluster://h1:7000?ssl_ca_certs=/x", "not rediss://"),
+    ("redis+cluster://h1:7000?socket_timeout=1", "use redis_state_socket_timeout"),
+    ("redis+sentinel+cluster://h1:7000", "unsupported Redis URL scheme"),
+])
+def test_bad_cluster_urls_name_the_fault(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+        validate_url(url)
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis+cluster://:pw@h1:1,h2:2", "redis+cluster://:***@h1:1,h2:2"),
+    ("rediss+cluster://user:p%40w@h1:1,h2:2/0", "rediss+cluster://user:***@h1:1,h2:2/0"),
+    ("redis+cluster://SECRET@h1:1,h2:2", "redis+cluster://***@h1:1,h2:2"),
+    ("redis+cluster://h1:1,h2:2?password=pw", "redis+cluster://h1:1,h2:2?password=***"),
+])
+def test_cluster_url_passwords_are_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_bad_cluster_url_errors_never_show_the_password() -> None:
+    for url in ("redis+cluster://user:s3cret@h1:7000/2", "redis+cluster://user:s3cret@h1:bad", "redis+cluster://:s3cret@[h"):
+        with pytest.raises(ConfigurationError) as info:
+            validate_url(url)
+        assert "s3cret" not in str(info.value)
+    assert "s3cret" not in repr(StateDBConfig(url="redis+cluster://:s3cret@h1:7000"))

@@ -38,18 +38,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
-import redis
 from celery import Celery
 from celery.app.control import Control
-from redis.exceptions import RedisError
 
 from celery_redis_statedb import admin
 from celery_redis_statedb.settings import Setting, choose_url, raw_value
 from statedb import admin_commands, commands, stamps
-from statedb._sync.clients import open_sync_client
+from statedb._sync.clients import Client, open_sync_client
+from statedb._sync.repository import run_staged
 from statedb.config import StateDBConfig
 from statedb.errors import AccessDeniedError, ConfigurationError, StateDataError, StateDBError
-from statedb.translate import translate_exception
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,7 +175,7 @@ def plan_revoke(config: StateDBConfig, command: str, arguments: dict[str, Any],
     return RevokeWrite(ops, f"revoke of {len(pairs)} stamped header{'s' if len(pairs) != 1 else ''}")
 
 
-def server_time(client: redis.Redis, target: str) -> float:
+def server_time(client: Client, target: str) -> float:
     """The Redis server's clock (``TIME``): revocation times must not depend on this host's clock.
 
     This host's clock if the server refuses ``TIME`` (an ACL without ``+time``)."""
@@ -187,19 +185,13 @@ def server_time(client: redis.Redis, target: str) -> float:
         return time.time()
 
 
-def run_operation(client: redis.Redis, operation: commands.Operation[T], target: str) -> T:
-    """Execute one operation of the command layer (one round trip); redis-py errors leave translated."""
-    try:
-        pipe = client.pipeline(transaction=False)
-        operation.stage(pipe)
-        replies: Sequence[Any] = pipe.execute(raise_on_error=False)
-    except (RedisError, OSError) as exc:
-        raise translate_exception(exc, target=target) from exc
-    return operation.result(replies)
+def run_operation(client: Client, operation: commands.Operation[T], target: str) -> T:
+    """Execute one operation of the command layer (one round trip a node); redis-py errors leave translated."""
+    return operation.result(run_staged(client, operation.stage, target))
 
 
-def run_operations(client: redis.Redis, operations: Sequence[commands.Operation[int]], target: str) -> int:
-    """Stage every operation on one pipeline (one round trip); the sum of their results."""
+def run_operations(client: Client, operations: Sequence[commands.Operation[int]], target: str) -> int:
+    """Stage every operation on one pipeline (one round trip a node); the sum of their results."""
     results: list[int] = run_operation(client, admin_commands.combined(operations), target)
     return sum(results)
 
@@ -236,7 +228,7 @@ class _Clients:
     pid: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     opened_for: tuple[str, float, float] | None = None
-    client: redis.Redis | None = None
+    client: Client | None = None
 
 
 _clients_lock = threading.Lock()
@@ -296,7 +288,7 @@ class DurableControl(Control):  # type: ignore[misc]
                 f"failed ({exc}); retry, or set redis_state_revoke_on_unavailable=broadcast to broadcast anyway"
             )) from exc
 
-    def _statedb_client(self, config: StateDBConfig) -> redis.Redis:
+    def _statedb_client(self, config: StateDBConfig) -> Client:
         """The client for ``config``, opened once per process (and again if the config changed)."""
         pid = os.getpid()
         clients = self._statedb_clients

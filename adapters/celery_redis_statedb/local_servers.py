@@ -21,11 +21,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 import redis
 
+from statedb._sync.clients import open_sync_client
+from statedb.config import StateDBConfig
 from statedb.keys import glob_escape
 
 ServerKind = Literal["redis-server", "embedded"]
@@ -155,15 +157,16 @@ def kill_process(process: subprocess.Popen[bytes], *, group: bool = False, timeo
 # -- keys ----------------------------------------------------------------------------
 
 
-def delete_prefixed(target: redis.Redis | str, prefix: str) -> int:
+def delete_prefixed(target: redis.Redis | redis.RedisCluster | str, prefix: str) -> int:
     """Delete every key whose name starts with ``prefix`` (taken literally), nothing else; how many.
 
-    ``target``: a client (left open) or a URL (a client is opened and closed here).
+    ``target``: a client (left open) or a URL of any kind the library takes (a client is opened
+    and closed here). A cluster client scans every primary.
     """
     if not prefix:
         raise ValueError("delete_prefixed needs a non-empty prefix (it would delete every key)")
     if isinstance(target, str):
-        client = redis.Redis.from_url(target, socket_timeout=5, socket_connect_timeout=5)
+        client: Any = open_sync_client(StateDBConfig(url=target, socket_timeout=5, socket_connect_timeout=5))
         try:
             return delete_prefixed(client, prefix)
         finally:
@@ -318,3 +321,122 @@ class PrivateServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# -- Redis Cluster -------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+
+
+def slot_ranges(nodes: int) -> list[tuple[int, int]]:
+    """The 16384 hash slots split into ``nodes`` contiguous (first, last) ranges, as even as can be."""
+    if nodes < 1:
+        raise ValueError(f"a cluster needs at least one node, not {nodes}")
+    bounds = [CLUSTER_SLOTS * i // nodes for i in range(nodes + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(nodes)]
+
+
+@dataclass
+class PrivateCluster:
+    """A Redis Cluster of ``primaries`` private servers in cluster mode, no replicas, on loopback.
+
+    Slots are assigned with ``CLUSTER ADDSLOTSRANGE`` and the nodes meshed with ``CLUSTER MEET``
+    (what ``redis-cli --cluster create`` does), so no CLI is needed: the embedded Valkey (the
+    default kind here, when installed) ships none. Each node's cluster bus gets a free port of
+    its own (the default, port + 10000, may be taken or above 65535). :meth:`start` returns once
+    every node reports ``cluster_state:ok`` and knows every other; a node stopped and started
+    again keeps its slots (``nodes.conf`` in its data directory). ``with PrivateCluster() as
+    cluster:`` closes every node at the end.
+    """
+
+    kind: ServerKind = field(default_factory=lambda: default_kind(prefer="embedded"))
+    primaries: int = 3
+    password: str | None = None
+    node_timeout_ms: int = 2000
+    servers: list[PrivateServer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
+        slot_ranges(self.primaries)  # refuses a cluster of no node
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` naming every node (a client needs one that answers)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return "redis+cluster://" + auth + ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
+
+    def _new_server(self) -> PrivateServer:
+        bus = free_port()
+        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus),
+                "--cluster-node-timeout", str(self.node_timeout_ms))
+        return PrivateServer(kind=self.kind, password=self.password, extra_args=args)
+
+    def start(self, timeout: float = READY_TIMEOUT) -> PrivateCluster:
+        """Start every node (a stopped one comes back with its slots, from its ``nodes.conf``);
+        the first start assigns the slots and meshes the nodes. Waits for ``cluster_state:ok``."""
+        if not self.servers:
+            self.servers = [self._new_server() for _ in range(self.primaries)]
+        for server in self.servers:
+            if not server.running:
+                server.launch()
+        for server in self.servers:
+            server.wait_ready(timeout)
+        clients = [server.client() for server in self.servers]
+        try:
+            if all(int(client.cluster("info")["cluster_slots_assigned"]) == 0 for client in clients):
+                self._create(clients)
+            self._wait_ok(clients, time.monotonic() + timeout)
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def _create(self, clients: list[redis.Redis]) -> None:
+        first = self.servers[0]
+        nodes: list[Any] = clients  # execute_command is untyped
+        for epoch, (node, (low, high)) in enumerate(zip(nodes, slot_ranges(len(nodes)), strict=True), 1):
+            # Distinct config epochs up front (as redis-cli does): no collision to resolve after the meet.
+            node.execute_command("CLUSTER SET-CONFIG-EPOCH", epoch)
+            node.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
+        for node in nodes[1:]:
+            node.execute_command("CLUSTER MEET", "127.0.0.1", first.port, first_bus_port(first))
+
+    def _wait_ok(self, clients: list[redis.Redis], deadline: float) -> None:
+        while True:
+            infos = [client.cluster("info") for client in clients]
+            if all(info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == len(clients)
+                   for info in infos):
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{server.port}: {info['cluster_state']}, {info['cluster_known_nodes']} known"
+                                   for server, info in zip(self.servers, infos, strict=True))
+                raise TimeoutError(f"the cluster did not reach cluster_state:ok ({states})")
+            time.sleep(0.05)
+
+    def client(self, **kwargs: object) -> redis.RedisCluster:
+        """An admin client of the whole cluster (the caller closes it)."""
+        options: dict[str, object] = {"socket_timeout": 5, "socket_connect_timeout": 5, "password": self.password}
+        options.update(kwargs)
+        node: Any = redis.cluster.ClusterNode  # untyped
+        nodes = [node("127.0.0.1", server.port) for server in self.servers]
+        return redis.RedisCluster(startup_nodes=nodes, **options)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> PrivateCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def first_bus_port(server: PrivateServer) -> int:
+    """The cluster bus port a node was started with (``--cluster-port``)."""
+    args = list(server.extra_args)
+    return int(args[args.index("--cluster-port") + 1])

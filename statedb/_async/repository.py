@@ -7,28 +7,63 @@ in is never closed here; one opened by :meth:`AsyncStateRepository.open` is clos
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
-from statedb import commands, cursors, integrity
-from statedb._async.clients import OnConnect, open_async_client
+from statedb import cluster, commands, cursors, integrity
+from statedb._async.clients import (
+    Client,
+    DeferredCluster,
+    OnConnect,
+    cluster_ready,
+    is_cluster_client,
+    open_async_client,
+)
 from statedb.client import COMMAND_RETRIES
 from statedb.config import StateDBConfig
+from statedb.errors import ConfigurationError
 from statedb.keys import WorkerKeys
 from statedb.operations import StateOperations
-from statedb.translate import translate_exception
+from statedb.translate import REDIS_FAILURES, translate_exception
 
 T = TypeVar("T")
+
+
+async def run_staged(client: Client, stage: Callable[[Any], None], target: str) -> list[Any]:
+    """Stage commands on a non-transactional pipeline of ``client`` and execute it: one round trip
+    (a node). Error replies come back in place; a failure to execute leaves as a StateDBError naming
+    ``target``. On a cluster, staged through :class:`statedb.cluster.ClusterStaging`."""
+    pipe: Any
+    try:
+        if isinstance(client, (RedisCluster, DeferredCluster)):
+            built: Any = await cluster_ready(client)
+            pipe = built.pipeline(transaction=False)
+            stage(cluster.ClusterStaging(pipe, built))
+        else:
+            pipe = client.pipeline(transaction=False)
+            stage(pipe)
+        return list(await pipe.execute(raise_on_error=False))
+    except REDIS_FAILURES as exc:
+        raise translate_exception(exc, target=target) from exc
+
+
+async def check_topology(client: Client, target: str) -> None:
+    """ConfigurationError if a plain client was pointed at a Redis Cluster node: it would see that
+    node's keys only (and be refused the others). Passes when the server refuses INFO."""
+    if is_cluster_client(client):
+        return
+    operation = cluster.cluster_enabled()
+    if operation.result(await run_staged(client, operation.stage, target)):
+        raise ConfigurationError(cluster.standalone_on_cluster_message(target))
 
 
 class AsyncStateRepository:
     """Reads and writes one worker's state; every redis error leaves as a StateDBError."""
 
-    def __init__(self, client: Redis, operations: StateOperations, *, owns_client: bool = False,
+    def __init__(self, client: Client, operations: StateOperations, *, owns_client: bool = False,
                  bad: commands.BadMembers | None = None) -> None:
         self.client, self.operations, self._owns_client = client, operations, owns_client
         # Given ``bad``, reads skip members that cannot be ids into it; else they raise CorruptValueError.
@@ -60,13 +95,7 @@ class AsyncStateRepository:
         await self.aclose()
 
     async def _run(self, operation: commands.Operation[T]) -> T:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            operation.stage(pipe)
-            replies: Sequence[Any] = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise translate_exception(exc, target=self.operations.target) from exc
-        return operation.result(replies)
+        return operation.result(await run_staged(self.client, operation.stage, self.operations.target))
 
     async def run(self, operation: commands.Operation[T]) -> T:
         """Execute any operation of the command layer (the admin APIs and migrations go through here)."""
@@ -81,8 +110,13 @@ class AsyncStateRepository:
         return await self._run(self.operations.ping())
 
     async def check_server(self) -> None:
-        """Raise ConfigurationError if the server lacks a command this library needs."""
+        """Raise ConfigurationError if the server lacks a command this library needs, or is a
+        Redis Cluster node reached through a plain (not ``redis+cluster://``) URL."""
+        await self.check_topology()
         await self._run(self.operations.check_server())
+
+    async def check_topology(self) -> None:
+        await check_topology(self.client, self.operations.target)
 
     async def add_revoked(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> int:
         """Store ids (one round trip for any number); returns how many were new."""

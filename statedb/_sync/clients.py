@@ -1,63 +1,137 @@
 # Generated from statedb/_async/clients.py by `python -m tests.unasync`: edit that file, not this one.
-"""Opening clients, and counting the connections they make (a reconnect may mean Redis restarted)."""
+"""The one client factory for every kind of URL, and counting the reconnections clients make
+(a reconnect may mean Redis restarted)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from statedb.client import COMMAND_RETRIES, client_options, command_backoff
+from statedb.client import COMMAND_RETRIES, client_options, cluster_options, command_backoff
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
+from statedb.urls import target_kind
 
 OnConnect = Callable[[Any], None]
 
 
+def _address(connection: Any) -> tuple[Any, ...]:
+    return (getattr(connection, "host", None), getattr(connection, "port", None), getattr(connection, "path", None))
+
+
 class ConnectionCounter:
-    """Counts connections made, so a reconnect (a Redis that restarted, maybe empty) is noticed."""
+    """Counts reconnections: connections to a server (an address) this counter saw one to before.
+
+    The first connection to each server is expected: a cluster client opens one per node.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.seen: set[tuple[Any, ...]] = set()
 
     def __call__(self, connection: Any) -> None:
-        connection.on_connect()
-        self.count += 1
+        address = _address(connection)
+        if address in self.seen:
+            self.count += 1
+        self.seen.add(address)
 
 
 class FirstConnectFree:
-    """``on_connect`` of a client opened after boot: its first connection is expected, later ones
-    (reconnects: Redis may have restarted) are counted on ``counter``."""
+    """``on_connect`` of a client opened after boot: its first connection to each server is expected,
+    later ones (reconnects: Redis may have restarted) are counted on ``counter``."""
 
     def __init__(self, counter: ConnectionCounter) -> None:
-        self.counter, self.connects = counter, 0
+        self.counter = counter
+        self.seen: set[tuple[Any, ...]] = set()
 
     def __call__(self, connection: Any) -> None:
-        connection.on_connect()
-        self.connects += 1
-        if self.connects > 1:
+        address = _address(connection)
+        if address in self.seen:
             self.counter.count += 1
+        self.seen.add(address)
+
+
+class DeferredCluster:
+    """A RedisCluster built at its first use; every attribute is then the client's.
+
+    redis-py's sync RedisCluster connects to the cluster in its constructor: built here at the
+    first command instead, a cluster that is down fails that command, where the caller's retries
+    and error translation see it. A build that fails is tried again at the next use.
+    """
+
+    def __init__(self, build: Callable[[], RedisCluster]) -> None:
+        self._build = build
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()  # threads sharing a client (a producer) build it once
+
+    @property
+    def built(self) -> bool:
+        return self._client is not None
+
+    @property
+    def cluster(self) -> RedisCluster:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cluster, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+Client = Redis | RedisCluster | DeferredCluster
+
+
+def is_cluster_client(client: object) -> bool:
+    return isinstance(client, (RedisCluster, DeferredCluster))
+
+
+def cluster_ready(client: RedisCluster | DeferredCluster) -> RedisCluster:
+    """The cluster client, built, its slot table loaded (the asyncio client loads it at its first
+    command, the sync one when built): nodes can be looked up by key before a pipeline runs."""
+    built = client.cluster if isinstance(client, DeferredCluster) else client
+    initialize = getattr(built, "initialize", None)
+    if initialize is not None:
+        initialize()
+    return built
 
 
 def open_sync_client(
     config: StateDBConfig, *, on_connect: OnConnect | None = None, retries: int = COMMAND_RETRIES,
     retry_timeouts: bool = True,
-) -> Redis:
-    """A client for ``config`` (the caller owns and closes it).
+) -> Client:
+    """A client for ``config``'s URL, of the kind the URL names (the caller owns and closes it).
 
-    ``on_connect`` runs for every new connection (a :class:`ConnectionCounter`);
+    ``on_connect`` runs for every new connection, after its handshake (a :class:`ConnectionCounter`);
     ``retry_timeouts=False`` makes a timeout final (a dead pooled connection is still retried).
     """
+    if target_kind(config.url) == "cluster":
+        return _open_cluster_client(config, on_connect, retries, retry_timeouts)
+    return _open_standalone_client(config, on_connect, retries, retry_timeouts)
+
+
+def _open_standalone_client(config: StateDBConfig, on_connect: OnConnect | None, retries: int,
+                            retry_timeouts: bool) -> Redis:
     extra: dict[str, Any] = {}
     if on_connect is not None:
         hook = on_connect
 
         # A plain function, whatever ``on_connect`` is: the asyncio client awaits only what
         # iscoroutinefunction recognises, which an instance with an async __call__ is not.
+        # It replaces the connection's handshake: run that first.
         def connect(connection: Any) -> None:
+            connection.on_connect()
             hook(connection)
 
         extra["redis_connect_func"] = connect
@@ -67,3 +141,35 @@ def open_sync_client(
         return Redis.from_url(config.url, retry=retry, **client_options(config), **extra)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"Redis URL {config.safe_url} is not usable: {exc}") from None
+
+
+def _open_cluster_client(config: StateDBConfig, on_connect: OnConnect | None, retries: int,
+                         retry_timeouts: bool) -> DeferredCluster:
+    """A RedisCluster on the URL's startup nodes. redis-py retries a command failing with a
+    connection error, a timeout or CLUSTERDOWN ``retries`` times, after refreshing its slot table
+    (with ``retry_timeouts=False``: never); it follows MOVED and ASK itself."""
+    target, options = cluster_options(config)
+    retry = Retry(command_backoff(), retries if retry_timeouts else 0)
+    node: Any = ClusterNode  # untyped in the sync flavour
+    nodes = [node(host, port) for host, port in target.nodes]
+
+    def build() -> RedisCluster:
+        try:
+            return RedisCluster(startup_nodes=nodes, retry=retry, **options)
+        except (ValueError, TypeError) as exc:
+            usage = " with on_connect" if on_connect is not None else ""
+            raise ConfigurationError(f"Redis Cluster URL {config.safe_url} is not usable{usage}: {exc}") from None
+
+    deferred = DeferredCluster(build)
+    if on_connect is not None:
+        hook = on_connect
+
+        # Run by the sync RedisCluster after its own handshake. Connections made while it is built
+        # (redis-py reads the slot table on one, then drops it) are not reported: the first one
+        # made for a command is a node's first.
+        def connect(connection: Any) -> None:
+            if deferred.built:
+                hook(connection)
+
+        options["redis_connect_func"] = connect
+    return deferred
