@@ -455,10 +455,13 @@ COMMANDS: tuple[CommandUse, ...] = (
     CommandUse("set", ("clock",), WORKER, "inside the clock's script"),
     CommandUse("hset", ("info",), WORKER, "last seen, scope and version, with each clock save"),
     CommandUse("time", (), WORKER, "the server's clock: revocation times"),
-    CommandUse("info", (), WORKER, "INFO memory: the eviction policy"),
+    CommandUse("info", (), WORKER, "INFO memory: the eviction policy; INFO cluster at boot: a plain URL naming "
+                                   "a Redis Cluster node is refused"),
     CommandUse("ping", (), ADMIN, "celery statedb check"),
     CommandUse("scan", (), ADMIN, "every key of the prefix (MATCH <prefix>*)"),
     CommandUse("time", (), ADMIN, "the server's clock: purge cutoffs, prune, producers' revocation times"),
+    CommandUse("info", (), ADMIN, "INFO cluster before a SCAN: a plain URL naming a Redis Cluster node is refused "
+                                  "(refused by the ACL: not checked)"),
     CommandUse("zadd", ALL_SETS, ADMIN, "producers' revokes (fleet sets, or aimed at workers); migrations"),
     CommandUse("zcard", ALL_SETS, ADMIN, "inspect, workers, check"),
     CommandUse("zrange", ALL_SETS, ADMIN, "inspect, workers: the oldest and newest revocation"),

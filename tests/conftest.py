@@ -73,7 +73,9 @@ def cluster_url() -> Iterator[str]:
     if outside:
         yield outside
         return
-    with PrivateCluster() as cluster:
+    # Redis's own node timeout: a node slow to answer on a loaded machine is not taken for failed
+    # (three primaries without replicas: one failed node takes the whole cluster down).
+    with PrivateCluster(node_timeout_ms=15_000) as cluster:
         yield cluster.url
 
 

@@ -280,15 +280,15 @@ def test_the_admin_apis_see_every_primary(cluster_url: str, cluster_client: Redi
     assert set(states) == set(names)
     assert all(states[name].revoked_count == 2 and states[name].clock == i + 1 for i, name in enumerate(names))
     assert [r.worker for r in run(admin.where_revoked, "id-4")] == [names[4]]
-    assert sorted(r.worker or "" for r in run(admin.where_revoked, "everywhere")) == sorted(names)
+    assert sorted(r.worker for r in run(admin.where_revoked, "everywhere")) == sorted(names)
     assert run(admin.revoke, ["fleet-id"]) == 1
-    assert [r.worker for r in run(admin.where_revoked, "fleet-id")] == [None]
+    assert [r.worker for r in run(admin.where_revoked, "fleet-id")] == [admin.FLEET]
     assert run(admin.restore, ["everywhere"]) == len(names)
     assert len(run(stamps_admin.inspect_stamps)) == len(names)
     assert run(stamps_admin.restore_stamps, [("tenant", "t0")]) == 1
     assert run(admin.purge_old_revoked, older_than=60, dry_run=True) == len(names)
     assert run(admin.purge_old_revoked, older_than=60) == len(names)
-    assert all(state.revoked_count == 0 or state.worker is None for state in run(admin.inspect_workers))
+    assert all(state.revoked_count == 0 or state.is_fleet for state in run(admin.inspect_workers))
     # The sync twins of a Celery app (cron, Django admin) resolve the same cluster.
     app = Celery("cluster-admin", broker=redis_url, set_as_current=False)
     app.conf.update(worker_state_db=cluster_url, redis_state_key_prefix=cluster_prefix)

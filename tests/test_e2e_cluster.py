@@ -20,7 +20,8 @@ from redis.cluster import RedisCluster
 from statedb import admin
 from statedb.keys import KeySchema
 from tests.cli_runner import cli_app, run_cli
-from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, revoked_key, wait_until
+from tests.keys import revoked_key
+from tests.workers import TASK_NAME, WorkerHarness, WorkerProcess, new_task_id, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -98,8 +99,8 @@ def test_twenty_workers_on_a_cluster(
     assert all(state["revoked_count"] == 1 for state in listed)
     where = json.loads(run_cli(cli, cluster_url, "where", revoked[names[-1]], "--json").output)
     assert [place["worker"] for place in where] == [names[-1]]
-    wait_until(lambda: time.time() - max(state["newest"] for state in listed) > 1.5, 5, "the revokes to age")
-    purged = json.loads(run_cli(cli, cluster_url, "purge", "--older-than", "1s", "--yes", "--json").output)
+    wait_until(lambda: time.time() - max(state["newest_epoch"] for state in listed) > 1.5, 5, "the revokes to age")
+    purged = json.loads(run_cli(cli, cluster_url, "purge", "--older-than", "1s", "--force", "--yes", "--json").output)
     assert purged["removed"] == WORKERS
     assert all(state.revoked_count == 0
                for state in asyncio.run(admin.inspect_workers(cluster_url, key_prefix=prefix)))

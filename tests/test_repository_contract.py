@@ -145,7 +145,8 @@ def test_iteration_is_newest_first_across_chunks(open_repo: Opener, config: Stat
 def test_big_batch_is_one_call(open_repo: Opener, config: StateDBConfig) -> None:
     """25 000 ids are written in one round trip (one pipeline of ZADD chunks) and counted in one; they are
     read back a page of ``load_chunk_size`` a round trip."""
-    repo = open_repo(StateDBConfig(url=config.url, key_prefix=config.key_prefix))
+    config = StateDBConfig(url=config.url, key_prefix=config.key_prefix)  # the default chunk sizes
+    repo = open_repo(config)
     assert repo.count_revoked() == 0  # connected to the set's node: the handshake is not counted below
     ids = [f"task-{i}" for i in range(25_000)]
     with round_trips() as sent:
