@@ -93,8 +93,12 @@ def test_sync_admin_binds_the_app_and_tells_live_workers(redis_url: str, key_pre
 
     result = admin.restore(["t"], worker="w1@h")
     assert (result.removed, result.report.fleet_removed) == (2, 1) and result.report.note  # type: ignore[union-attr]
-    assert spy.calls[-1] == ("statedb_restore", {"task_id": ["t"]}, ["w1@h"])  # to that worker only
-    assert result.replies == [{"w1@h": {"ok": "done"}}]
+    # The fleet entry went too: every live worker is told (w1@h lifts all, the others their fleet-only ids).
+    assert spy.calls[-1] == ("statedb_restore", {"task_id": ["t"], "fleet": True, "worker": "w1@h"}, None)
+    assert result.replies == [{"w2@h": {"ok": "done"}}]
+    redis_client.zadd(schema.revoked_key("w1@h"), {"own": now})
+    admin.restore(["own"], worker="w1@h")  # in that worker's set only: to that worker only
+    assert spy.calls[-1] == ("statedb_restore", {"task_id": ["own"]}, ["w1@h"])
 
     redis_client.zadd(schema.revoked_key("w1@h"), {"old": now - 40 * 86400})
     report = admin.purge_old_revoked("30d")
