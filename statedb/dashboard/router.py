@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from redis.asyncio import Redis
 
 from statedb import cursors
-from statedb.admin import FLEET, StateAdmin, WorkerState, iso, utc
+from statedb.admin import FLEET, RestoreReport, StateAdmin, WorkerState, iso, utc
 from statedb.commands import BadMembers
 from statedb.dashboard import models
 from statedb.errors import RedisUnavailableError, RequestError, StateDBError, UnknownWorkerError
@@ -45,9 +45,9 @@ class LiveWorkers:
 
     status: Callable[[], Awaitable[StatusReplies]] | None = None
     revoked: Callable[[Sequence[str]], Awaitable[None]] | None = None
-    restored: Callable[[Sequence[str], str | None], Awaitable[None]] | None = None
+    restored: Callable[[RestoreReport, str | None], Awaitable[None]] | None = None
     purged: Callable[[float, str | None], Awaitable[None]] | None = None
-    metrics: Callable[[], Awaitable[str]] | None = None
+    metrics: Callable[[StateAdmin], Awaitable[str]] | None = None
 
 
 class _Admins:
@@ -94,6 +94,13 @@ async def _answer(call: Awaitable[T], *, field: str = "") -> T:
         raise HTTPException(503, detail=str(exc)) from None
     except StateDBError as exc:  # refused access, data that is not ours: the server side is wrong
         raise HTTPException(503, detail=str(exc)) from None
+
+
+def _checked(call: Callable[[], T], *, field: str) -> T:
+    try:
+        return call()
+    except RequestError as exc:
+        _unprocessable(field, str(exc))
 
 
 def _worker_model(state: WorkerState, replies: StatusReplies | None) -> models.Worker:
@@ -212,7 +219,7 @@ def make_router(
         operation = cursor.next_operation()
         assert operation is not None
         rows = cursor.feed(await _answer(admin.run(operation)))
-        items = [models.RevokedItem(task_id=task_id, revoked_at=iso(utc(when)),  # type: ignore[arg-type]
+        items = [models.RevokedItem(task_id=task_id, revoked_at=iso(utc(when)),
                                     revoked_at_epoch=when) for task_id, when in rows]
         return models.RevokedPage(worker=state.worker, key=state.key, items=items, next_before=_page_token(cursor))
 
@@ -229,7 +236,7 @@ def make_router(
     async def metrics() -> str:
         if hooks.metrics is None:
             raise HTTPException(404, detail="metrics need the Celery dashboard (celery_redis_statedb.dashboard)")
-        return await hooks.metrics()
+        return await hooks.metrics(admins.get())
 
     return router
 
@@ -237,7 +244,7 @@ def make_router(
 def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers) -> None:
     @router.post("/api/purge", response_model=models.PurgeResult)
     async def purge(request: models.PurgeRequest) -> models.PurgeResult:
-        seconds = await _answer(_now(as_seconds, request.older_than), field="older_than")
+        seconds = _checked(lambda: as_seconds(request.older_than), field="older_than")
         report = await _answer(admins.get().purge_old_revoked(older_than=seconds, worker=request.worker,
                                                                dry_run=request.dry_run), field="worker")
         where = "every set" if request.worker is None else (
@@ -267,9 +274,8 @@ def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers) -> 
     async def restore(request: models.RestoreRequest) -> models.RestoreResult:
         report = await _answer(admins.get().restore(request.task_ids, worker=request.worker), field="task_ids")
         told = hooks.restored is not None
-        if told:
-            assert hooks.restored is not None
-            await hooks.restored(list(report.task_ids), request.worker)
+        if hooks.restored is not None:
+            await hooks.restored(report, request.worker)
         message = f"removed {_plural(report.removed, 'stored revocation')}"
         if report.note:
             message += f"; {report.note}"
@@ -278,6 +284,3 @@ def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers) -> 
         return models.model_of(models.RestoreResult, report.as_dict(),  # type: ignore[no-any-return]
                                broadcast=told, message=message)
 
-
-async def _now(function: Callable[[Any], T], value: Any) -> T:
-    return function(value)
