@@ -183,18 +183,23 @@ class SyncStateAdmin:
         :meth:`statedb.admin.StateAdmin.restore`), then tell live workers (all, or ``worker``) to forget them."""
         ids = list(task_ids)
         report = self.call(lambda admin: admin.restore(ids, worker=worker))
-        replies: list[dict[str, Any]] = []
-        if broadcast and report.task_ids:
-            arguments: dict[str, Any] = {"task_id": list(report.task_ids)}
-            destination = worker
-            if worker is not None and report.fleet_removed:
-                # The fleet entry is gone: every worker bound only through it is told (``worker`` lifts
-                # them all), or their loss checks would write it back to the fleet set.
-                arguments.update(fleet=True, worker=worker)
-                destination = None
-            replies = self._broadcast(RESTORE_COMMAND, arguments, destination, reply=True, timeout=reply_timeout,
-                                      what=f"{len(report.task_ids)} ids restored")
+        replies = self.tell_restored(report, worker, reply_timeout=reply_timeout) if broadcast else []
         return RestoreResult(report.removed, replies, report)
+
+    def tell_restored(self, report: RestoreReport, worker: str | None, *, reply_timeout: float = 1.0
+                      ) -> list[dict[str, Any]]:
+        """Tell live workers about a restore done in Redis (all, or ``worker``); their replies."""
+        if not report.task_ids:
+            return []
+        arguments: dict[str, Any] = {"task_id": list(report.task_ids)}
+        destination = worker
+        if worker is not None and report.fleet_removed:
+            # The fleet entry is gone: every worker bound only through it is told (``worker`` lifts
+            # them all), or their loss checks would write it back to the fleet set.
+            arguments.update(fleet=True, worker=worker)
+            destination = None
+        return self._broadcast(RESTORE_COMMAND, arguments, destination, reply=True, timeout=reply_timeout,
+                               what=f"{len(report.task_ids)} ids restored")
 
     def purge_old_revoked(self, older_than: timedelta | float | int | str, worker: str | None = None, *,
                           dry_run: bool = False, progress: Progress | None = None, broadcast: bool = True,
@@ -206,10 +211,14 @@ class SyncStateAdmin:
         report = self.call(lambda admin: admin.purge_old_revoked(older_than=older_than, worker=worker,
                                                                  dry_run=dry_run, now=now, progress=progress))
         if broadcast and not dry_run:
-            self._broadcast(PURGE_COMMAND, {"before": cutoff(now, older_than)}, worker, reply=False, timeout=1.0,
-                            what="revoked ids purged")
-            broadcast_purge_stamps(self.app, older_than, worker, scope=self.config.scope, now=now)
+            self.tell_purged(report.cutoff.timestamp(), worker)
         return report
+
+    def tell_purged(self, cut: float, worker: str | None) -> None:
+        """Tell live workers (all, or ``worker``) that ids and stamps revoked before ``cut`` (wall clock) were
+        purged in Redis: they drop those they hold (ids checked in Redis first)."""
+        self._broadcast(PURGE_COMMAND, {"before": cut}, worker, reply=False, timeout=1.0, what="revoked ids purged")
+        broadcast_purge_stamps(self.app, 0, worker, scope=self.config.scope, now=cut)
 
     def forget(self, workers: Iterable[str], *, dry_run: bool = False, ping_timeout: float = 1.0,
                progress: Progress | None = None) -> ForgetReport:
