@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import click
 
 from celery_redis_statedb.admin import SyncStateAdmin
+from celery_redis_statedb.control import offer_to_celerys_cli
 from celery_redis_statedb.durable_control import use_durable_control_by_default
 from celery_redis_statedb.install import connect_worker_hook, register_worker_options
 from statedb import admin_commands as ops
@@ -40,6 +41,7 @@ from statedb.timeframes import format_duration, parse_duration
 register_worker_options()
 connect_worker_hook()
 use_durable_control_by_default()
+offer_to_celerys_cli()
 
 F = TypeVar("F", bound=Callable[..., Any])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

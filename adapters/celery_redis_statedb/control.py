@@ -92,3 +92,26 @@ def inspect_statedb_status(self: Inspect) -> dict[str, Any] | None:
 
 if not hasattr(Inspect, STATUS_COMMAND):
     Inspect.statedb_status = inspect_statedb_status
+
+
+def offer_to_celerys_cli() -> None:
+    """Let ``celery inspect`` and ``celery control`` accept the commands registered here.
+
+    Celery 5.3 fixes the names its CLI accepts when ``celery.bin.control`` is imported, before any
+    ``celery.commands`` entry point (this package's) registers a command; later versions read the
+    registry when the command line is parsed. Nothing to do when that module is not loaded (a worker).
+    """
+    import sys
+
+    import click
+    from celery.worker.control import Panel
+
+    module = sys.modules.get("celery.bin.control")
+    for name in ("inspect", "control"):
+        command = getattr(module, name, None)
+        for param in getattr(command, "params", ()):
+            if param.name == "action" and isinstance(param.type, click.Choice):
+                ours = [command_name for command_name, info in Panel.meta.items()
+                        if info.type == name and info.visible]
+                param.type.choices = tuple(dict.fromkeys([*param.type.choices, *ours]))
+

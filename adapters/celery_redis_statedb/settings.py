@@ -5,6 +5,7 @@ Precedence, for every setting: command line > ``app.conf`` > environment > defau
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -206,9 +207,21 @@ def _expanded(value: str, source: str, node: str | None) -> str:
     try:
         return str(node_format(value, node or default_nodename(None)))
     except ValueError:  # Celery's own message quotes the whole value, password included
+        how = ("write a literal % as %%" if percent_escape() else
+               "this Celery has no %% escape: pass such a URL with --redis-statedb, --url or $REDIS_STATEDB_URL")
         raise ConfigurationError(
-            f"{source} holds a '%' sequence celery worker cannot expand (write a literal % as %%): "
-            f"{mask_url(value)}") from None
+            f"{source} holds a '%' sequence celery worker cannot expand ({how}): {mask_url(value)}") from None
+
+
+@functools.cache
+def percent_escape() -> bool:
+    """Whether ``celery worker`` reads ``%%`` as a literal ``%`` (Celery 5.3's node_format has no escape)."""
+    from celery.utils.nodenames import node_format
+
+    try:
+        return bool(node_format("%%", "celery@host") == "%")
+    except ValueError:
+        return False
 
 
 def _checked(url: str, source: str) -> URLChoice:
