@@ -9,7 +9,7 @@ from typing import Any
 
 from statedb.errors import ConfigurationError, InvalidInputError
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope
-from statedb.urls import mask_url, validate_url
+from statedb.urls import mask_url, validate_url, with_master_name
 
 
 class UnavailablePolicy(str, Enum):
@@ -51,6 +51,9 @@ class StateDBConfig:
     keeps Celery's limits); ``horizon`` is how long after its revocation a stored
     revoke keeps binding workers (``None``: until purged or restored). Nothing here
     ever expires data in Redis.
+
+    ``master_name`` names the Sentinel service of a kombu ``sentinel://`` URL that has no
+    ``master_name`` option (the URL then carries it: ``config.url`` stands alone).
     """
 
     url: str = field(repr=False)
@@ -72,9 +75,13 @@ class StateDBConfig:
     load_chunk_size: int = 10_000
     write_chunk_size: int = 5_000
     accept_eviction: bool = False
+    master_name: str | None = None
 
     def __post_init__(self) -> None:
-        validate_url(self.url)
+        if self.master_name is not None and (not isinstance(self.master_name, str) or not self.master_name.strip()):
+            raise ConfigurationError(f"master_name must be a non-empty string, got {self.master_name!r}")
+        validate_url(self.url, master_name=self.master_name)
+        object.__setattr__(self, "url", with_master_name(self.url, self.master_name))
         try:
             KeySchema(self.key_prefix)
         except InvalidInputError as exc:

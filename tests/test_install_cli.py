@@ -23,7 +23,8 @@ def fake_worker(statedb: Any, **options: Any) -> SimpleNamespace:
     return SimpleNamespace(statedb=statedb, options=options, app=Celery("t", set_as_current=False))
 
 
-@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h/1", "unix:///tmp/r.sock"])
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h/1", "unix:///tmp/r.sock", "redis+sentinel://h1,h2/svc",
+                                 "rediss+sentinel://h:26379/svc/1", "sentinel://h1:26379;sentinel://h2:26379/0"])
 def test_a_redis_url_is_claimed_from_celery_file_statedb(url: str) -> None:
     worker = fake_worker(url)
     claim_redis_statedb(worker)

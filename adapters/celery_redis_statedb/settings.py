@@ -12,6 +12,7 @@ from typing import Any
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError, InvalidInputError
 from statedb.timeframes import parse_duration
+from statedb.urls import KOMBU_SENTINEL_SCHEME, url_scheme
 
 NO_LIMIT = ("0", "none", "no", "off", "never", "inf", "infinite")
 
@@ -104,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
             None, _boolean,
             "Start even when Redis may evict keys without a TTL (maxmemory-policy allkeys-*): stored revokes can "
             "then vanish; the worker warns and writes back what it holds (default false: refuse to start)."),
+    Setting("master_name", "redis_state_master_name", "CELERY_REDIS_STATE_MASTER_NAME", None, _text,
+            "Sentinel service of a kombu sentinel:// URL without ?master_name= (default: the broker's "
+            "broker_transport_options['master_name'])."),
 )
 
 
@@ -139,4 +143,18 @@ def resolve_config(
         except (TypeError, ValueError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) and str(exc) else "expected a number"
             raise ConfigurationError(f"{source}={raw!r} is not valid: {reason}") from None
+    if "master_name" not in values:
+        broker_name = _broker_master_name(url, conf or {})
+        if broker_name:
+            values["master_name"] = broker_name
     return StateDBConfig(url=url, **values)
+
+
+def _broker_master_name(url: str, conf: Mapping[str, Any]) -> str | None:
+    """kombu's ``broker_transport_options['master_name']``, for a kombu ``sentinel://`` statedb URL
+    (the broker's URL reused as it is)."""
+    if url_scheme(url) != KOMBU_SENTINEL_SCHEME:
+        return None
+    options = conf.get("broker_transport_options")
+    name = options.get("master_name") if isinstance(options, Mapping) else None
+    return name.strip() if isinstance(name, str) and name.strip() else None
