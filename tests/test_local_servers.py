@@ -12,9 +12,12 @@ import redis
 from celery_redis_statedb.local_servers import (
     SERVER_KIND_ENV,
     PrivateServer,
+    SentinelTopology,
+    ServerKind,
     default_kind,
     delete_prefixed,
     kill_process,
+    replicas_in_sync,
     stop_process,
 )
 
@@ -79,3 +82,17 @@ def test_stop_process_terminates_then_kills(group: bool) -> None:
 
 def test_kill_process_kills_at_once() -> None:
     assert kill_process(sleeper(ignore_term=False), group=True) == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["embedded", "redis-server"])
+def test_a_sentinel_topology_starts_meshed_and_fails_over(kind: ServerKind) -> None:
+    """Either server kind runs as a Sentinel: started, the Sentinels agree on the first primary; after
+    SENTINEL FAILOVER on the replica."""
+    with SentinelTopology(kind=kind) as topology:
+        first = topology.primary()
+        assert first is topology.servers[0]
+        assert replicas_in_sync(first, 1)
+        old = topology.failover()
+        assert old == first.port
+        assert topology.wait_primary(30, not_port=old, in_sync=False) is topology.servers[1]

@@ -1,4 +1,9 @@
-"""Opening clients, and counting the connections they make (a reconnect may mean Redis restarted)."""
+"""Opening clients, one factory for every kind of URL, and counting the connections they make
+(a reconnect may mean Redis restarted, or a new primary).
+
+:func:`open_async_client` dispatches on :func:`statedb.urls.target_kind`, one opener per kind;
+every client gets this library's timeouts, retry policy and RESP2 (:func:`statedb.client.client_options`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from statedb.client import COMMAND_RETRIES, client_options, command_backoff
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
+from statedb.urls import parse_sentinel_url, target_kind
 
 OnConnect = Callable[[Any], Awaitable[None]]
+# redis-py's Sentinel API and its sync parse_url have no annotations: called through Any.
+_SENTINEL: Any = Sentinel
+_PARSE_URL: Any = parse_url
 
 
 class ConnectionCounter:
@@ -60,9 +72,50 @@ def open_async_client(
             await hook(connection)
 
         extra["redis_connect_func"] = connect
-    retry = (Retry(command_backoff(), retries) if retry_timeouts
-             else Retry(command_backoff(), retries, supported_errors=(RedisConnectionError,)))
+    extra["retry"] = (Retry(command_backoff(), retries) if retry_timeouts
+                      else Retry(command_backoff(), retries, supported_errors=(RedisConnectionError,)))
+    options = {**client_options(config), **extra}
     try:
-        return Redis.from_url(config.url, retry=retry, **client_options(config), **extra)
+        if target_kind(config.url) == "sentinel":
+            return _open_sentinel_client(config, options)
+        return Redis.from_url(config.url, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"Redis URL {config.safe_url} is not usable: {exc}") from None
+
+
+# -- Sentinel ------------------------------------------------------------------------
+
+
+class SentinelManagedRedis(Redis):
+    """A client of the primary that Sentinel names (it follows failovers: each new connection asks
+    the Sentinels); closing it closes the connections to the Sentinels too."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, *args: Any, **kwargs: Any) -> None:
+        await super().aclose(*args, **kwargs)
+        manager, self.sentinel_manager = self.sentinel_manager, None
+        for sentinel in manager.sentinels if manager is not None else ():
+            await sentinel.aclose()
+
+
+def _open_sentinel_client(config: StateDBConfig, options: dict[str, Any]) -> Redis:
+    """``Sentinel(...).master_for(service)`` with this library's options for the primary's connections.
+
+    The Sentinels get the socket timeouts and TLS settings, their own credentials, and no
+    retry: one that does not answer is skipped for the next at once.
+    """
+    target = parse_sentinel_url(config.url)
+    primary: dict[str, Any] = {**options, **_PARSE_URL(target.primary_url)}  # the URL's options win, as in from_url
+    primary.pop("connection_class", None)  # the Sentinel pool picks its own (TLS with ssl=True)
+    if target.tls:
+        primary["ssl"] = True
+    sentinel_options = {name: value for name, value in primary.items() if name.startswith(("socket_", "ssl"))}
+    sentinel_options.update(retry=Retry(NoBackoff(), 0), protocol=2, username=target.sentinel_username,
+                            password=target.sentinel_password)
+    manager = _SENTINEL(list(target.sentinels), sentinel_kwargs=sentinel_options)
+    client: SentinelManagedRedis = manager.master_for(target.service_name, redis_class=SentinelManagedRedis,
+                                                      **primary)
+    client.sentinel_manager = manager
+    return client
+
