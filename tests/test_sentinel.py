@@ -24,7 +24,11 @@ from statedb import (
     where_revoked,
 )
 from statedb._sync.clients import ConnectionCounter, SentinelManagedRedis
+from statedb.errors import NotDurableError
 from tests.cli_runner import cli_app, run_cli
+from tests.workers import wait_until
+
+FAILOVER_TIMEOUT = 40.0
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +172,39 @@ def test_unreachable_sentinels_are_a_short_transient_error() -> None:
             SyncStateRepository.open(StateDBConfig(url=topology.url, socket_connect_timeout=0.2), "w1") as repository:
         repository.ping()
 
+
+# -- a failover ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_after_a_failover_writes_reach_the_new_primary(prefix: str) -> None:
+    """SENTINEL FAILOVER: the client asks the Sentinels again and goes on with the new primary (a new
+    connection, counted); with min_replicas=1 a write no replica acknowledged does not count, and says so."""
+    with SentinelTopology() as topology:
+        counter = ConnectionCounter()
+        config = StateDBConfig(url=topology.url, key_prefix=prefix, min_replicas=1)
+        key = f"{prefix}w1:revoked"
+        with SyncStateRepository.open(config, "w1", on_connect=counter) as repository:
+            repository.add_revoked(["before"])
+            old = topology.failover()
+            new = topology.wait_primary(FAILOVER_TIMEOUT, not_port=old, in_sync=False).client()
+            not_durable: list[str] = []
+            attempts = iter(range(10**6))
+
+            def durable_on_the_new_primary() -> bool:
+                task_id = f"after-{next(attempts)}"  # once the switch is announced, the old primary has no replica
+                try:
+                    repository.add_revoked([task_id])
+                except NotDurableError as exc:  # the old primary alone, or the new one before its replica synced
+                    not_durable.append(str(exc))
+                    return False
+                return task_id.encode() in stored_on(new, key)
+
+            try:
+                wait_until(durable_on_the_new_primary, FAILOVER_TIMEOUT, "a durable write to the new primary")
+                assert b"before" in stored_on(new, key)
+            finally:
+                new.close()
+            assert counter.count >= 2  # a new connection: the worker's resync follows it
+        assert not_durable, "no write was refused while the new primary had no replica in sync"
+        assert all("replica acknowledged the write" in message for message in not_durable)

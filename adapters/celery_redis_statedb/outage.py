@@ -12,7 +12,7 @@ import time
 
 from redis.backoff import EqualJitterBackoff
 
-from statedb.errors import StateDBError
+from statedb.errors import NotDurableError, StateDBError
 
 logger = logging.getLogger("celery_redis_statedb")
 
@@ -47,6 +47,9 @@ class OutageTracker:
         self._failing_since: float | None = None
         self._next_attempt = 0.0
         self._warnings = Throttle()
+        # False while every failure of this outage was a write Redis applied but too few replicas
+        # acknowledged (NotDurableError): Redis stayed reachable, it cannot have come back empty.
+        self.lost_contact = False
 
     @property
     def failing(self) -> bool:
@@ -68,8 +71,9 @@ class OutageTracker:
         """Count a failed attempt: back off from now, and warn (rate-limited)."""
         now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since, self._failures = now, 0
+            self._failing_since, self._failures, self.lost_contact = now, 0, False
             self._warnings.reset()
+        self.lost_contact = self.lost_contact or not isinstance(exc, NotDurableError)
         self._failures += 1
         self._next_attempt = now + self._backoff.compute(self._failures)
         if warn:
@@ -79,7 +83,7 @@ class OutageTracker:
         if self._failing_since is not None:
             logger.warning("redis-statedb: Redis at %s is reachable again after %.1fs",
                            self.url, time.monotonic() - self._failing_since)
-        self._failing_since, self._failures = None, 0
+        self._failing_since, self._failures, self.lost_contact = None, 0, False
 
     def warn_pending(self, exc: StateDBError | None, pending: int) -> None:
         if not self._warnings.ready():

@@ -60,6 +60,16 @@ def _text(value: object) -> str:
     return str(value).strip()
 
 
+def _count(value: object) -> int:
+    """A whole number of zero or more (an int, or its decimal text)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise ValueError("expected a whole number, zero or more")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One user-facing setting and the config field it feeds."""
@@ -108,6 +118,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("master_name", "redis_state_master_name", "CELERY_REDIS_STATE_MASTER_NAME", None, _text,
             "Sentinel service of a kombu sentinel:// URL without ?master_name= (default: the broker's "
             "broker_transport_options['master_name'])."),
+    Setting("min_replicas", "redis_state_min_replicas", "CELERY_REDIS_STATE_MIN_REPLICAS", None, _count,
+            "Replicas that must acknowledge a write (WAIT) before it counts; fewer: the ids stay pending and are "
+            "retried (default 0: the primary's reply is enough)."),
+    Setting("replica_timeout", "redis_state_replica_timeout", "CELERY_REDIS_STATE_REPLICA_TIMEOUT", None, _number,
+            "Seconds a write waits for the replicas (and the fsync) it needs (default 0.1)."),
+    Setting("fsync", "redis_state_fsync", "CELERY_REDIS_STATE_FSYNC", None, _boolean,
+            "A write counts once in the primary's AOF on disk (WAITAOF: Redis >= 7.2 or Valkey, appendonly yes), "
+            "and in that of redis_state_min_replicas replicas (default false)."),
 )
 
 

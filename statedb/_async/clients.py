@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -119,3 +119,15 @@ def _open_sentinel_client(config: StateDBConfig, options: dict[str, Any]) -> Red
     client.sentinel_manager = manager
     return client
 
+
+async def find_primary_again(client: Redis) -> None:
+    """Ask Sentinel which server is the primary now (a client of another kind: nothing to do).
+
+    After a write fewer replicas acknowledged than required: a primary that lost its replicas
+    is often one that a failover just demoted. A new answer drops the idle connections, so
+    the next attempt goes to the new primary.
+    """
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        untyped: Any = pool
+        await untyped.get_master_address()

@@ -15,9 +15,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from statedb import commands, cursors, integrity
-from statedb._async.clients import OnConnect, open_async_client
+from statedb._async.clients import OnConnect, find_primary_again, open_async_client
 from statedb.client import COMMAND_RETRIES
 from statedb.config import StateDBConfig
+from statedb.errors import NotDurableError
 from statedb.keys import WorkerKeys
 from statedb.operations import StateOperations
 from statedb.translate import translate_exception
@@ -66,7 +67,14 @@ class AsyncStateRepository:
             replies: Sequence[Any] = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise translate_exception(exc, target=self.operations.target) from exc
-        return operation.result(replies)
+        try:
+            return operation.result(replies)
+        except NotDurableError:
+            try:
+                await find_primary_again(self.client)
+            except (RedisError, OSError) as exc:
+                raise translate_exception(exc, target=self.operations.target) from exc
+            raise
 
     async def _walk(self, cursor: cursors.Cursor[T]) -> AsyncIterator[T]:
         while (operation := cursor.next_operation()) is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from redis import Redis
 from redis.connection import parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -120,3 +120,15 @@ def _open_sentinel_client(config: StateDBConfig, options: dict[str, Any]) -> Red
     client.sentinel_manager = manager
     return client
 
+
+def find_primary_again(client: Redis) -> None:
+    """Ask Sentinel which server is the primary now (a client of another kind: nothing to do).
+
+    After a write fewer replicas acknowledged than required: a primary that lost its replicas
+    is often one that a failover just demoted. A new answer drops the idle connections, so
+    the next attempt goes to the new primary.
+    """
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        untyped: Any = pool
+        untyped.get_master_address()

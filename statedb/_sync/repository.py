@@ -16,9 +16,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from statedb import commands, cursors, integrity
-from statedb._sync.clients import OnConnect, open_sync_client
+from statedb._sync.clients import OnConnect, find_primary_again, open_sync_client
 from statedb.client import COMMAND_RETRIES
 from statedb.config import StateDBConfig
+from statedb.errors import NotDurableError
 from statedb.keys import WorkerKeys
 from statedb.operations import StateOperations
 from statedb.translate import translate_exception
@@ -67,7 +68,14 @@ class SyncStateRepository:
             replies: Sequence[Any] = pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise translate_exception(exc, target=self.operations.target) from exc
-        return operation.result(replies)
+        try:
+            return operation.result(replies)
+        except NotDurableError:
+            try:
+                find_primary_again(self.client)
+            except (RedisError, OSError) as exc:
+                raise translate_exception(exc, target=self.operations.target) from exc
+            raise
 
     def _walk(self, cursor: cursors.Cursor[T]) -> Iterator[T]:
         while (operation := cursor.next_operation()) is not None:
