@@ -118,5 +118,7 @@ def test_acknowledged_revokes_survive_a_sentinel_failover(
         if min_replicas:
             assert unaccounted <= 0, f"{unaccounted} acknowledged ids neither durable nor pending at the switch"
             assert lost == 0
+        # The new connection (to the new primary) made the worker write its in-memory set back.
+        assert "revoked ids held in memory back to" in worker.log()
         assert worker.running
         assert_clean(worker)
