@@ -101,11 +101,11 @@ def test_acknowledged_revokes_survive_a_sentinel_failover(
                 old.start()  # back empty: the Sentinels make it a replica of the new primary
             after = RevokeStream(harness, worker, reply_timeout=2.0).start()
             streams.append(after)
-            after.wait_acked(3)
+            after.wait_acked(3, timeout=SWITCH_TIMEOUT)  # a worker in an outage answers, but a loaded host is slow
             wait_until(lambda: not missing_from(client, key, after.acked[:1]), SWITCH_TIMEOUT,
                        "a revoke acknowledged after the switch in the new primary", interval=0.05)
             to_new_primary = time.monotonic() - switched
-            after.wait_acked(len(after.acked) + 60)
+            after.wait_acked(len(after.acked) + 60, timeout=SWITCH_TIMEOUT)
             after.stop()
             acked = [*before.acked, *after.acked]
             wait_repaired(harness, worker, client, key, acked, durable=bool(min_replicas))

@@ -328,7 +328,7 @@ SENTINEL_SERVICE = "statedb"
 REPLICATION_ARGS = ("--repl-diskless-sync-delay", "0")
 SYNC_PROBE_KEY = "statedb-local-servers:sync-probe"  # written (expiring) to see the replicas acknowledge it
 # Sentinel asks each replica for INFO every 10 s: one it has no recent answer from cannot be promoted.
-INFO_PERIOD_MS = 10_000
+INFO_PERIOD = 10.0
 
 
 def _wait_for(check: Callable[[], T | None], deadline: float, what: str) -> T:
@@ -374,7 +374,7 @@ class SentinelServer(PrivateServer):
     primary_password: str | None = None
     quorum: int = 2
     down_after_ms: int = 1000
-    failover_timeout_ms: int = 10_000
+    failover_timeout: float = 10.0  # seconds
 
     @property
     def config_file(self) -> Path:
@@ -388,7 +388,7 @@ class SentinelServer(PrivateServer):
             self.config_file.write_text(
                 f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} {self.quorum}\n{auth}"
                 f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                f"sentinel failover-timeout {self.service} {round(self.failover_timeout * 1000)}\n"
                 f"sentinel parallel-syncs {self.service} 1\n")
         password = ["--requirepass", self.password] if self.password else []
         return [server_binary(self.kind), str(self.config_file), "--sentinel", "--port", str(self.port),
@@ -517,7 +517,7 @@ class SentinelTopology:
                 return None
             good = {int(r["port"]) for r in self._ask(sentinel, "slaves")
                     if r["is_slave"] and not r["is_disconnected"] and not r["is_sdown"]
-                    and r["master-link-status"] == "ok" and r["info-refresh"] < INFO_PERIOD_MS}
+                    and r["master-link-status"] == "ok" and r["info-refresh"] < INFO_PERIOD * 1000}
             if not replicas <= good:
                 return None
         return primary
