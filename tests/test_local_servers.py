@@ -95,4 +95,4 @@ def test_a_sentinel_topology_starts_meshed_and_fails_over(kind: ServerKind) -> N
         assert replicas_in_sync(first, 1)
         old = topology.failover()
         assert old == first.port
-        assert topology.wait_primary(30, not_port=old, in_sync=False) is topology.servers[1]
+        assert topology.wait_primary(not_port=old, in_sync=False) is topology.servers[1]

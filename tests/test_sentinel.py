@@ -28,7 +28,7 @@ from statedb.errors import NotDurableError
 from tests.cli_runner import cli_app, run_cli
 from tests.workers import wait_until
 
-FAILOVER_TIMEOUT = 40.0
+FAILOVER_TIMEOUT = 90.0  # a liveness bound: about 12 s on an idle host (the old primary demoted after ~10 s)
 
 
 @pytest.fixture(scope="module")

@@ -327,6 +327,8 @@ SENTINEL_SERVICE = "statedb"
 # A replica copies its primary at once (no wait for more replicas to share the transfer).
 REPLICATION_ARGS = ("--repl-diskless-sync-delay", "0")
 SYNC_PROBE_KEY = "statedb-local-servers:sync-probe"  # written (expiring) to see the replicas acknowledge it
+# Bound on a topology's start and failovers (~2.2 s and ~1-12 s on an idle host, far more on a loaded one).
+TOPOLOGY_TIMEOUT = 60.0
 # Sentinel asks each replica for INFO every 10 s: one it has no recent answer from cannot be promoted.
 INFO_PERIOD = 10.0
 
@@ -351,7 +353,7 @@ def replicas_in_sync(primary: PrivateServer, count: int) -> bool:
     A replica is "online" (INFO) once it has the snapshot, but may still be loading it: only
     a write it acknowledged (WAIT, after a write of a probe key) says it follows the stream.
     """
-    client = primary.client(socket_timeout=1, socket_connect_timeout=1)
+    client = primary.client()
     try:
         if client.info("replication").get("role") != "master":
             return False
@@ -374,7 +376,7 @@ class SentinelServer(PrivateServer):
     primary_password: str | None = None
     quorum: int = 2
     down_after_ms: int = 1000
-    failover_timeout: float = 10.0  # seconds
+    failover_timeout: float = 5.0  # seconds; a failed election is tried again after twice this
 
     @property
     def config_file(self) -> Path:
@@ -449,7 +451,7 @@ class SentinelTopology:
         hosts = ";".join(f"sentinel://{auth}127.0.0.1:{sentinel.port}" for sentinel in self.sentinel_servers)
         return f"{hosts}/0?master_name={self.service}{'&' + query if query else ''}"
 
-    def start(self, timeout: float = READY_TIMEOUT, *, meshed: bool = True) -> SentinelTopology:
+    def start(self, timeout: float = TOPOLOGY_TIMEOUT, *, meshed: bool = True) -> SentinelTopology:
         """Start every process; return once the primary's address can be asked for (``meshed=False``)
         or once the Sentinels know each other and the replicas, so that a failover can happen.
 
@@ -475,7 +477,7 @@ class SentinelTopology:
 
     def _ask(self, sentinel: SentinelServer, command: str) -> Any:
         """``SENTINEL <command> <service>`` (parsed by redis-py) on one Sentinel."""
-        client = sentinel.client(socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+        client = sentinel.client(decode_responses=True)
         try:
             return getattr(client, f"sentinel_{command}")(self.service)
         finally:
@@ -522,13 +524,13 @@ class SentinelTopology:
                 return None
         return primary
 
-    def wait_meshed(self, timeout: float = READY_TIMEOUT, *, not_port: int | None = None) -> PrivateServer:
+    def wait_meshed(self, timeout: float = TOPOLOGY_TIMEOUT, *, not_port: int | None = None) -> PrivateServer:
         """Wait until every running Sentinel names one primary (not the one on ``not_port``) and knows
         the other Sentinels and every running replica, in sync and fit to be promoted; that primary."""
         return _wait_for(lambda: self._meshed(not_port), time.monotonic() + timeout,
                          f"the Sentinels of {self.service!r} to agree on a primary and its replicas")
 
-    def wait_primary(self, timeout: float = READY_TIMEOUT, *, not_port: int | None = None,
+    def wait_primary(self, timeout: float = TOPOLOGY_TIMEOUT, *, not_port: int | None = None,
                      in_sync: bool = True) -> PrivateServer:
         """Wait until the running Sentinels agree on a running primary (not the one on ``not_port``),
         with every other running server its replica, in sync, if ``in_sync``; that primary."""
