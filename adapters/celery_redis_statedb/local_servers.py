@@ -527,15 +527,33 @@ class SentinelTopology:
     def wait_meshed(self, timeout: float = TOPOLOGY_TIMEOUT, *, not_port: int | None = None) -> PrivateServer:
         """Wait until every running Sentinel names one primary (not the one on ``not_port``) and knows
         the other Sentinels and every running replica, in sync and fit to be promoted; that primary."""
-        return _wait_for(lambda: self._meshed(not_port), time.monotonic() + timeout,
-                         f"the Sentinels of {self.service!r} to agree on a primary and its replicas")
+        return self._wait(lambda: self._meshed(not_port), timeout, "to agree on a primary and its replicas")
 
     def wait_primary(self, timeout: float = TOPOLOGY_TIMEOUT, *, not_port: int | None = None,
                      in_sync: bool = True) -> PrivateServer:
         """Wait until the running Sentinels agree on a running primary (not the one on ``not_port``),
         with every other running server its replica, in sync, if ``in_sync``; that primary."""
-        return _wait_for(lambda: self._named_primary(not_port, in_sync), time.monotonic() + timeout,
-                         f"the Sentinels of {self.service!r} to name a primary")
+        return self._wait(lambda: self._named_primary(not_port, in_sync), timeout, "to name a primary")
+
+    def _wait(self, check: Callable[[], PrivateServer | None], timeout: float, what: str) -> PrivateServer:
+        try:
+            return _wait_for(check, time.monotonic() + timeout, f"the Sentinels of {self.service!r} {what}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}{self._tilt_note()}") from None
+
+    def _tilt_note(self) -> str:
+        """Sentinels in TILT mode (their timer ran 2 s late: a starved host) do not act for 30 s."""
+        tilted = []
+        for sentinel in self.sentinel_servers:
+            if sentinel.running:
+                client = sentinel.client()
+                try:
+                    tilted += [sentinel.port] if client.info("sentinel").get("sentinel_tilt") else []
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    tilted.append(sentinel.port)
+                finally:
+                    client.close()
+        return f" (Sentinels on ports {tilted} in TILT mode or not answering: a starved host)" if tilted else ""
 
     def failover(self) -> int:
         """``SENTINEL FAILOVER``: a replica becomes the primary (see :meth:`wait_primary`); the old primary's port.
