@@ -124,6 +124,24 @@ def timed(fn: Callable[[], Any], *, collect: bool = True) -> float:
     return time.perf_counter() - started
 
 
+def alternating(contenders: Sequence[tuple[str, Callable[[list[str]], None]]], fresh: Callable[[int], list[str]],
+                n: int, rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds each contender takes on ``n`` fresh ids, ``rounds`` times; the order rotates every round,
+    after ``warmup`` untimed rounds (connections and code paths warm)."""
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    for _ in range(warmup):
+        for _, fn in contenders:
+            fn(fresh(n))
+    for i in range(rounds):
+        shift = i % len(contenders)
+        for name, fn in [*contenders[shift:], *contenders[:shift]]:
+            ids = fresh(n)
+            started = time.perf_counter()
+            fn(ids)
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
 def median(samples: Sequence[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
 

@@ -82,23 +82,9 @@ def run(url: str, args: argparse.Namespace, only: set[str] | None = None) -> lis
     contenders: list[tuple[str, Callable[[list[str]], None]]] = [
         ("celery", celery), ("library", library), ("floor", floor), ("bare", bare)]
 
-    def sample(n: int, rounds: int) -> dict[str, list[float]]:
-        times: dict[str, list[float]] = {name: [] for name, _ in contenders}
-        for _ in range(3):  # warm up connections and code paths
-            for _, fn in contenders:
-                fn(fresh(n))
-        for i in range(rounds):
-            order = contenders[i % 4:] + contenders[: i % 4]
-            for name, fn in order:
-                ids = fresh(n)
-                started = time.perf_counter()
-                fn(ids)
-                times[name].append(time.perf_counter() - started)
-        return times
-
     try:
-        single = sample(1, singles)
-        batches = {n: sample(n, rounds) for n, rounds in batch_rounds.items()}
+        single = c.alternating(contenders, fresh, 1, singles)
+        batches = {n: c.alternating(contenders, fresh, n, rounds) for n, rounds in batch_rounds.items()}
         stored = raw.zcard(persistence.repository.keys.revoked)
         persistence.save()
     finally:

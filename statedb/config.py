@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from statedb.durability import Durability
 from statedb.errors import ConfigurationError, InvalidInputError
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, Scope
-from statedb.urls import mask_url, validate_url
+from statedb.urls import mask_url, validate_url, with_master_name
 
 
 class UnavailablePolicy(str, Enum):
@@ -29,9 +30,16 @@ def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
     return number
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
+                                 f"got {value!r}")
+    return value
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
     return value
 
 
@@ -51,6 +59,12 @@ class StateDBConfig:
     keeps Celery's limits); ``horizon`` is how long after its revocation a stored
     revoke keeps binding workers (``None``: until purged or restored). Nothing here
     ever expires data in Redis.
+
+    ``master_name`` names the Sentinel service of a kombu ``sentinel://`` URL that has no
+    ``master_name`` option (the URL then carries it: ``config.url`` stands alone).
+    ``min_replicas``/``replica_timeout``/``fsync``: a worker's write counts once that many
+    replicas acknowledged it (and, with ``fsync``, once it is in the AOF on disk) within the
+    timeout, see :mod:`statedb.durability`.
     """
 
     url: str = field(repr=False)
@@ -72,9 +86,16 @@ class StateDBConfig:
     load_chunk_size: int = 10_000
     write_chunk_size: int = 5_000
     accept_eviction: bool = False
+    master_name: str | None = None
+    min_replicas: int = 0
+    replica_timeout: float = 0.1
+    fsync: bool = False
 
     def __post_init__(self) -> None:
-        validate_url(self.url)
+        if self.master_name is not None and (not isinstance(self.master_name, str) or not self.master_name.strip()):
+            raise ConfigurationError(f"master_name must be a non-empty string, got {self.master_name!r}")
+        validate_url(self.url, master_name=self.master_name)
+        object.__setattr__(self, "url", with_master_name(self.url, self.master_name))
         try:
             KeySchema(self.key_prefix)
         except InvalidInputError as exc:
@@ -98,8 +119,24 @@ class StateDBConfig:
         object.__setattr__(self, "boot_timeout", _positive("boot_timeout", self.boot_timeout, allow_zero=True))
         _positive_int("load_chunk_size", self.load_chunk_size)
         _positive_int("write_chunk_size", self.write_chunk_size)
-        if not isinstance(self.accept_eviction, bool):
-            raise ConfigurationError(f"accept_eviction must be True or False, got {self.accept_eviction!r}")
+        _flag("accept_eviction", self.accept_eviction)
+        self._check_durability()
+
+    def _check_durability(self) -> None:
+        _positive_int("min_replicas", self.min_replicas, allow_zero=True)
+        object.__setattr__(self, "replica_timeout", _positive("replica_timeout", self.replica_timeout))
+        _flag("fsync", self.fsync)
+        limit = min(self.write_budget, self.socket_timeout)
+        if self.durability is not None and self.replica_timeout >= limit:
+            raise ConfigurationError(
+                f"replica_timeout (redis_state_replica_timeout) is {self.replica_timeout:g} s: it must be shorter "
+                f"than the write budget and the socket timeout ({limit:g} s), or a missing replica would time out "
+                "every write")
+
+    @property
+    def durability(self) -> Durability | None:
+        """What a write must reach before it counts (None: the primary's reply is enough)."""
+        return Durability.of(self.min_replicas, self.replica_timeout, self.fsync)
 
     @property
     def safe_url(self) -> str:

@@ -54,6 +54,11 @@ class RedisUnavailableError(ServiceError):
     """Redis could not be reached, timed out, or is still loading its data."""
 
 
+class NotDurableError(RedisUnavailableError):
+    """Redis applied a write, but fewer replicas (or AOF fsyncs) acknowledged it in time than required
+    (``redis_state_min_replicas``, ``redis_state_fsync``): it does not count, and is retried."""
+
+
 class AccessDeniedError(ServiceError):
     """Redis refused the credentials, or the ACL user lacks a permission."""
 

@@ -2,7 +2,9 @@
 
 The async repository and the sync twin differ only in how they execute an
 :class:`~statedb.commands.Operation`; which keys, chunk sizes and defaults they
-use lives here, once.
+use lives here, once. So does durability: every write a worker must not lose (its revokes,
+the ids it writes back, its stamps) waits for the replicas or the fsync its configuration asks
+for (:mod:`statedb.durability`).
 """
 
 from __future__ import annotations
@@ -13,35 +15,39 @@ from dataclasses import dataclass
 
 from statedb import commands, cursors, integrity, stored_ids
 from statedb.config import StateDBConfig
+from statedb.durability import Durability, check_support, durable
 from statedb.keys import WorkerKeys
 
 
 @dataclass(frozen=True)
 class StateOperations:
-    """Builds the operations on one worker's keys; ``target`` (a masked URL) is what errors name."""
+    """Builds the operations on one worker's keys; ``target`` (a masked URL) is what errors name;
+    ``durability``: what the writes wait for (None: the primary's reply)."""
 
     keys: WorkerKeys
     target: str
     load_chunk_size: int = StateDBConfig.load_chunk_size
     write_chunk_size: int = StateDBConfig.write_chunk_size
+    durability: Durability | None = None
 
     @classmethod
     def for_worker(cls, config: StateDBConfig, worker: str) -> StateOperations:
         return cls(config.keys.for_worker(worker, config.scope), config.safe_url,
-                   config.load_chunk_size, config.write_chunk_size)
+                   config.load_chunk_size, config.write_chunk_size, config.durability)
 
     def ping(self) -> commands.Operation[bool]:
         return commands.ping()
 
     def check_server(self) -> commands.Operation[None]:
-        return commands.check_zadd_lt(self.keys.revoked)
+        return check_support(commands.check_zadd_lt(self.keys.revoked), self.durability)
 
     def add_revoked(self, task_ids: Iterable[object], revoked_at: float | None) -> commands.Operation[int]:
         when = time.time() if revoked_at is None else revoked_at
-        return commands.add_revoked(self.keys.revoked, task_ids, when, self.write_chunk_size)
+        return durable(commands.add_revoked(self.keys.revoked, task_ids, when, self.write_chunk_size),
+                       self.durability)
 
     def add_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> commands.Operation[int]:
-        return commands.add_revoked_at(self.keys.revoked, stamped, self.write_chunk_size)
+        return durable(commands.add_revoked_at(self.keys.revoked, stamped, self.write_chunk_size), self.durability)
 
     def remove_revoked(self, task_ids: Iterable[object]) -> commands.Operation[int]:
         return commands.remove_revoked(self.keys.revoked, task_ids, self.write_chunk_size)
@@ -94,7 +100,7 @@ class StateOperations:
 
         when = time.time() if revoked_at is None else revoked_at
         key = self.keys.shared_stamps if shared else self.keys.stamps
-        return stamp_commands.add_stamps(key, stamps, when, self.write_chunk_size)
+        return durable(stamp_commands.add_stamps(key, stamps, when, self.write_chunk_size), self.durability)
 
     def stamp_pages(self, newer_than: float | None, limit: int | None, *, shared: bool = False,
                     bad: commands.BadMembers | None = None) -> cursors.Cursor[tuple[str, object, float]]:
@@ -122,4 +128,4 @@ class StateOperations:
 
     def add_fleet_revoked_at(self, stamped: Sequence[tuple[object, float]]) -> commands.Operation[int]:
         """Like :meth:`add_revoked_at`, into the fleet set (ids a worker read there, written back)."""
-        return commands.add_revoked_at(self.keys.shared, stamped, self.write_chunk_size)
+        return durable(commands.add_revoked_at(self.keys.shared, stamped, self.write_chunk_size), self.durability)

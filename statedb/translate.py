@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from redis import exceptions as redis_errors
+from redis.asyncio.sentinel import MasterNotFoundError as AsyncMasterNotFoundError
 from redis.exceptions import RedisClusterException, RedisError
+from redis.sentinel import MasterNotFoundError
 
 from statedb.errors import (
     AccessDeniedError,
@@ -19,10 +21,12 @@ _AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid u
                  # An ACL refusal inside a Lua script (the clock's SET) comes back as a script error:
                  "The user executing the script can't",  # Redis 7.0
                  "ACL failure in script")  # Redis 7.2, Valkey
-# Error replies of a server that is failing over, full, loading or read-only: wait, do not give up.
-# redis-py turns some of them into classes (and strips the code), the others keep their code.
+# Error replies of a server that is failing over, full, loading, read-only or short of replicas: wait,
+# do not give up. redis-py turns some of them into classes (and strips the code), the others keep their code.
 _TRANSIENT_MARKERS = ("READONLY", "LOADING", "OOM", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY",
-                      "MOVED", "ASK")
+                      "NOREPLICAS", "MOVED", "ASK")
+# WAIT sent to a primary demoted since the connection was opened (a Sentinel failover).
+_DEMOTED_MARKER = "cannot be used with replica instances"
 _TRANSIENT_TYPES: tuple[type[Exception], ...] = tuple(
     getattr(redis_errors, name)
     # ClusterError: CLUSTERDOWN, and redirections past redis-py's limit; AskError: MovedError too.
@@ -46,6 +50,11 @@ _ACCESS_TYPES: tuple[type[Exception], ...] = tuple(
 CLOCK_CORRUPT_MARKER = "statedb-corrupt-clock"
 
 
+def _is_transient(exc: BaseException, text: str) -> bool:
+    return (isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS
+            or _DEMOTED_MARKER in text)
+
+
 def _is_access_error(exc: BaseException, text: str) -> bool:
     return isinstance(exc, _ACCESS_TYPES) or any(m in text for m in _AUTH_MARKERS)
 
@@ -57,6 +66,8 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
     if isinstance(exc, StateDBError):
         return exc
     text = str(exc)
+    if isinstance(exc, (MasterNotFoundError, AsyncMasterNotFoundError)):
+        return _no_primary(text, target)
     if _is_access_error(exc, text):
         return AccessDeniedError(f"Redis at {target} refused access: {text}")
     if isinstance(exc, RedisClusterException) and not isinstance(exc, _TRANSIENT_TYPES):
@@ -64,7 +75,7 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
     if isinstance(exc, redis_errors.AskError):
         return RedisUnavailableError(f"Redis at {target} redirected a command ({type(exc).__name__} {text}): "
                                      f"{_REDIRECT_HINT}")
-    if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
+    if _is_transient(exc, text):
         return RedisUnavailableError(f"Redis at {target} cannot serve us right now: {text}")
     if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
         # Waiting cannot fix a certificate or a TLS/plain mismatch.
@@ -94,6 +105,20 @@ def _cluster_error(exc: RedisClusterException, target: str) -> StateDBError:
     return StateDBError(f"Redis Cluster at {target} failed: {text}")
 
 
+def _no_primary(text: str, target: str) -> StateDBError:
+    """No Sentinel named a primary. redis-py's message lists every Sentinel client it asked,
+    a long text: only its head and why are kept (a refusal of the Sentinels' credentials is final)."""
+    head, _, detail = text.partition(" : ")
+    if "AuthenticationError" in detail or any(marker in detail for marker in _AUTH_MARKERS):
+        return AccessDeniedError(f"the Sentinels of {target} refused access (check the sentinel_username and "
+                                 f"sentinel_password options): {head}")
+    unreachable = detail.count(" - ")
+    why = (f"{unreachable} Sentinel{'s' if unreachable != 1 else ''} did not answer" if unreachable
+           else "the Sentinels that answered name no healthy primary for it (a failover under way, or a wrong "
+                "service name)")
+    return RedisUnavailableError(f"no Sentinel of {target} names a primary: {head}; {why}")
+
+
 def translate_reply_error(exc: Exception, *, key: str | None) -> StateDBError:  # noqa: PLR0911
     """The library error for an error reply to a command on ``key`` (None: a command on no key)."""
     text = str(exc)
@@ -101,7 +126,7 @@ def translate_reply_error(exc: Exception, *, key: str | None) -> StateDBError:  
     if isinstance(exc, redis_errors.AskError) or text.split(" ", 1)[0] in ("MOVED", "ASK"):
         return RedisUnavailableError(f"Redis cannot serve {target} right now: {type(exc).__name__} {text}: "
                                      f"{_REDIRECT_HINT}")
-    if isinstance(exc, _TRANSIENT_TYPES) or text.split(" ", 1)[0] in _TRANSIENT_MARKERS:
+    if _is_transient(exc, text):
         if key is None:
             return RedisUnavailableError(f"Redis cannot serve us right now: {text}")
         return RedisUnavailableError(f"Redis cannot take writes to {key!r} right now: {text}")

@@ -151,13 +151,15 @@ def test_the_task_id_limit_is_in_bytes(size: int, char: str) -> None:
 # Random text around a marker no message of the library contains, so that finding it means a leak.
 passwords = st.text(st.characters(blacklist_categories=("Cs",)), max_size=16).map(lambda text: f"Ω{text}Ω")
 users = st.text(st.sampled_from("abcdefgh-_1"), max_size=6)
-hosts = st.sampled_from(["127.0.0.1", "redis.example.com", "[::1]", "h"])
+hosts = st.sampled_from(["127.0.0.1", "redis.example.com", "[::1]", "h", "h1,h2:26380"])
 tails = st.sampled_from(["/0", "/1", "", "/abc", "/0?ssl_cert_reqs=required", "/0?db=x", ":notaport/0",
-                         ":99999/0", "/0?socket_timeout=1", "/0?x=a@b"])
+                         ":99999/0", "/0?socket_timeout=1", "/0?x=a@b", "/svc/0", "/svc?sentinel_password=x",
+                         "/0?master_name=m", ";sentinel://h2/0?master_name=m"])
 
 
 @PURE
-@given(scheme=st.sampled_from(["redis", "rediss", "REDIS", "unix", "http"]), user=users, password=passwords,
+@given(scheme=st.sampled_from(["redis", "rediss", "REDIS", "unix", "http", "redis+sentinel", "rediss+sentinel",
+                               "sentinel"]), user=users, password=passwords,
        host=hosts, tail=tails, encode=st.booleans())
 def test_no_url_shown_by_the_library_contains_its_password(
     scheme: str, user: str, password: str, host: str, tail: str, encode: bool

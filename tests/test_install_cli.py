@@ -23,8 +23,10 @@ def fake_worker(statedb: Any, **options: Any) -> SimpleNamespace:
     return SimpleNamespace(statedb=statedb, options=options, app=Celery("t", set_as_current=False))
 
 
-@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h/1", "unix:///tmp/r.sock"])
-def test_a_redis_url_is_claimed_fromwrite_celery_statedb(url: str) -> None:
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://h/1", "unix:///tmp/r.sock", "redis+sentinel://h1,h2/svc",
+                                 "rediss+sentinel://h:26379/svc/1", "sentinel://h1:26379;sentinel://h2:26379/0",
+                                 "redis+cluster://h1:7000,h2:7000", "rediss+cluster://h1:7000/0"])
+def test_a_redis_url_is_claimed_from_celery_file_statedb(url: str) -> None:
     worker = fake_worker(url)
     claim_redis_statedb(worker)
     assert worker.statedb is None  # Celery's own StateDB step stays disabled

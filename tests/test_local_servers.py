@@ -16,11 +16,13 @@ from celery_redis_statedb.local_servers import (
     SERVER_KINDS,
     PrivateCluster,
     PrivateServer,
+    SentinelTopology,
     ServerKind,
     default_kind,
     delete_prefixed,
     installed,
     kill_process,
+    replicas_in_sync,
     slot_ranges,
     stop_process,
 )
@@ -114,3 +116,17 @@ def test_a_private_cluster_of_each_kind_serves_every_slot(kind: ServerKind) -> N
             assert delete_prefixed(cluster.url, "k") == 0
         finally:
             client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["embedded", "redis-server"])
+def test_a_sentinel_topology_starts_meshed_and_fails_over(kind: ServerKind) -> None:
+    """Either server kind runs as a Sentinel: started, the Sentinels agree on the first primary; after
+    SENTINEL FAILOVER on the replica."""
+    with SentinelTopology(kind=kind) as topology:
+        first = topology.primary()
+        assert first is topology.servers[0]
+        assert replicas_in_sync(first, 1)
+        old = topology.failover()
+        assert old == first.port
+        assert topology.wait_primary(not_port=old, in_sync=False) is topology.servers[1]

@@ -43,7 +43,7 @@ from celery.app.control import Control
 
 from celery_redis_statedb import admin
 from celery_redis_statedb.settings import Setting, choose_url, raw_value
-from statedb import admin_commands, commands, stamps
+from statedb import admin_commands, commands, durability, stamps
 from statedb._sync.clients import Client, open_sync_client
 from statedb._sync.repository import run_staged
 from statedb.config import StateDBConfig
@@ -161,7 +161,8 @@ def plan_revoke(config: StateDBConfig, command: str, arguments: dict[str, Any],
         if not ids:
             return None
         keys = [k.revoked for k in worker_keys] or [config.keys.shared_revoked_key]
-        ops = tuple(commands.add_revoked(key, ids, revoked_at, config.write_chunk_size)
+        ops = tuple(durability.durable(commands.add_revoked(key, ids, revoked_at, config.write_chunk_size),
+                                       config.durability)
                     for key in dict.fromkeys(keys))
         return RevokeWrite(ops, f"revoke of {len(ids)} task id{'s' if len(ids) != 1 else ''}")
     headers = arguments.get("headers")
@@ -171,7 +172,8 @@ def plan_revoke(config: StateDBConfig, command: str, arguments: dict[str, Any],
     if not pairs:
         return None
     keys = [k.stamps for k in worker_keys] or [config.keys.shared_stamps_key]
-    ops = tuple(stamps.add_stamps(key, pairs, revoked_at, config.write_chunk_size) for key in dict.fromkeys(keys))
+    ops = tuple(durability.durable(stamps.add_stamps(key, pairs, revoked_at, config.write_chunk_size),
+                                   config.durability) for key in dict.fromkeys(keys))
     return RevokeWrite(ops, f"revoke of {len(pairs)} stamped header{'s' if len(pairs) != 1 else ''}")
 
 

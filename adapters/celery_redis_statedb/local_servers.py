@@ -18,10 +18,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import quote
 
 import redis
@@ -30,6 +30,7 @@ from statedb._sync.clients import open_sync_client
 from statedb.config import StateDBConfig
 from statedb.keys import glob_escape
 
+T = TypeVar("T")
 ServerKind = Literal["redis-server", "embedded"]
 SERVER_KINDS: tuple[ServerKind, ...] = get_args(ServerKind)
 SERVER_KIND_ENV = "STATEDB_TEST_SERVER"
@@ -440,3 +441,259 @@ def first_bus_port(server: PrivateServer) -> int:
     """The cluster bus port a node was started with (``--cluster-port``)."""
     args = list(server.extra_args)
     return int(args[args.index("--cluster-port") + 1])
+
+
+# -- Sentinel ------------------------------------------------------------------------
+
+SENTINEL_SERVICE = "statedb"
+# A replica copies its primary at once (no wait for more replicas to share the transfer).
+REPLICATION_ARGS = ("--repl-diskless-sync-delay", "0")
+SYNC_PROBE_KEY = "statedb-local-servers:sync-probe"  # written (expiring) to see the replicas acknowledge it
+# Bound on a topology's start and failovers (~2.2 s and ~1-12 s on an idle host, far more on a loaded one).
+TOPOLOGY_TIMEOUT = 60.0
+# Sentinel asks each replica for INFO every 10 s: one it has no recent answer from cannot be promoted.
+INFO_PERIOD = 10.0
+
+
+def _wait_for(check: Callable[[], T | None], deadline: float, what: str) -> T:
+    """Call ``check`` until it returns something (a server not answering yet counts as nothing)."""
+    while True:
+        try:
+            result = check()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            result = None
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def replicas_in_sync(primary: PrivateServer, count: int) -> bool:
+    """Whether ``primary`` is a primary with ``count`` replicas that have applied its latest write.
+
+    A replica is "online" (INFO) once it has the snapshot, but may still be loading it: only
+    a write it acknowledged (WAIT, after a write of a probe key) says it follows the stream.
+    """
+    client = primary.client()
+    try:
+        if client.info("replication").get("role") != "master":
+            return False
+        client.set(SYNC_PROBE_KEY, "1", px=60_000)
+        return int(client.wait(count, 100)) >= count
+    finally:
+        client.close()
+
+
+@dataclass
+class SentinelServer(PrivateServer):
+    """A Sentinel (``--sentinel``) watching ``service``, whose first primary is on ``primary_port``.
+
+    Its configuration file is written at the first start and kept: Sentinel rewrites it with
+    what it learnt (the current primary, the other Sentinels), so a restart resumes from there.
+    """
+
+    service: str = SENTINEL_SERVICE
+    primary_port: int = 0
+    primary_password: str | None = None
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout: float = 5.0  # seconds; a failed election is tried again after twice this
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "sentinel.conf"
+
+    def command(self) -> list[str]:
+        """``<config file> --sentinel``; ``password`` is the Sentinel's own (it also uses it with its peers)."""
+        if not self.config_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            auth = f"sentinel auth-pass {self.service} {self.primary_password}\n" if self.primary_password else ""
+            self.config_file.write_text(
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} {self.quorum}\n{auth}"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {round(self.failover_timeout * 1000)}\n"
+                f"sentinel parallel-syncs {self.service} 1\n")
+        password = ["--requirepass", self.password] if self.password else []
+        return [server_binary(self.kind), str(self.config_file), "--sentinel", "--port", str(self.port),
+                "--bind", "127.0.0.1", "--dir", str(self.data_dir), "--logfile", str(self.log_file),
+                *self.extra_args, *password]
+
+
+@dataclass
+class SentinelTopology:
+    """A primary, its replicas and the Sentinels watching them, every one a private server.
+
+    The embedded Valkey by default (it runs as a Sentinel too), else the redis-server on PATH.
+    :meth:`primary` is whichever server the Sentinels name now. The data servers keep nothing
+    on disk: restart a killed primary only once the Sentinels named another (see
+    :meth:`wait_primary`), or it comes back empty as the primary and its replicas copy that.
+    ``with SentinelTopology() as topology:`` starts it and closes every process at the end.
+    """
+
+    kind: ServerKind = field(default_factory=lambda: default_kind(prefer="embedded"))
+    service: str = SENTINEL_SERVICE
+    replicas: int = 1
+    sentinels: int = 3
+    down_after_ms: int = 1000
+    password: str | None = None  # the data servers' (requirepass, masterauth)
+    sentinel_password: str | None = None  # the Sentinels' own requirepass
+    servers: list[PrivateServer] = field(init=False)  # servers[0] is the first primary
+    sentinel_servers: list[SentinelServer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
+        auth = ("--masterauth", self.password) if self.password else ()
+        first = PrivateServer(kind=self.kind, extra_args=(*REPLICATION_ARGS, *auth), password=self.password)
+        self.servers = [first, *(PrivateServer(kind=self.kind, password=self.password, extra_args=(
+            *REPLICATION_ARGS, *auth, "--replicaof", "127.0.0.1", str(first.port))) for _ in range(self.replicas))]
+        self.sentinel_servers = [
+            SentinelServer(kind=self.kind, service=self.service, primary_port=first.port,
+                           primary_password=self.password, password=self.sentinel_password,
+                           quorum=self.sentinels // 2 + 1, down_after_ms=self.down_after_ms)
+            for _ in range(self.sentinels)]
+
+    def _credentials(self) -> tuple[str, str]:
+        """(``:password@`` of the data servers, ``sentinel_password=`` query option) for the URLs."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        query = f"sentinel_password={quote(self.sentinel_password, safe='')}" if self.sentinel_password else ""
+        return auth, query
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://[:password@]127.0.0.1:p1,127.0.0.1:p2,.../service/0[?sentinel_password=...]``."""
+        auth, query = self._credentials()
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinel_servers)
+        return f"redis+sentinel://{auth}{hosts}/{self.service}/0{'?' + query if query else ''}"
+
+    @property
+    def kombu_url(self) -> str:
+        """kombu's form of :attr:`url`: ``sentinel://127.0.0.1:p1;sentinel://...;.../0?master_name=service``."""
+        auth, query = self._credentials()
+        hosts = ";".join(f"sentinel://{auth}127.0.0.1:{sentinel.port}" for sentinel in self.sentinel_servers)
+        return f"{hosts}/0?master_name={self.service}{'&' + query if query else ''}"
+
+    def start(self, timeout: float = TOPOLOGY_TIMEOUT, *, meshed: bool = True) -> SentinelTopology:
+        """Start every process; return once the primary's address can be asked for (``meshed=False``)
+        or once the Sentinels know each other and the replicas, so that a failover can happen.
+
+        The Sentinels start once the replicas are in sync: their first look at the primary
+        then lists the replicas (the next one is 10 s later on Redis 7.0).
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            for group in (self.servers, self.sentinel_servers):
+                for server in group:
+                    server.launch()
+                for server in group:
+                    server.wait_ready(timeout)
+                if group is self.servers:
+                    _wait_for(lambda: self._replicas_in_sync(self.servers[0]) or None, deadline,
+                              "the replicas to sync")
+            if meshed:
+                self.wait_meshed(deadline - time.monotonic())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _ask(self, sentinel: SentinelServer, command: str) -> Any:
+        """``SENTINEL <command> <service>`` (parsed by redis-py) on one Sentinel."""
+        client = sentinel.client(decode_responses=True)
+        try:
+            return getattr(client, f"sentinel_{command}")(self.service)
+        finally:
+            client.close()
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the running Sentinels agree on (None: no agreement yet)."""
+        answers = set()
+        for sentinel in self.sentinel_servers:
+            if sentinel.running:
+                address = self._ask(sentinel, "get_master_addr_by_name")
+                answers.add(int(address[1]) if address else None)
+        return answers.pop() if len(answers) == 1 else None
+
+    def primary(self) -> PrivateServer:
+        """The server the Sentinels name as the primary."""
+        port = self.primary_port()
+        return next(server for server in self.servers if server.port == port)
+
+    def _replicas_in_sync(self, primary: PrivateServer) -> bool:
+        """``primary`` is one, and every other running server is its replica, in sync."""
+        return replicas_in_sync(primary, sum(server.running for server in self.servers) - 1)
+
+    def _named_primary(self, not_port: int | None, in_sync: bool) -> PrivateServer | None:
+        port = self.primary_port()
+        primary = next((server for server in self.servers if server.port == port and server.running), None)
+        if primary is None or port == not_port or (in_sync and not self._replicas_in_sync(primary)):
+            return None
+        return primary
+
+    def _meshed(self, not_port: int | None) -> PrivateServer | None:
+        primary = self._named_primary(not_port, in_sync=True)
+        if primary is None:
+            return None
+        running = [sentinel for sentinel in self.sentinel_servers if sentinel.running]
+        replicas = {server.port for server in self.servers if server.running} - {primary.port}
+        for sentinel in running:
+            if self._ask(sentinel, "master")["num-other-sentinels"] < len(running) - 1:
+                return None
+            good = {int(r["port"]) for r in self._ask(sentinel, "slaves")
+                    if r["is_slave"] and not r["is_disconnected"] and not r["is_sdown"]
+                    and r["master-link-status"] == "ok" and r["info-refresh"] < INFO_PERIOD * 1000}
+            if not replicas <= good:
+                return None
+        return primary
+
+    def wait_meshed(self, timeout: float = TOPOLOGY_TIMEOUT, *, not_port: int | None = None) -> PrivateServer:
+        """Wait until every running Sentinel names one primary (not the one on ``not_port``) and knows
+        the other Sentinels and every running replica, in sync and fit to be promoted; that primary."""
+        return self._wait(lambda: self._meshed(not_port), timeout, "to agree on a primary and its replicas")
+
+    def wait_primary(self, timeout: float = TOPOLOGY_TIMEOUT, *, not_port: int | None = None,
+                     in_sync: bool = True) -> PrivateServer:
+        """Wait until the running Sentinels agree on a running primary (not the one on ``not_port``),
+        with every other running server its replica, in sync, if ``in_sync``; that primary."""
+        return self._wait(lambda: self._named_primary(not_port, in_sync), timeout, "to name a primary")
+
+    def _wait(self, check: Callable[[], PrivateServer | None], timeout: float, what: str) -> PrivateServer:
+        try:
+            return _wait_for(check, time.monotonic() + timeout, f"the Sentinels of {self.service!r} {what}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}{self._tilt_note()}") from None
+
+    def _tilt_note(self) -> str:
+        """Sentinels in TILT mode (their timer ran 2 s late: a starved host) do not act for 30 s."""
+        tilted = []
+        for sentinel in self.sentinel_servers:
+            if sentinel.running:
+                client = sentinel.client()
+                try:
+                    tilted += [sentinel.port] if client.info("sentinel").get("sentinel_tilt") else []
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    tilted.append(sentinel.port)
+                finally:
+                    client.close()
+        return f" (Sentinels on ports {tilted} in TILT mode or not answering: a starved host)" if tilted else ""
+
+    def failover(self) -> int:
+        """``SENTINEL FAILOVER``: a replica becomes the primary (see :meth:`wait_primary`); the old primary's port.
+
+        The Sentinels must be meshed (:meth:`wait_meshed`), or they answer NOGOODSLAVE.
+        """
+        old = self.primary().port
+        running = next(sentinel for sentinel in self.sentinel_servers if sentinel.running)
+        self._ask(running, "failover")
+        return old
+
+    def close(self) -> None:
+        for server in (*self.sentinel_servers, *self.servers):
+            server.close()
+
+    def __enter__(self) -> SentinelTopology:
+        """Starts it unless it was started; the end of the block closes it."""
+        return self if any(server.process is not None for server in self.servers) else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -13,7 +13,7 @@ import time
 
 from redis.backoff import EqualJitterBackoff
 
-from statedb.errors import StateDBError
+from statedb.errors import NotDurableError, StateDBError
 
 logger = logging.getLogger("celery_redis_statedb")
 
@@ -49,6 +49,9 @@ class OutageTracker:
         self._next_attempt = 0.0
         self._warnings = Throttle()
         self._outage_said = False
+        # False while every failure of this outage was a write Redis applied but too few replicas
+        # acknowledged (NotDurableError): Redis stayed reachable, it cannot have come back empty.
+        self.lost_contact = False
 
     @property
     def failing(self) -> bool:
@@ -71,10 +74,11 @@ class OutageTracker:
         logged this outage already."""
         now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since, self._failures = now, 0
+            self._failing_since, self._failures, self.lost_contact = now, 0, False
             self._warnings.reset()
             self._outage_said = False
         self._outage_said = self._outage_said or said
+        self.lost_contact = self.lost_contact or not isinstance(exc, NotDurableError)
         self._failures += 1
         self._next_attempt = now + self._backoff.compute(self._failures)
         if warn:
@@ -84,7 +88,7 @@ class OutageTracker:
         if self._failing_since is not None:
             logger.warning("redis-statedb: Redis at %s is reachable again after %.1fs",
                            self.url, time.monotonic() - self._failing_since)
-        self._failing_since, self._failures = None, 0
+        self._failing_since, self._failures, self.lost_contact = None, 0, False
 
     def warn_pending(self, exc: StateDBError | None, pending: int) -> None:
         """Revokes wait to be written: say how many (rate-limited). None waiting: say the outage, once."""

@@ -7,10 +7,12 @@ enters the set is written before the caller (a revoke command) answers. When a w
 fails, the id stays honoured in memory and waits in a pending buffer; while Redis is
 failing nothing else blocks on it (:mod:`outage`): Celery's timer probes it with a
 short timeout, backing off exponentially, and once it answers the whole in-memory set
-is written again, so a Redis that came back empty is repaired. Every tick also checks,
-in one round trip (:mod:`watch`), that Redis still holds what this worker wrote (loss,
-rollback, eviction), measures the server's clock (revocation times are stamped on it)
-and, now and then, the eviction policy.
+is written again (after an outage in which Redis did not answer, or on a new connection:
+a restart or a Sentinel failover), so a Redis that came back empty is repaired. A write
+that too few replicas acknowledged (``redis_state_min_replicas``) fails the same way.
+Every tick also checks, in one round trip (:mod:`watch`), that Redis still holds what
+this worker wrote (loss, rollback, eviction), measures the server's clock (revocation
+times are stamped on it) and, now and then, the eviction policy.
 """
 
 from __future__ import annotations
@@ -470,6 +472,8 @@ class WorkerStatePersistence:
 
     def _tick(self) -> None:
         recovering = self.failing
+        # Back from an outage in which Redis may have restarted empty (not just been short of replicas).
+        lost_contact = self.outage.lost_contact
         if recovering:
             if not self.outage.due:
                 return
@@ -493,7 +497,7 @@ class WorkerStatePersistence:
                     self._save_clock()  # the clock key is gone or behind: put this worker's back
         except RedisUnavailableError as exc:  # past the write budget: waiting ids are still written below
             slow = exc
-        if recovering or self.connections.count != self._seen_connections:
+        if lost_contact or self.connections.count != self._seen_connections:
             self._needs_resync = True
         stamps_for(self).tick(resync=self._needs_resync)
         if self._needs_resync:

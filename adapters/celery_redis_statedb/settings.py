@@ -16,7 +16,7 @@ from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import ConfigurationError, InvalidInputError
 from statedb.keys import Scope
 from statedb.timeframes import parse_duration
-from statedb.urls import is_redis_url, mask_url, validate_url
+from statedb.urls import KOMBU_SENTINEL_SCHEME, is_redis_url, mask_url, url_scheme, validate_url, with_master_name
 
 NO_LIMIT = ("0", "none", "no", "off", "never", "inf", "infinite")
 
@@ -78,6 +78,16 @@ def _choice(enum_type: type[Enum], what: str) -> Callable[[object], Any]:
     return parse
 
 
+def _count(value: object) -> int:
+    """A whole number of zero or more (an int, or its decimal text)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise ValueError("expected a whole number, zero or more")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One user-facing setting and the config field it feeds."""
@@ -125,6 +135,17 @@ SETTINGS: tuple[Setting, ...] = (
             None, _boolean,
             "Start even when Redis may evict keys without a TTL (maxmemory-policy allkeys-*): stored revokes can "
             "then vanish; the worker warns and writes back what it holds (default false: refuse to start)."),
+    Setting("master_name", "redis_state_master_name", "CELERY_REDIS_STATE_MASTER_NAME", None, _text,
+            "Sentinel service of a kombu sentinel:// URL without ?master_name= (default: the broker's "
+            "broker_transport_options['master_name'])."),
+    Setting("min_replicas", "redis_state_min_replicas", "CELERY_REDIS_STATE_MIN_REPLICAS", None, _count,
+            "Replicas that must acknowledge a write (WAIT) before it counts; fewer: the ids stay pending and are "
+            "retried (default 0: the primary's reply is enough)."),
+    Setting("replica_timeout", "redis_state_replica_timeout", "CELERY_REDIS_STATE_REPLICA_TIMEOUT", None, _number,
+            "Seconds a write waits for the replicas (and the fsync) it needs (default 0.1)."),
+    Setting("fsync", "redis_state_fsync", "CELERY_REDIS_STATE_FSYNC", None, _boolean,
+            "A write counts once in the primary's AOF on disk (WAITAOF: Redis >= 7.2 or Valkey, appendonly yes), "
+            "and in that of redis_state_min_replicas replicas (default false)."),
 )
 
 
@@ -171,6 +192,10 @@ def resolve_config(
             reason = str(exc) if isinstance(exc, ValueError) and str(exc) else "expected a number"
             raise ConfigurationError(f"{source}={raw!r} is not valid: {reason}") from None
         picked[setting.field] = found
+    if "master_name" not in values:
+        broker_name = _broker_master_name(url, conf or {})
+        if broker_name:
+            values["master_name"] = broker_name
     try:
         return StateDBConfig(url=url, **values)
     except ConfigurationError:
@@ -226,7 +251,8 @@ def percent_escape() -> bool:
 
 def _checked(url: str, source: str) -> URLChoice:
     try:
-        validate_url(url)
+        # kombu's sentinel:// may name its service in a setting, read with the others: the rest is checked here
+        validate_url(with_master_name(url, "service"))
     except ConfigurationError as exc:
         raise ConfigurationError(f"{source}: {exc}") from None
     return URLChoice(url, source)
@@ -270,7 +296,7 @@ def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str
     if fallback:
         if not is_redis_url(fallback):
             raise ConfigurationError(f"environment variable {URL_ENV}={mask_url(fallback)!r} is not valid: "
-                                     f"use a redis://, rediss:// or unix:// URL")
+                                     f"use a Redis URL (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://...)")
         return _checked(fallback, f"environment variable {URL_ENV}")
     searched = f"{explicit_label}, ${WORKER_STATEDB_ENV}, app.conf.{WORKER_STATEDB_CONF} or ${URL_ENV}"
     if file_statedb is not None:
@@ -289,3 +315,13 @@ def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str
     raise ConfigurationError(
         f"no Redis URL for the statedb: set one with {searched} "
         + ("(the broker is used only when it is Redis and none of them is set)" if allow_broker else ""))
+
+
+def _broker_master_name(url: str, conf: Mapping[str, Any]) -> str | None:
+    """kombu's ``broker_transport_options['master_name']``, for a kombu ``sentinel://`` statedb URL
+    (the broker's URL reused as it is)."""
+    if url_scheme(url) != KOMBU_SENTINEL_SCHEME:
+        return None
+    options = conf.get("broker_transport_options")
+    name = options.get("master_name") if isinstance(options, Mapping) else None
+    return name.strip() if isinstance(name, str) and name.strip() else None

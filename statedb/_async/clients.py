@@ -1,5 +1,9 @@
-"""The one client factory for every kind of URL, and counting the reconnections clients make
-(a reconnect may mean Redis restarted)."""
+"""Opening clients, one factory for every kind of URL (one server, Sentinel, Cluster), and counting
+the connections they make (a reconnect may mean Redis restarted, or a new primary).
+
+:func:`open_async_client` dispatches on :func:`statedb.urls.target_kind`, one opener per kind;
+every client gets this library's timeouts, retry policy and RESP2 (:func:`statedb.client.client_options`).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,21 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from statedb.client import COMMAND_RETRIES, client_options, cluster_options, command_backoff
 from statedb.config import StateDBConfig
 from statedb.errors import ConfigurationError
-from statedb.urls import target_kind
+from statedb.urls import parse_sentinel_url, target_kind
 
 OnConnect = Callable[[Any], Awaitable[None]]
+# redis-py's Sentinel API and its sync parse_url have no annotations: called through Any.
+_SENTINEL: Any = Sentinel
+_PARSE_URL: Any = parse_url
 
 
 def _address(connection: Any) -> tuple[Any, ...]:
@@ -134,10 +144,13 @@ def _open_standalone_client(config: StateDBConfig, on_connect: OnConnect | None,
             await hook(connection)
 
         extra["redis_connect_func"] = connect
-    retry = (Retry(command_backoff(), retries) if retry_timeouts
-             else Retry(command_backoff(), retries, supported_errors=(RedisConnectionError,)))
+    extra["retry"] = (Retry(command_backoff(), retries) if retry_timeouts
+                      else Retry(command_backoff(), retries, supported_errors=(RedisConnectionError,)))
+    options = {**client_options(config), **extra}
     try:
-        return Redis.from_url(config.url, retry=retry, **client_options(config), **extra)
+        if target_kind(config.url) == "sentinel":
+            return _open_sentinel_client(config, options)
+        return Redis.from_url(config.url, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"Redis URL {config.safe_url} is not usable: {exc}") from None
 
@@ -172,3 +185,53 @@ def _open_cluster_client(config: StateDBConfig, on_connect: OnConnect | None, re
 
         options["redis_connect_func"] = connect
     return deferred
+
+
+# -- Sentinel ------------------------------------------------------------------------
+
+
+class SentinelManagedRedis(Redis):
+    """A client of the primary that Sentinel names (it follows failovers: each new connection asks
+    the Sentinels); closing it closes the connections to the Sentinels too."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, *args: Any, **kwargs: Any) -> None:
+        await super().aclose(*args, **kwargs)
+        manager, self.sentinel_manager = self.sentinel_manager, None
+        for sentinel in manager.sentinels if manager is not None else ():
+            await sentinel.aclose()
+
+
+def _open_sentinel_client(config: StateDBConfig, options: dict[str, Any]) -> Redis:
+    """``Sentinel(...).master_for(service)`` with this library's options for the primary's connections.
+
+    The Sentinels get the socket timeouts and TLS settings, their own credentials, and no
+    retry: one that does not answer is skipped for the next at once.
+    """
+    target = parse_sentinel_url(config.url)
+    primary: dict[str, Any] = {**options, **_PARSE_URL(target.primary_url)}  # the URL's options win, as in from_url
+    primary.pop("connection_class", None)  # the Sentinel pool picks its own (TLS with ssl=True)
+    if target.tls:
+        primary["ssl"] = True
+    sentinel_options = {name: value for name, value in primary.items() if name.startswith(("socket_", "ssl"))}
+    sentinel_options.update(retry=Retry(NoBackoff(), 0), protocol=2, username=target.sentinel_username,
+                            password=target.sentinel_password)
+    manager = _SENTINEL(list(target.sentinels), sentinel_kwargs=sentinel_options)
+    client: SentinelManagedRedis = manager.master_for(target.service_name, redis_class=SentinelManagedRedis,
+                                                      **primary)
+    client.sentinel_manager = manager
+    return client
+
+
+async def find_primary_again(client: Client) -> None:
+    """Ask Sentinel which server is the primary now (a client of another kind: nothing to do).
+
+    After a write fewer replicas acknowledged than required: a primary that lost its replicas
+    is often one that a failover just demoted. A new answer drops the idle connections, so
+    the next attempt goes to the new primary.
+    """
+    pool = getattr(client, "connection_pool", None)  # a cluster client has none
+    if isinstance(pool, SentinelConnectionPool):
+        untyped: Any = pool
+        await untyped.get_master_address()

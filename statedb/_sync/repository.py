@@ -20,12 +20,13 @@ from statedb._sync.clients import (
     DeferredCluster,
     OnConnect,
     cluster_ready,
+    find_primary_again,
     is_cluster_client,
     open_sync_client,
 )
 from statedb.client import COMMAND_RETRIES
 from statedb.config import StateDBConfig
-from statedb.errors import ConfigurationError
+from statedb.errors import ConfigurationError, NotDurableError
 from statedb.keys import WorkerKeys
 from statedb.operations import StateOperations
 from statedb.translate import REDIS_FAILURES, translate_exception
@@ -96,7 +97,15 @@ class SyncStateRepository:
         self.close()
 
     def _run(self, operation: commands.Operation[T]) -> T:
-        return operation.result(run_staged(self.client, operation.stage, self.operations.target))
+        replies = run_staged(self.client, operation.stage, self.operations.target)
+        try:
+            return operation.result(replies)
+        except NotDurableError:
+            try:
+                find_primary_again(self.client)
+            except REDIS_FAILURES as exc:
+                raise translate_exception(exc, target=self.operations.target) from exc
+            raise
 
     def run(self, operation: commands.Operation[T]) -> T:
         """Execute any operation of the command layer (the admin APIs and migrations go through here)."""
