@@ -179,7 +179,7 @@ def test_a_cluster_url_names_its_nodes_and_a_url_for_the_options() -> None:
     ("redis+cluster://h1:0", "port from 1 to 65535"),
     ("redis+cluster://h1:70000", "port from 1 to 65535"),
     ("redis+cluster://h1:port", "malformed Redis Cluster URL"),
-    ("redis+cluster://h1:7000?ssl_ca_certs=/x", "not rediss://"),
+    ("redis+cluster://h1:7000?ssl_ca_certs=/x", "not rediss+cluster://"),
     ("redis+cluster://h1:7000?socket_timeout=1", "use redis_state_socket_timeout"),
     ("redis+sentinel+cluster://h1:7000", "unsupported Redis URL scheme"),
 ])

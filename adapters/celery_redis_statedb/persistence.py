@@ -55,6 +55,7 @@ from statedb.errors import (
 )
 from statedb.names import encode_task_id, is_storable_task_id
 from statedb.timeframes import format_duration
+from statedb.urls import target_kind
 
 logger = logging.getLogger("celery_redis_statedb")
 
@@ -78,7 +79,8 @@ class WorkerStatePersistence:
         repository: SyncStateRepository | None = None,
     ) -> None:
         self.config, self.hostname, self.revoked, self.clock = config, hostname, revoked, clock
-        self.connections = ConnectionCounter()
+        # A cluster client connects to each node as it first needs it: only reconnections count there.
+        self.connections = ConnectionCounter(per_node=target_kind(config.url) == "cluster")
         self.repository = repository or SyncStateRepository.open(config, hostname, on_connect=self.connections)
         # Write-through (before a revoke is answered) within the write budget, no retry after a timeout:
         # past it the ids wait for the timer, which uses the normal timeouts.

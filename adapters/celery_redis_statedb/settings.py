@@ -176,7 +176,7 @@ def resolve_config(
     ``overrides`` maps a field to (value, where it came from): an option of another command (the
     admin CLI's ``--key-prefix``) or an argument, above every other source (None values are unset).
     """
-    validate_url(url)
+    validate_url(with_master_name(url, "service"))  # a kombu URL's service may be a setting, read below
     values: dict[str, Any] = {}
     picked: dict[str, tuple[Any, str]] = {}
     for setting in SETTINGS:
@@ -199,9 +199,10 @@ def resolve_config(
     try:
         return StateDBConfig(url=url, **values)
     except ConfigurationError:
+        service = {"master_name": values["master_name"]} if "master_name" in values else {}
         for name, (raw, source) in picked.items():  # which one: each checked alone names its source
             try:
-                StateDBConfig(url=url, **{name: values[name]})
+                StateDBConfig(url=url, **{**service, name: values[name]})
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{source}={raw!r} is not valid: {exc}") from None
         raise

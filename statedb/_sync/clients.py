@@ -35,36 +35,46 @@ def _address(connection: Any) -> tuple[Any, ...]:
     return (getattr(connection, "host", None), getattr(connection, "port", None), getattr(connection, "path", None))
 
 
-class ConnectionCounter:
-    """Counts reconnections: connections to a server (an address) this counter saw one to before.
+def _seen_before(seen: set[tuple[Any, ...]], connection: Any) -> bool:
+    """Whether ``seen`` holds the connection's server already (it does afterwards)."""
+    address = _address(connection)
+    known = address in seen
+    seen.add(address)
+    return known
 
-    The first connection to each server is expected: a cluster client opens one per node.
+
+class ConnectionCounter:
+    """Counts connections, so that a reconnection is noticed: Redis may have restarted (maybe empty),
+    or a failover may have named another primary. The worker compares the count before and after.
+
+    ``per_node``: a cluster client opens a connection to each node as it first needs it, so only a
+    second connection to the same node counts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_node: bool = False) -> None:
         self.count = 0
+        self.per_node = per_node
         self.seen: set[tuple[Any, ...]] = set()
 
     def __call__(self, connection: Any) -> None:
-        address = _address(connection)
-        if address in self.seen:
+        if not self.per_node or _seen_before(self.seen, connection):
             self.count += 1
-        self.seen.add(address)
 
 
 class FirstConnectFree:
-    """``on_connect`` of a client opened after boot: its first connection to each server is expected,
-    later ones (reconnects: Redis may have restarted) are counted on ``counter``."""
+    """``on_connect`` of a client opened after boot: its first connection (to each node, for a cluster)
+    is expected, later ones (reconnects: Redis may have restarted) are counted on ``counter``."""
 
     def __init__(self, counter: ConnectionCounter) -> None:
         self.counter = counter
+        self.connects = 0
         self.seen: set[tuple[Any, ...]] = set()
 
     def __call__(self, connection: Any) -> None:
-        address = _address(connection)
-        if address in self.seen:
+        self.connects += 1
+        again = _seen_before(self.seen, connection) if self.counter.per_node else self.connects > 1
+        if again:
             self.counter.count += 1
-        self.seen.add(address)
 
 
 class DeferredCluster:
