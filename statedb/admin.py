@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from statedb import commands
+from statedb import commands, snapshot
 from statedb._async.clients import open_async_client
 from statedb._async.repository import AsyncStateRepository
 from statedb.config import StateDBConfig
@@ -312,8 +312,12 @@ async def purge_old_revoked(
     low, high = purge_range(cutoff(time.time() if now is None else now, older_than))
     command = "zcount" if dry_run else "zremrangebyscore"
     async with _session(redis, key_prefix, scope) as session:
+        if not dry_run:
+            await fleet_snapshot_stale(session)
         removed = await _sum_per_set(session, worker_name, lambda pipe, key: getattr(pipe, command)(key, low, high),
                                      concurrency=concurrency, progress=progress)
+        if not dry_run:
+            await fleet_snapshot_stale(session)
         await _purge_old_stamps(session.client, older_than=older_than, worker_name=worker_name,  # stamped-header
                                 key_prefix=key_prefix, scope=scope, dry_run=dry_run, now=now)  # revokes
         return removed
@@ -347,8 +351,19 @@ async def restore(
     if not members:
         return 0
     async with _session(redis, key_prefix, scope) as session:
-        return await _sum_per_set(session, worker_name, lambda pipe, key: pipe.zrem(key, *members),
-                                  concurrency=concurrency, progress=progress)
+        await fleet_snapshot_stale(session)
+        removed = await _sum_per_set(session, worker_name, lambda pipe, key: pipe.zrem(key, *members),
+                                     concurrency=concurrency, progress=progress)
+        await fleet_snapshot_stale(session)
+        return removed
+
+
+async def fleet_snapshot_stale(session: _Session) -> None:
+    """Every removal from the fleet set (or that may touch it) marks its snapshot stale, before and after
+    it removes (:func:`statedb.snapshot.mark_stale`): a booting worker then never takes a removed id for
+    stored, nor misses one written late with an old score."""
+    operation = snapshot.mark_stale(session.schema.shared_revoked_key)
+    operation.result(await session.pipeline(operation.stage))
 
 
 async def _purge_old_stamps(redis: RedisTarget, **kwargs: Any) -> int:

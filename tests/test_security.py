@@ -426,13 +426,15 @@ def test_tls_misconfiguration_stops_the_worker_with_one_line(
 
 # -- least privilege: an ACL user limited to the prefix and the commands the library sends ----------
 
-# What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, ZREVRANGE, ZCARD, ZCOUNT, ZMSCORE on the sorted
-# sets; GET and EVAL (whose script calls GET and SET) on clock keys only; TIME and INFO (keyless: the
-# server's clock and eviction policy); plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than
-# 0) and CLIENT SETINFO (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the
-# ACL log).
-WORKER_COMMANDS = "+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zcard +zcount +zmscore +time +info"
+# What a worker sends: PING, ZADD, ZREVRANGEBYSCORE, ZREVRANGE, ZRANGEBYSCORE, ZCARD, ZCOUNT, ZMSCORE on
+# the sorted sets; GET and EVAL (whose script calls GET and SET) on clock keys only; GETRANGE, GET, SET and
+# EVAL on the fleet set's snapshot and its build lock only; TIME and INFO (keyless: the server's clock and
+# eviction policy); plus HELLO (redis-py >= 6 speaks RESP3), SELECT (db other than 0) and CLIENT SETINFO
+# (redis-py >= 5 on Redis >= 7.2 or Valkey: refused harmlessly, but it fills the ACL log).
+WORKER_COMMANDS = ("+ping +hello +select +zadd +zrevrangebyscore +zrevrange +zrangebyscore +zcard +zcount +zmscore "
+                   "+time +info")
 CLOCK_COMMANDS = "+get +set +eval"
+SNAPSHOT_COMMANDS = "+getrange +get +set +eval"
 OPTIONAL_COMMANDS = "+client|setinfo"
 # The admin CLI and APIs add reads, purges and restores over every set of the prefix.
 ADMIN_COMMANDS = WORKER_COMMANDS + " +get +set +eval +scan +type +zrange +zscore +zrem +zremrangebyscore" \
@@ -455,12 +457,14 @@ def acl_rule(prefix: str, commands: str, client: redis.Redis) -> list[str]:
 
 
 def worker_acl_rule(prefix: str, client: redis.Redis, clock_commands: str = CLOCK_COMMANDS) -> list[str]:
-    """The README's worker rule: the sorted-set commands on the sorted sets only, and a selector for the
-    clock keys (GET, SET, EVAL), so a worker credential cannot change any key's type."""
+    """The README's worker rule: the sorted-set commands on the sorted sets only, a selector for the
+    clock keys (GET, SET, EVAL) and one for the fleet set's snapshot and its lock (GETRANGE, GET, SET,
+    EVAL), so a worker credential cannot change any other key's type."""
     keys = [f"~{prefix}*:revoked", f"~{prefix}*:stamps", f"~{prefix}shared:fleet-revoked",
             f"~{prefix}shared:fleet-stamps"]
+    snapshot_keys = f"~{prefix}shared:fleet-revoked:snapshot ~{prefix}shared:fleet-revoked:snapshot-lock"
     return ["on", f">{ACL_PASSWORD}", "resetkeys", *keys, "resetchannels", "-@all", *WORKER_COMMANDS.split(),
-            *_optional(client), f"(~{prefix}*:clock {clock_commands})"]
+            *_optional(client), f"(~{prefix}*:clock {clock_commands})", f"({snapshot_keys} {SNAPSHOT_COMMANDS})"]
 
 
 def acl_log(client: redis.Redis) -> list[str]:

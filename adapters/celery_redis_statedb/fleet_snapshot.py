@@ -1,0 +1,270 @@
+"""Boot from the fleet set's snapshot (:mod:`statedb.snapshot`): ~16 bytes an id instead of the set.
+
+At boot (:func:`open_snapshot`), before reading the fleet set:
+
+1. one round trip reads the snapshot's header and first slice, and ZCARD of the set;
+2. a snapshot that still covers the set (``ZCOUNT`` up to its max score equals its count) is read
+   to its end in bounded slices and its digest checked; the caller then reads the ids newer than
+   it from the set (the delta) and, last, :meth:`Opened.still_current` reads its prefix again;
+3. with no usable snapshot (none, a marker left by a removal, a late write with an old score, a
+   corrupt value) or one the delta has outgrown, a worker takes the build lock (``SET NX PX``) and
+   builds one, which it then boots from; the others wait for it a while (a few tiny polls), then
+   read the new snapshot, or the set as 0.5 did. So a storm of boots builds one snapshot, not 200.
+
+Nothing here stops a boot: a snapshot that cannot be read, written or trusted means reading the
+fleet set as it is. A corrupt value is reported (an ERROR naming the key) and rebuilt; a key of
+another type is reported as unreadable and left alone; an ACL without the snapshot's commands gets
+one warning. Only "Redis is unreachable" goes up, as for any other boot read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from statedb import snapshot
+from statedb._sync.repository import SyncStateRepository
+from statedb.cursors import TRIP_BYTES
+from statedb.errors import (
+    AccessDeniedError,
+    CorruptValueError,
+    StateDBError,
+    WrongKeyTypeError,
+)
+
+logger = logging.getLogger("celery_redis_statedb")
+
+TOP_ROWS = 64  # the highest rows read to find the max score (+inf ones, bad, are skipped)
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When the fleet set's snapshot is used, built and waited for.
+
+    ``min_ids``: a fleet set smaller than this is read as it is (a snapshot saves little);
+    rebuilt once the ids newer than the snapshot exceed ``stale_share`` of it (and ``min_stale``);
+    a build holds its lock at most ``lock_ttl`` seconds; a worker that finds a build under way waits
+    for it ``wait_base`` seconds plus ``wait_per_id`` an id of the set, ``max_wait`` at most.
+    """
+
+    min_ids: int = 4096
+    stale_share: float = 0.125
+    min_stale: int = 4096
+    lock_ttl: float = 60.0
+    wait_base: float = 2.0
+    wait_per_id: float = 5e-6
+    max_wait: float = 30.0
+    poll_interval: float = 0.05
+
+    def wait_for(self, ids: int) -> float:
+        return min(self.max_wait, self.wait_base + ids * self.wait_per_id)
+
+    def outgrown(self, head: snapshot.Head, newer: int) -> bool:
+        return newer > max(self.min_stale, self.stale_share * head.count)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A snapshot that covered the fleet set when it was checked, and the set's counts then."""
+
+    head: snapshot.Head
+    body: snapshot.SnapshotBody
+    total: int  # ids in the set
+    too_old: int  # ids revoked before the horizon start
+    source: str  # "snapshot" (read) or "built" (by this worker)
+
+    @property
+    def max_score(self) -> float:
+        return self.head.max_score
+
+    @property
+    def newer(self) -> int:
+        """Ids of the set scored above the snapshot's max score (the delta): its first ranks."""
+        return self.total - self.head.count
+
+    def report_bad(self, repository: SyncStateRepository) -> None:
+        """The bad members the snapshot leaves out, reported as a read of the set reports them
+        (into ``repository.bad``; raised if it has none)."""
+        if not self.head.bad:
+            return
+        key = repository.keys.shared
+        errors = [CorruptValueError(report, key=key) for report in self.body.bad_reports]
+        rest = CorruptValueError(f"Redis key {key!r} holds bad members (left out of its snapshot)", key=key)
+        if repository.bad is None:
+            raise errors[0] if errors else rest
+        for error in errors:
+            repository.bad.skip(error)
+        for _ in range(self.head.bad - len(errors)):
+            repository.bad.skip(rest)
+
+    def still_current(self, repository: SyncStateRepository) -> bool:
+        """Read last, after the delta: a marker (a removal) or a rebuild since the check shows here, and
+        so does a removal that left no marker, if it took one of a few ids sampled (a DEL by hand)."""
+        fleet = repository.keys.shared
+        try:
+            prefix, present = repository.execute(
+                snapshot.confirm(snapshot.snapshot_key(fleet), fleet, self.body.sample()))
+        except (AccessDeniedError, WrongKeyTypeError):
+            return False
+        if prefix != self.head.prefix:
+            return False
+        if not present:  # ids left the set with no marker: so that the next boot rebuilds it
+            with contextlib.suppress(StateDBError):
+                repository.execute(snapshot.mark_stale(fleet))
+            logger.warning("redis-statedb: ids of the fleet set's snapshot are no longer in the set, with no "
+                           "restore or purge marked (removed by hand?): the set is read instead, and the "
+                           "snapshot rebuilt at the next boot")
+        return present
+
+
+def open_snapshot(repository: SyncStateRepository, policy: SnapshotPolicy, *, horizon_start: float | None,
+                  now: float) -> Opened | None:
+    """The fleet set's snapshot to boot from, built here if need be; None: read the set as it is."""
+    key = snapshot.snapshot_key(repository.keys.shared)
+    try:
+        return _Boot(repository, policy, horizon_start, now).open(build=True)
+    except AccessDeniedError as exc:
+        logger.warning("redis-statedb: Redis refused the fleet set's snapshot (%s): this worker reads the whole "
+                       "fleet set at boot; grant the worker's ACL user the snapshot keys (README, Security)", exc)
+    except WrongKeyTypeError as exc:
+        if exc.key != key:
+            raise  # the fleet set itself: the caller reports it
+        if repository.bad is None:
+            logger.error("redis-statedb: %s: not read, the fleet set is read instead", exc)
+        else:
+            repository.bad.key_unreadable(exc)
+    return None
+
+
+class _Boot:
+    def __init__(self, repository: SyncStateRepository, policy: SnapshotPolicy, horizon_start: float | None,
+                 now: float) -> None:
+        self.repository, self.policy, self.horizon_start, self.now = repository, policy, horizon_start, now
+        self.fleet = repository.keys.shared
+        self.key, self.lock = snapshot.snapshot_key(self.fleet), snapshot.lock_key(self.fleet)
+        self.slice = repository.operations.trip_bytes or TRIP_BYTES
+
+    def open(self, *, build: bool) -> Opened | None:
+        repository = self.repository
+        raw, size = repository.execute(snapshot.read_head(self.key, self.fleet, size=self.slice))
+        if size < self.policy.min_ids:
+            return None
+        head = self._head(raw)
+        usable: tuple[snapshot.Head, int, int] | None = None  # covers the set, but outgrown by the delta
+        if head is not None and head.kind == snapshot.SNAPSHOT:
+            total, covered, too_old = repository.execute(
+                snapshot.check_covered(self.fleet, head.max_score, self.horizon_start))
+            if covered == head.count:
+                if not build or not self.policy.outgrown(head, total - covered):
+                    opened = self._read(head, raw, total, too_old)
+                    if opened is not None or not build:
+                        return opened
+                else:
+                    usable = (head, total, too_old)
+        if not build:
+            return None
+        token = os.urandom(16).hex().encode()
+        locked, prefix = repository.execute(
+            snapshot.lock(self.lock, self.key, token, max(1, int(self.policy.lock_ttl * 1000))))
+        if locked:
+            try:
+                value = self._build(prefix)
+            finally:
+                self._release(token)
+            if value is not None:
+                return self._built(value)
+        if usable is not None:  # another worker is rebuilding it (or this one could not): boot from it
+            return self._read(usable[0], raw, usable[1], usable[2])
+        return None if locked else self._wait(raw[: snapshot.PREFIX_SIZE], size)
+
+    def _built(self, value: bytes) -> Opened | None:
+        head = snapshot.decode_head(self.key, value)
+        assert head is not None
+        total, covered, too_old = self.repository.execute(
+            snapshot.check_covered(self.fleet, head.max_score, self.horizon_start))
+        if covered != head.count:  # a late write since the build's own check: the next boot rebuilds
+            return None
+        return Opened(head, snapshot.decode_body(self.key, head, value[snapshot.HEAD_SIZE:]), total, too_old,
+                      "built")
+
+    def _head(self, raw: bytes) -> snapshot.Head | None:
+        try:
+            return snapshot.decode_head(self.key, raw)
+        except CorruptValueError as exc:
+            _report(exc)
+            return None
+
+    def _read(self, head: snapshot.Head, raw: bytes, total: int, too_old: int) -> Opened | None:
+        """The rest of the snapshot, in slices of at most the trip budget; None if it changed meanwhile
+        (a rebuild or a marker) or is corrupt (reported)."""
+        data = bytearray(raw[snapshot.HEAD_SIZE: head.size])
+        while len(data) < head.body_len:
+            start = snapshot.HEAD_SIZE + len(data)
+            chunk = self.repository.execute(snapshot.read_range(self.key, start, min(head.size, start + self.slice)))
+            if not chunk:
+                break
+            data += chunk
+        try:
+            body = snapshot.decode_body(self.key, head, bytes(data))
+        except CorruptValueError as exc:
+            if self.repository.execute(snapshot.read_prefix(self.key)) == head.prefix:
+                _report(exc)  # not a rewrite under our feet: the value itself is bad
+            return None
+        return Opened(head, body, total, too_old, "snapshot")
+
+    def _build(self, prefix: bytes) -> bytes | None:
+        """Every member scored up to the set's max score, oldest first, as a snapshot, written unless a
+        marker or another snapshot replaced ``prefix`` meanwhile; None if not written."""
+        repository, operations = self.repository, self.repository.operations
+        top = repository.execute(snapshot.top_rows(self.fleet, TOP_ROWS))
+        finite = [score for _, score in top if math.isfinite(score)]
+        if not finite:
+            return None
+        max_score = finite[0]
+        writer = snapshot.SnapshotWriter(self.fleet)
+        cursor = snapshot.BuildCursor(self.fleet, max_score=max_score, chunk_size=operations.load_chunk_size,
+                                      trip_bytes=operations.trip_bytes)
+        for page in repository.iter_cursor(cursor):
+            writer.add(page)
+        if cursor.overflow:
+            logger.info("redis-statedb: more than %d ids of the fleet set share one revocation time: no snapshot",
+                        snapshot.MAX_TIES)
+            return None
+        if repository.execute(snapshot.count_up_to(self.fleet, max_score)) != writer.count:
+            return None  # written to meanwhile below the max score: the next boot tries again
+        value = writer.value(max_score=max_score, built_at=self.now)
+        try:
+            written = repository.execute(snapshot.write(self.key, prefix, value))
+        except (WrongKeyTypeError, AccessDeniedError):
+            raise
+        except StateDBError as exc:  # out of memory, read-only replica, a refused script...
+            logger.warning("redis-statedb: the fleet set's snapshot could not be written (%s); booting on what "
+                           "was read", exc)
+            return None
+        return value if written else None
+
+    def _release(self, token: bytes) -> None:
+        with contextlib.suppress(StateDBError):  # it expires on its own
+            self.repository.execute(snapshot.release(self.lock, token))
+
+    def _wait(self, seen: bytes, size: int) -> Opened | None:
+        """Another worker is building: poll until its snapshot is there (then read it), its lock
+        is gone (it gave up) or the wait is over."""
+        deadline = time.monotonic() + self.policy.wait_for(size)
+        while time.monotonic() < deadline:
+            time.sleep(self.policy.poll_interval * random.uniform(0.5, 1.5))
+            prefix, building = self.repository.execute(snapshot.poll(self.key, self.lock))
+            if prefix != seen:
+                return self.open(build=False)
+            if not building:
+                return None
+        return None
+
+
+def _report(exc: CorruptValueError) -> None:
+    logger.error("redis-statedb: %s: ignored (the fleet set is read instead) and rebuilt", exc)

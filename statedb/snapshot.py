@@ -1,0 +1,522 @@
+"""The fleet set's snapshot: a compact copy kept beside it, so a booting worker reads ~16 bytes an id.
+
+Every worker reads the whole fleet set at boot. Read as sorted-set replies that is about 43 bytes
+and a fraction of a microsecond of Redis' one thread an id, for every worker: a thousand workers
+booting at once from 50 000 ids is gigabytes of replies. The snapshot is one string,
+``<fleet key>:snapshot``, read in bounded ``GETRANGE`` slices:
+
+- a header (``HEAD_SIZE`` bytes): magic, version, kind (a snapshot, or a marker saying ids were
+  removed since), a token (the BLAKE2b digest of all that follows it, or random for a marker),
+  ``count`` (members of the set scored at most ``max_score`` when it was built, bad members
+  included), ``max_score``, the body's length, the bad members it leaves out, when it was built;
+- a body: the ids grouped by revocation time rounded up to the second, oldest first: canonical
+  UUIDs packed to 16 bytes, any other id as text, and zlib for everything but the UUIDs.
+
+Never pickle: nothing here executes what it reads, and anything malformed is a
+:class:`~statedb.errors.CorruptValueError` naming the key.
+
+**When a snapshot may be used.** Scores only ever go down (every writer of the library uses
+``ZADD ... LT``) and an id leaves a set only through a removal (restore, purge), which overwrites
+the snapshot with a marker before and after it removes (:func:`mark_stale`). So, with the same
+snapshot still in place, every id it holds is still in the set, scored at most ``max_score``;
+``ZCOUNT set -inf max_score`` equal to its ``count`` then means no other id is: a late write with
+an old score (ids flushed after an outage keep their revocation time, a migration, a write-back)
+would make it larger. Ids revoked since, scored above ``max_score``, are read from the set (the
+delta). The header is read again after that count, so a removal that overlapped it shows.
+**When one may be written:** a builder reads the header prefix first, then every member scored
+at most ``max_score`` oldest first (each read once: scores only go down), checks the count, and
+writes with a script that compares the prefix again (one key): a marker written meanwhile wins.
+
+Every command touches one key (Redis Cluster); the worker ACL needs ``GETRANGE``, ``SET`` and
+``EVAL`` on the snapshot key and its lock key, and ``ZRANGEBYSCORE`` on the fleet set.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+import os
+import random
+import struct
+import sys
+import zlib
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from statedb import uuid_pack
+from statedb.commands import BadMembers, Operation, PipelineLike, decode_revoked_page
+from statedb.cursors import TRIP_BYTES, TripBudget, member_bytes
+from statedb.errors import CorruptValueError, InvalidInputError
+
+SNAPSHOT_SUFFIX = ":snapshot"
+LOCK_SUFFIX = ":snapshot-lock"
+
+MAGIC = b"CRSS"
+VERSION = 1
+SNAPSHOT, MARKER = 1, 2
+_HEAD = struct.Struct("<4sBB2x16sQdQId4x")
+HEAD_SIZE = _HEAD.size  # 64
+PREFIX_SIZE = 24  # magic, version, kind and token: what a writer compares before it overwrites
+_TAIL = struct.Struct("<QdQId")  # the header after the token (covered by the digest)
+# Lengths: zlib'd groups, packed UUIDs (ids), zlib'd other ids, zlib'd reports of the bad members left out.
+_BODY = struct.Struct("<IIII")
+_GROUPS = struct.Struct("<Iq")  # groups, the first group's stamp
+STAMP_LIMIT = 2**62  # stamps (whole seconds) are clamped to +-this: far beyond any real time
+MAX_TIES = 200_000  # ids sharing one score a build keeps apart; beyond, no snapshot is built
+SAMPLE_ENDS, SAMPLE_SPREAD = 8, 16  # ids of a snapshot a boot checks are still in the set
+
+# A string of the key, as it may be shown (bytes that are not text escaped).
+CAS_SCRIPT = """
+if redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1) ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', 1)
+  return 1
+end
+return 0
+"""
+
+
+def snapshot_key(fleet_key: str) -> str:
+    return fleet_key + SNAPSHOT_SUFFIX
+
+
+def lock_key(fleet_key: str) -> str:
+    return fleet_key + LOCK_SUFFIX
+
+
+# -- the header ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Head:
+    """A snapshot's header (``kind`` SNAPSHOT) or a marker's (``kind`` MARKER)."""
+
+    kind: int
+    token: bytes
+    count: int
+    max_score: float
+    body_len: int
+    bad: int
+    built_at: float
+    prefix: bytes  # the first PREFIX_SIZE bytes as stored
+
+    @property
+    def size(self) -> int:
+        return HEAD_SIZE + self.body_len
+
+
+def decode_head(key: str, raw: bytes) -> Head | None:
+    """The header at the start of ``raw`` (None: the key is missing); CorruptValueError naming the key
+    for anything else that is not one of ours, a newer version included."""
+    if not raw:
+        return None
+    if len(raw) < HEAD_SIZE or raw[:4] != MAGIC:
+        raise CorruptValueError(f"Redis key {key!r} does not hold a snapshot of the fleet set: {raw[:24]!r}",
+                                key=key)
+    _, version, kind, token, count, max_score, body_len, bad, built_at = _HEAD.unpack_from(raw)
+    if version != VERSION or kind not in (SNAPSHOT, MARKER):
+        raise CorruptValueError(f"Redis key {key!r} holds a snapshot of version {version}, kind {kind}: not one "
+                                f"this version reads", key=key)
+    if kind == SNAPSHOT and (not math.isfinite(max_score) or count < bad):
+        raise CorruptValueError(f"Redis key {key!r} holds a snapshot header that does not add up", key=key)
+    return Head(kind, token, count, max_score, body_len if kind == SNAPSHOT else 0, bad, built_at,
+                bytes(raw[:PREFIX_SIZE]))
+
+
+def marker_value() -> bytes:
+    """A marker: "ids were removed from the set since any snapshot"; random, so each is new."""
+    return _HEAD.pack(MAGIC, VERSION, MARKER, os.urandom(16), 0, 0.0, 0, 0, 0.0)
+
+
+# -- the body ------------------------------------------------------------------
+
+
+def _stamp(score: float) -> int:
+    """A score rounded up to the second, clamped to +-STAMP_LIMIT."""
+    if score >= STAMP_LIMIT:
+        return STAMP_LIMIT
+    if score <= -STAMP_LIMIT:
+        return -STAMP_LIMIT
+    return math.ceil(score)
+
+
+def _le(values: array[int]) -> bytes:
+    if sys.byteorder == "big":  # pragma: no cover (every platform CI runs is little-endian)
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_le(typecode: str, raw: bytes) -> array[int]:
+    values = array(typecode)
+    values.frombytes(raw)
+    if sys.byteorder == "big":  # pragma: no cover
+        values.byteswap()
+    return values
+
+
+class SnapshotWriter:
+    """Builds a snapshot of the set ``key`` from pages of (member, score) rows given oldest first.
+
+    ``count`` counts every row given (scored at most the snapshot's max score), ``bad`` the
+    ones left out (members that are not UTF-8 text, a non-finite score), whose reports (the
+    first few) the snapshot keeps: every worker booting from it reports them, as a read would.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.count = 0
+        self.bad = BadMembers()
+        self._stamps: list[int] = []
+        self._uuids: list[int] = []  # UUIDs in each group
+        self._others: list[int] = []  # other ids in each group
+        self._packed: list[bytes] = []
+        self._other_ids: list[bytes] = []
+
+    def add(self, rows: Sequence[tuple[bytes, float]]) -> None:
+        self.count += len(rows)
+        members = [member for member, _ in rows]
+        scores = [score for _, score in rows]
+        if not b"".join(members).isascii() or not math.isfinite(sum(scores)):
+            kept = decode_revoked_page(self.key, rows, self.bad)
+            members = [task_id.encode() for task_id, _ in kept]
+            scores = [score for _, score in kept]
+        if not members:
+            return
+        # Rounded up to the second (an id is never taken for older than it is), clamped far out.
+        plain = min(scores) > -STAMP_LIMIT and max(scores) < STAMP_LIMIT
+        stamps = list(map(math.ceil, scores) if plain else map(_stamp, scores))
+        packed = uuid_pack.pack_all(members)
+        if packed is not None:
+            self._packed.append(packed)
+            for stamp, same in itertools.groupby(stamps):
+                self._group(stamp, len(list(same)), 0)
+            return
+        canonical = [uuid_pack.is_canonical(member) for member in members]
+        self._packed.append(uuid_pack.pack_all([m for m, c in zip(members, canonical, strict=True) if c]) or b"")
+        self._other_ids.extend(m for m, c in zip(members, canonical, strict=True) if not c)
+        for stamp, pairs in itertools.groupby(zip(stamps, canonical, strict=True),
+                                              key=lambda pair: pair[0]):
+            flags = [flag for _, flag in pairs]
+            uuids = flags.count(True)
+            self._group(stamp, uuids, len(flags) - uuids)
+
+    def _group(self, stamp: int, uuids: int, others: int) -> None:
+        if self._stamps and self._stamps[-1] == stamp:  # the group goes on from the page before
+            self._uuids[-1] += uuids
+            self._others[-1] += others
+            return
+        if self._stamps and stamp < self._stamps[-1]:
+            raise InvalidInputError("snapshot rows must be given oldest first")
+        self._stamps.append(stamp)
+        self._uuids.append(uuids)
+        self._others.append(others)
+
+    def value(self, *, max_score: float, built_at: float) -> bytes:
+        """The snapshot (header and body) of every row given."""
+        stamps = self._stamps
+        deltas = array("Q", (b - a for a, b in itertools.pairwise(stamps)))
+        groups = (_GROUPS.pack(len(stamps), stamps[0] if stamps else 0) + _le(deltas)
+                  + _le(array("I", self._uuids)) + _le(array("I", self._others)))
+        others = _le(array("I", map(len, self._other_ids))) + b"".join(self._other_ids)
+        packed = b"".join(self._packed)
+        reports = "\n".join(str(error).replace("\n", " ") for error in self.bad.errors).encode()
+        groups_z, others_z, reports_z = (zlib.compress(part, 6) for part in (groups, others, reports))
+        body = b"".join((_BODY.pack(len(groups_z), len(packed) // uuid_pack.PACKED_LEN, len(others_z),
+                                    len(reports_z)), groups_z, packed, others_z, reports_z))
+        tail = _TAIL.pack(self.count, max_score, len(body), self.bad.count, built_at)
+        token = hashlib.blake2b(tail + body, digest_size=16).digest()
+        return _HEAD.pack(MAGIC, VERSION, SNAPSHOT, token, self.count, max_score, len(body), self.bad.count,
+                          built_at) + body
+
+
+@dataclass(frozen=True)
+class Partition:
+    """What a worker takes from a snapshot: ids for Celery's own set, as pages of (stamp, ids newest
+    first) oldest page first, and the stored form of the rest within the horizon, for the index."""
+
+    memory: list[tuple[float, list[str]]]
+    index: list[bytes]
+
+    @property
+    def in_memory(self) -> list[str]:
+        return [task_id for _, ids in self.memory for task_id in ids]
+
+
+@dataclass(frozen=True)
+class SnapshotBody:
+    """A decoded body: groups of ids sharing a stamp (whole seconds, at least their revocation time),
+    oldest first; in each group its UUIDs, then its other ids."""
+
+    stamps: list[int]
+    uuid_counts: array[int]
+    other_counts: array[int]
+    packed: bytes
+    others: list[bytes]
+    bad_reports: list[str]  # why the first bad members the snapshot leaves out were left out
+
+    def __len__(self) -> int:
+        return len(self.packed) // uuid_pack.PACKED_LEN + len(self.others)
+
+    def partition(self, *, room: int | None, memory_from: float | None, horizon_from: float | None) -> Partition:
+        """The newest ``room`` ids (all if None) stamped at or after ``memory_from`` for memory, every
+        other one stamped at or after ``horizon_from`` for the index (None: no bound)."""
+        stamps = self.stamps
+        first = 0 if horizon_from is None else bisect.bisect_left(stamps, horizon_from)
+        floor = first if memory_from is None else max(first, bisect.bisect_left(stamps, memory_from))
+        uu = [0, *itertools.accumulate(self.uuid_counts)]
+        oo = [0, *itertools.accumulate(self.other_counts)]
+        texts = uuid_pack.unpack_all(self.packed[uu[first] * uuid_pack.PACKED_LEN:])
+
+        def group(g: int) -> list[bytes]:
+            return texts[uu[g] - uu[first]: uu[g + 1] - uu[first]] + self.others[oo[g]: oo[g + 1]]
+
+        memory: list[tuple[float, list[str]]] = []
+        taken, g, cut_u, cut_o = 0, len(stamps), uu[-1], oo[-1]
+        while g > floor and (room is None or taken < room):
+            g -= 1
+            ids = group(g)
+            keep = len(ids) if room is None else min(len(ids), room - taken)
+            rest = len(ids) - keep  # the group's first ``rest`` ids go to the index
+            memory.append((float(stamps[g]), [member.decode() for member in reversed(ids[rest:])]))
+            taken += keep
+            uuids = self.uuid_counts[g]
+            cut_u = uu[g] + min(rest, uuids)
+            cut_o = oo[g] + max(0, rest - uuids)
+        memory.reverse()
+        index = texts[: cut_u - uu[first]] + self.others[oo[first]: cut_o]
+        return Partition(memory, index)
+
+
+    def sample(self, ends: int = SAMPLE_ENDS, spread: int = SAMPLE_SPREAD, *, rng: random.Random | None = None
+               ) -> list[bytes]:
+        """Some of the ids (the oldest and newest of each kind, and a few at random), as stored."""
+        chosen: list[bytes] = []
+        uuids = len(self.packed) // uuid_pack.PACKED_LEN
+        for total, pick in ((uuids, lambda i: uuid_pack.unpack_all(
+                self.packed[i * uuid_pack.PACKED_LEN: (i + 1) * uuid_pack.PACKED_LEN])[0]),
+                            (len(self.others), self.others.__getitem__)):
+            at = {*range(min(ends, total)), *range(max(0, total - ends), total)}
+            at.update((rng or random).sample(range(total), min(spread, total)))
+            chosen.extend(pick(i) for i in sorted(at))
+        return chosen
+
+
+def decode_body(key: str, head: Head, body: bytes) -> SnapshotBody:
+    """The body of the snapshot ``head`` describes; CorruptValueError naming the key if it is not
+    whole, does not match its digest, or does not add up."""
+    def corrupt(why: str) -> CorruptValueError:
+        return CorruptValueError(f"Redis key {key!r} holds a corrupt snapshot of the fleet set ({why})", key=key)
+
+    if len(body) != head.body_len:
+        raise corrupt(f"its body is {len(body)} bytes, its header says {head.body_len}")
+    tail = _TAIL.pack(head.count, head.max_score, head.body_len, head.bad, head.built_at)
+    if hashlib.blake2b(tail + body, digest_size=16).digest() != head.token:
+        raise corrupt("its digest does not match")
+    try:
+        groups_len, uuid_count, others_len, reports_len = _BODY.unpack_from(body)
+        at = _BODY.size
+        groups = zlib.decompress(body[at: at + groups_len])
+        at += groups_len
+        packed = body[at: at + uuid_count * uuid_pack.PACKED_LEN]
+        at += len(packed)
+        others_raw = zlib.decompress(body[at: at + others_len])
+        at += others_len
+        reports = zlib.decompress(body[at: at + reports_len]).decode("utf-8")
+        count, first = _GROUPS.unpack_from(groups)
+        sizes = (8 * max(0, count - 1), 4 * count, 4 * count)
+        if len(groups) != _GROUPS.size + sum(sizes) or at + reports_len != len(body):
+            raise corrupt("its sections do not add up")
+        deltas = _from_le("Q", groups[_GROUPS.size: _GROUPS.size + sizes[0]])
+        uuid_counts = _from_le("I", groups[_GROUPS.size + sizes[0]: _GROUPS.size + sizes[0] + sizes[1]])
+        other_counts = _from_le("I", groups[_GROUPS.size + sizes[0] + sizes[1]:])
+        others_total = sum(other_counts)
+        lengths = _from_le("I", others_raw[: 4 * others_total])
+        blob = others_raw[4 * others_total:]
+        if (len(packed) != uuid_count * uuid_pack.PACKED_LEN or sum(uuid_counts) != uuid_count
+                or len(lengths) != others_total or sum(lengths) != len(blob)):
+            raise corrupt("its sections do not add up")
+        ends = list(itertools.accumulate(lengths))
+        others = [blob[end - size: end] for end, size in zip(ends, lengths, strict=True)]
+        stamps = list(itertools.accumulate(deltas, initial=first)) if count else []
+    except (struct.error, zlib.error, ValueError) as exc:
+        raise corrupt(str(exc)) from None
+    if len(others) + uuid_count + head.bad != head.count:
+        raise corrupt("it holds another number of ids than its header says")
+    return SnapshotBody(stamps, uuid_counts, other_counts, packed, others, reports.split("\n") if reports else [])
+
+
+# -- operations ----------------------------------------------------------------
+
+
+def read_head(key: str, fleet_key: str, *, size: int) -> Operation[tuple[bytes, int]]:
+    """The first ``size`` bytes of the snapshot (b'' if missing), and ZCARD of the fleet set."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.getrange(key, 0, size - 1)
+        pipe.zcard(fleet_key)
+
+    return Operation((key, fleet_key), stage, lambda replies: (bytes(replies[0]), int(replies[1])))
+
+
+def check_covered(fleet_key: str, max_score: float, horizon_start: float | None
+                  ) -> Operation[tuple[int, int, int]]:
+    """(ids in the fleet set, ids scored at most ``max_score``, ids revoked before ``horizon_start``)."""
+    before = "(-inf" if horizon_start is None else f"({horizon_start!r}"
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.zcard(fleet_key)
+        pipe.zcount(fleet_key, "-inf", repr(max_score))
+        pipe.zcount(fleet_key, "-inf", before)
+
+    return Operation((fleet_key,) * 3, stage, lambda replies: (int(replies[0]), int(replies[1]), int(replies[2])))
+
+
+def confirm(key: str, fleet_key: str, sample: Sequence[bytes]) -> Operation[tuple[bytes, bool]]:
+    """Read after the delta: the snapshot's prefix (unchanged: no marker, no rebuild since), and whether
+    every sampled id is still in the set (a removal that left no marker, a DEL or a ZREM by hand, shows
+    here if it took one of them: a DEL always does)."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.getrange(key, 0, PREFIX_SIZE - 1)
+        if sample:
+            pipe.zmscore(fleet_key, sample)
+
+    def parse(replies: Sequence[Any]) -> tuple[bytes, bool]:
+        return bytes(replies[0]), not sample or all(score is not None for score in replies[1])
+
+    return Operation((key, fleet_key) if sample else (key,), stage, parse)
+
+
+def read_range(key: str, start: int, stop: int) -> Operation[bytes]:
+    """Bytes ``start`` to ``stop - 1`` of the snapshot."""
+    return Operation((key,), lambda pipe: pipe.getrange(key, start, stop - 1), lambda replies: bytes(replies[0]))
+
+
+def read_prefix(key: str) -> Operation[bytes]:
+    """The snapshot's prefix (magic, kind, token): changed by every write and every marker."""
+    return read_range(key, 0, PREFIX_SIZE)
+
+
+def top_rows(fleet_key: str, count: int) -> Operation[list[tuple[bytes, float]]]:
+    """The ``count`` highest (member, score) rows of the fleet set, as stored."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.zrevrangebyscore(fleet_key, "+inf", "-inf", start=0, num=count, withscores=True)
+
+    return Operation((fleet_key,), stage, lambda replies: [(bytes(m), float(s)) for m, s in replies[0]])
+
+
+def count_up_to(fleet_key: str, max_score: float) -> Operation[int]:
+    return Operation((fleet_key,), lambda pipe: pipe.zcount(fleet_key, "-inf", repr(max_score)),
+                     lambda replies: int(replies[0]))
+
+
+def write(key: str, expected_prefix: bytes, value: bytes) -> Operation[bool]:
+    """Store ``value`` unless the key's prefix is no longer ``expected_prefix`` (b'': it was missing).
+    A key of another type fails (WRONGTYPE) and is left as it is."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.eval(CAS_SCRIPT, 1, key, str(PREFIX_SIZE), expected_prefix, value)
+
+    return Operation((key,), stage, lambda replies: bool(int(replies[0])))
+
+
+def lock(lock_key_: str, key: str, token: bytes, ttl_ms: int) -> Operation[tuple[bool, bytes]]:
+    """Take the build lock (SET NX PX) and read the snapshot's prefix after it, in one trip."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.set(lock_key_, token, nx=True, px=ttl_ms)
+        pipe.getrange(key, 0, PREFIX_SIZE - 1)
+
+    return Operation((lock_key_, key), stage, lambda replies: (bool(replies[0]), bytes(replies[1])))
+
+
+def release(lock_key_: str, token: bytes) -> Operation[bool]:
+    """Let the build lock go if it is still ``token``'s."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.eval(RELEASE_SCRIPT, 1, lock_key_, token)
+
+    return Operation((lock_key_,), stage, lambda replies: bool(int(replies[0])))
+
+
+def poll(key: str, lock_key_: str) -> Operation[tuple[bytes, bool]]:
+    """The snapshot's prefix, and whether a build holds the lock."""
+
+    def stage(pipe: PipelineLike) -> None:
+        pipe.getrange(key, 0, PREFIX_SIZE - 1)
+        pipe.get(lock_key_)
+
+    return Operation((key, lock_key_), stage, lambda replies: (bytes(replies[0]), replies[1] is not None))
+
+
+def mark_stale(fleet_key: str) -> Operation[None]:
+    """Overwrite the fleet set's snapshot with a marker: for every removal from the fleet set (restore,
+    purge, anything that deletes ids), staged before the removal and again after it."""
+    key = snapshot_key(fleet_key)
+    return Operation((key,), lambda pipe: pipe.set(key, marker_value()), lambda replies: None)
+
+
+class BuildCursor:
+    """(member, score) rows of a set scored at most ``max_score``, oldest first, each member once.
+
+    Keyset paging upwards from -inf: each page starts at the score the last one ended at and skips
+    the rows already read there. Scores only go down, so no row moves into the part not yet read;
+    rows sharing the score a page ended at are remembered (their hashes), so one shifted by a tie
+    added meanwhile is not given twice (one skipped that way shows in the final count).
+    """
+
+    def __init__(self, key: str, *, max_score: float, chunk_size: int, trip_bytes: int | None = TRIP_BYTES) -> None:
+        self.key, self.max_score, self.chunk_size = key, max_score, chunk_size
+        self.budget = TripBudget(trip_bytes)
+        self.low: float | str = "-inf"
+        self.skip = 0
+        self.ties: set[int] = set()  # hashes of the members read at exactly ``low``
+        self.done = False
+        self.overflow = False  # more ids share one score than MAX_TIES: the build is given up
+        self._asked = 0
+
+    def next_operation(self) -> Operation[list[tuple[bytes, float]]] | None:
+        if self.done:
+            return None
+        rows = self.budget.rows()
+        self._asked = count = self.chunk_size if rows is None else min(self.chunk_size, rows)
+        key, low, high, skip, budget = self.key, self.low, repr(self.max_score), self.skip, self.budget
+
+        def stage(pipe: PipelineLike) -> None:
+            pipe.zrangebyscore(key, low, high, start=skip, num=count, withscores=True)
+
+        def parse(replies: Sequence[Any]) -> list[tuple[bytes, float]]:
+            budget.saw(len(replies[0]), member_bytes(replies[0], scored=True))
+            return [(bytes(member), float(score)) for member, score in replies[0]]
+
+        return Operation((key,), stage, parse)
+
+    def feed(self, rows: list[tuple[bytes, float]]) -> list[list[tuple[bytes, float]]]:
+        """The page's rows not given before (one page, as a list of one)."""
+        low, ties = self.low, self.ties
+        fresh = [row for row in rows if row[1] != low or hash(row[0]) not in ties]
+        if len(rows) < self._asked:
+            self.done = True
+            return [fresh]
+        last = rows[-1][1]
+        at_last = [hash(member) for member, score in rows if score == last]
+        if last == low:
+            self.skip += len(rows)
+            ties.update(at_last)
+        else:
+            self.low, self.skip, self.ties = last, len(at_last), set(at_last)
+        if len(self.ties) > MAX_TIES:
+            self.overflow = self.done = True
+        return [fresh]
