@@ -113,7 +113,7 @@ class KeysetCursor(Generic[R_co]):
             return None
         left = None if self.limit is None else self.limit - self.rows_read
         rows = self.budget.rows()
-        self._requested = min(self.chunk_size, *(n for n in (left, rows) if n is not None))
+        self._requested = min([self.chunk_size, *(n for n in (left, rows) if n is not None)])
         self._raw = None
         operation = self.page(offset=self.skip, count=self._requested, high=self.high)
         parse = operation.parse
@@ -203,8 +203,8 @@ class WindowCursor:
     newest. While windows come back less than full the read-ahead doubles (up to
     MAX_READ_AHEAD windows a trip), so an empty or sparse set costs a few round trips,
     not one per ``per_trip`` windows; the ids asked for in one trip stay within the
-    trip budget (each window is asked for about twice the most any window held so
-    far). Windows are ranges of scores, so ids added or purged meanwhile in other
+    trip budget (each window is asked for a quarter more than the most any window
+    held so far). Windows are ranges of scores, so ids added or purged meanwhile in other
     windows shift nothing. ZREVRANGEBYSCORE only: the documented worker ACL fits.
     """
 
@@ -214,7 +214,7 @@ class WindowCursor:
         self.key, self.limit, self.chunk_size, self.per_trip, self.bad = key, limit, chunk_size, per_trip, bad
         self.windows = window_bounds(now, newer_than, width, above=above)
         self.budget = TripBudget(trip_bytes)
-        self.densest = 0  # the most ids a window's first page held so far
+        self.densest = 0  # the most ids read of one window so far
         self.expect = (0, 0)  # the (window, offset) page to hand out next
         self.received: dict[tuple[int, int], tuple[int, list[str], int]] = {}  # page -> (asked for, ids, read)
         self._raw_lengths: list[int] = []
@@ -262,25 +262,30 @@ class WindowCursor:
 
     def _plan_within(self, window: int, offset: int, count: int, left: int | None, rows: int
                      ) -> list[tuple[int, int, int]]:
-        """Pages asking for ``rows`` ids in all: the rest of a window being read on, then the first page
-        of the windows after it, each asked for a little more than the densest window so far."""
+        """One page for each of the next windows not read to their end, asking ``rows`` ids in all: a
+        window not read yet for a quarter more than the most any window held so far, one read on (it
+        held more than it was asked for) for as many again as were read of it."""
         guess = self.densest + self.densest // 4 if self.densest else rows // max(1, self.reach)
-        ask = max(1, min(count, max(MIN_WINDOW_ASK, guess)))
         plan: list[tuple[int, int, int]] = []
-        budget = rows
-        if offset:  # this window holds more than a page: read on in it
-            size = min(self.chunk_size, rows, max(ask, rows // self.per_trip))
-            pages = self.per_trip if left is None else min(self.per_trip, -(-left // size))
-            pages = max(1, min(pages, rows // size))
-            plan = [(window, offset + i * size, size) for i in range(pages)]
-            budget -= pages * size
-            window += 1
-        end = min(window + self.reach, len(self.windows))
-        while window < end and budget >= (1 if not plan else MIN_WINDOW_ASK):
-            plan.append((window, 0, min(ask, budget)))
-            budget -= plan[-1][2]
-            window += 1
+        budget, w = rows, window
+        while w < len(self.windows) and budget > 0 and len(plan) < self.reach:
+            at = offset if w == window else self._read_on_from(w)
+            if at is not None:
+                ask = max(MIN_WINDOW_ASK, at if at else guess)
+                plan.append((w, at, max(1, min(count, budget, ask))))
+                budget -= plan[-1][2]
+            w += 1
         return plan
+
+    def _read_on_from(self, window: int) -> int | None:
+        """Where the next page of ``window`` starts, given the pages received (None: read to its end)."""
+        at = 0
+        while (window, at) in self.received:
+            asked, _, got = self.received[window, at]
+            if got < asked:
+                return None
+            at += asked
+        return at
 
     def feed(self, pages: list[list[str]]) -> list[tuple[float, list[str]]]:
         """The pages now ready, in order: (wall-clock stamp, ids newest first)."""
@@ -289,8 +294,7 @@ class WindowCursor:
         for (w, start, num), ids, got in zip(self._plan, pages, raw, strict=True):
             self.received[w, start] = (num, ids, got)
         heads = [got < num for (_, start, num), got in zip(self._plan, raw, strict=True) if not start]
-        self.densest = max([self.densest, *(got for (_, start, _), got in zip(self._plan, raw, strict=True)
-                                            if not start)])
+        self.densest = max([self.densest, *(start + got for (_, start, _), got in zip(self._plan, raw, strict=True))])
         if heads:  # windows read from their start: all short means a sparse stretch, read further ahead
             self.reach = min(MAX_READ_AHEAD, self.reach * 2) if all(heads) else self.per_trip
         ready: list[tuple[float, list[str]]] = []

@@ -43,7 +43,7 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,7 @@ _GROUPS = struct.Struct("<Iq")  # groups, the first group's stamp
 STAMP_LIMIT = 2**62  # stamps (whole seconds) are clamped to +-this: far beyond any real time
 MAX_TIES = 200_000  # ids sharing one score a build keeps apart; beyond, no snapshot is built
 SAMPLE_ENDS, SAMPLE_SPREAD = 8, 16  # ids of a snapshot a boot checks are still in the set
+UNPACK_PAGE = 65_536  # UUIDs unpacked at a time for the index (the text of all of them is never held at once)
 
 # A string of the key, as it may be shown (bytes that are not text escaped).
 CAS_SCRIPT = """
@@ -243,10 +244,12 @@ class SnapshotWriter:
 @dataclass(frozen=True)
 class Partition:
     """What a worker takes from a snapshot: ids for Celery's own set, as pages of (stamp, ids newest
-    first) oldest page first, and the stored form of the rest within the horizon, for the index."""
+    first) oldest page first, and the stored form of the rest within the horizon, for the index, in
+    pages unpacked as they are iterated (``index_count`` in all)."""
 
     memory: list[tuple[float, list[str]]]
-    index: list[bytes]
+    index: Iterable[list[bytes]]
+    index_count: int
 
     @property
     def in_memory(self) -> list[str]:
@@ -271,32 +274,39 @@ class SnapshotBody:
     def partition(self, *, room: int | None, memory_from: float | None, horizon_from: float | None) -> Partition:
         """The newest ``room`` ids (all if None) stamped at or after ``memory_from`` for memory, every
         other one stamped at or after ``horizon_from`` for the index (None: no bound)."""
-        stamps = self.stamps
+        stamps, uuid_counts = self.stamps, self.uuid_counts
         first = 0 if horizon_from is None else bisect.bisect_left(stamps, horizon_from)
         floor = first if memory_from is None else max(first, bisect.bisect_left(stamps, memory_from))
-        uu = [0, *itertools.accumulate(self.uuid_counts)]
+        uu = [0, *itertools.accumulate(uuid_counts)]
         oo = [0, *itertools.accumulate(self.other_counts)]
-        texts = uuid_pack.unpack_all(self.packed[uu[first] * uuid_pack.PACKED_LEN:])
-
-        def group(g: int) -> list[bytes]:
-            return texts[uu[g] - uu[first]: uu[g + 1] - uu[first]] + self.others[oo[g]: oo[g + 1]]
-
-        memory: list[tuple[float, list[str]]] = []
-        taken, g, cut_u, cut_o = 0, len(stamps), uu[-1], oo[-1]
+        # Which groups memory takes, newest first, and how many ids of the oldest of them (counts only).
+        taken, g, keeps = 0, len(stamps), []
         while g > floor and (room is None or taken < room):
             g -= 1
-            ids = group(g)
-            keep = len(ids) if room is None else min(len(ids), room - taken)
-            rest = len(ids) - keep  # the group's first ``rest`` ids go to the index
-            memory.append((float(stamps[g]), [member.decode() for member in reversed(ids[rest:])]))
-            taken += keep
-            uuids = self.uuid_counts[g]
-            cut_u = uu[g] + min(rest, uuids)
-            cut_o = oo[g] + max(0, rest - uuids)
+            size = uuid_counts[g] + self.other_counts[g]
+            keeps.append(size if room is None else min(size, room - taken))
+            taken += keeps[-1]
+        low = g if keeps else len(stamps)  # the oldest group memory takes from
+        texts = self._unpack(uu[low], uu[-1])
+        memory: list[tuple[float, list[str]]] = []
+        for at, keep in zip(range(len(stamps) - 1, low - 1, -1), keeps, strict=True):
+            ids = texts[uu[at] - uu[low]: uu[at + 1] - uu[low]] + self.others[oo[at]: oo[at + 1]]
+            memory.append((float(stamps[at]), [member.decode() for member in reversed(ids[len(ids) - keep:])]))
         memory.reverse()
-        index = texts[: cut_u - uu[first]] + self.others[oo[first]: cut_o]
-        return Partition(memory, index)
+        rest = (uuid_counts[low] + self.other_counts[low] - keeps[-1]) if keeps else 0  # low's ids left over
+        cut_u = uu[low] + min(rest, uuid_counts[low] if keeps else 0)
+        cut_o = oo[low] + max(0, rest - (uuid_counts[low] if keeps else 0))
+        index_count = cut_u - uu[first] + cut_o - oo[first]
+        return Partition(memory, self._index_pages(uu[first], cut_u, self.others[oo[first]: cut_o]), index_count)
 
+    def _unpack(self, start: int, stop: int) -> list[bytes]:
+        return uuid_pack.unpack_all(self.packed[start * uuid_pack.PACKED_LEN: stop * uuid_pack.PACKED_LEN])
+
+    def _index_pages(self, start: int, stop: int, others: list[bytes]) -> Iterator[list[bytes]]:
+        for at in range(start, stop, UNPACK_PAGE):
+            yield self._unpack(at, min(stop, at + UNPACK_PAGE))
+        if others:
+            yield others
 
     def sample(self, ends: int = SAMPLE_ENDS, spread: int = SAMPLE_SPREAD, *, rng: random.Random | None = None
                ) -> list[bytes]:

@@ -135,10 +135,10 @@ def test_a_snapshot_partitions_as_the_set_would(rows: dict[bytes, float], room: 
     part = body.partition(room=room, memory_from=memory_from, horizon_from=horizon_from)
     scores = {member.decode(): score for member, score in rows.items()}
     within = {task_id for task_id, score in scores.items() if horizon_from is None or math.ceil(score) >= horizon_from}
-    in_memory = part.in_memory
-    assert len(set(in_memory)) == len(in_memory)
-    assert set(in_memory) | {member.decode() for member in part.index} == within
-    assert len(in_memory) + len(part.index) == len(within)
+    in_memory, index = part.in_memory, [member for page in part.index for member in page]
+    assert len(set(in_memory)) == len(in_memory) and len(index) == part.index_count
+    assert set(in_memory) | {member.decode() for member in index} == within
+    assert len(in_memory) + len(index) == len(within)
     candidates = [task_id for task_id in within if memory_from is None or math.ceil(scores[task_id]) >= memory_from]
     assert len(in_memory) == (len(candidates) if room is None else min(room, len(candidates)))
     if in_memory:
@@ -472,6 +472,7 @@ def test_a_marker_written_while_a_boot_reads_the_delta_sends_it_back_to_the_set(
     stored = ids(500)
     seed(redis_client, fleet(key_prefix), stored, now - 100)
     booted(make, "a@h")
+    seed(redis_client, fleet(key_prefix), ids(1), time.time() + 1)  # a delta to read
     real = boot_merge._read_newest
 
     def restoring_meanwhile(*args: Any, **kwargs: Any) -> Any:

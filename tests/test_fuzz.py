@@ -295,11 +295,12 @@ def walk(cursor: cursors.WindowCursor, rows: dict[bytes, float]
 @given(rows=st.dictionaries(st.text(min_size=1, max_size=6).map(str.encode), st.integers(0, 20).map(float),
                             max_size=30),
        newer_than=st.one_of(st.none(), st.integers(0, 20).map(float)),
-       limit=st.one_of(st.none(), st.integers(0, 35)), chunk=st.integers(1, 8))
+       limit=st.one_of(st.none(), st.integers(0, 35)), chunk=st.integers(1, 8),
+       trip_bytes=st.one_of(st.none(), st.integers(1, 200)))
 def test_the_page_cursor_reads_newest_first_up_to_the_limit(
-    rows: dict[bytes, float], newer_than: float | None, limit: int | None, chunk: int
+    rows: dict[bytes, float], newer_than: float | None, limit: int | None, chunk: int, trip_bytes: int | None
 ) -> None:
-    cursor = cursors.PageCursor("k", newer_than=newer_than, limit=limit, chunk_size=chunk)
+    cursor = cursors.PageCursor("k", newer_than=newer_than, limit=limit, chunk_size=chunk, trip_bytes=trip_bytes)
     read: list[tuple[str, float]] = []
     for _ in range(100):
         operation = cursor.next_operation()

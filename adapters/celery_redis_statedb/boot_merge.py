@@ -100,9 +100,8 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
             if both:
                 for _, ids in read.pages:
                     read_ids[shared].extend(ids)
-            if read.index:
-                expected += len(read.index)
-                beyond.append((read.index,))
+            expected += read.index_count
+            beyond.append(read.index)
             # ``read.ranks``: the ranks the newest ids cover (bad members skipped among them included): the
             # index reads on below them. Never more: an id the count skipped would be in neither.
             if read.stop > read.ranks:
@@ -122,7 +121,8 @@ class _SetRead:
     pages: list[tuple[float, list[str]]]
     ranks: int
     stop: int
-    index: list[bytes] = field(default_factory=list)
+    index: Iterable[list[bytes]] = ()  # pages of stored ids (from a snapshot)
+    index_count: int = 0
     source: str = ""  # for the fleet set: "snapshot", "built" (here) or "set"
 
 
@@ -132,17 +132,20 @@ def _read_set(repository: SyncStateRepository, revoked: LimitedSet, *, shared: b
     if opened is not None:
         # Only the ids newer than the snapshot are read from the set: they are its first ranks.
         ranks, loaded, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start,
-                                            above=opened.max_score)
+                                            above=opened.max_score) if opened.newer else (0, 0, [])
         if opened.still_current(repository):
             opened.report_bad(repository)
             room = revoked.maxlen - loaded if revoked.maxlen else None
             part = opened.body.partition(room=room, memory_from=_memory_floor(revoked, wall, start),
                                          horizon_from=start)
             return _SetRead(part.memory + pages, ranks, min(opened.newer, opened.total - opened.too_old),
-                            part.index, opened.source)
+                            part.index, part.index_count, opened.source)
+    source = "set" if snapshot is not None else ""
+    if not repository.count_within(start, shared=shared)[0]:  # an empty set (a new worker's own): no windows
+        return _SetRead([], 0, 0, source=source)
     ranks, _, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start)
     total, too_old = repository.count_within(start, shared=shared)
-    return _SetRead(pages, ranks, total - too_old, source="set" if snapshot is not None else "")
+    return _SetRead(pages, ranks, total - too_old, source=source)
 
 
 def _memory_floor(revoked: LimitedSet, wall: float, start: float | None) -> float | None:
