@@ -5,7 +5,9 @@ time of the first revocation), ``<prefix><worker>:clock`` a string holding the
 worker's logical clock, ``<prefix><worker>:stamps`` a sorted set of stamped-header
 revokes (member = the JSON text ``["header", "value"]``, score as above). The
 fleet-wide sets do not end in ``:revoked``, ``:clock`` or ``:stamps``, so no worker
-name can ever produce their keys.
+name can ever produce their keys; nor can it produce the fleet set's snapshot
+(``<prefix>shared:fleet-revoked:snapshot``, a string: see :mod:`statedb.snapshot`) and
+its build lock (``...:snapshot-lock``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ CLOCK_SUFFIX = ":clock"
 STAMPS_SUFFIX = ":stamps"
 SHARED_REVOKED_NAME = "shared:fleet-revoked"
 SHARED_STAMPS_NAME = "shared:fleet-stamps"
+SNAPSHOT_SUFFIX = ":snapshot"  # appended to the fleet set's key
+SNAPSHOT_LOCK_SUFFIX = ":snapshot-lock"
 # celery-redis-statedb 0.2 kept a zlib+pickle blob at <prefix><worker>:zrevoked; only an explicit migration reads it.
 LEGACY_BLOB_SUFFIX = ":zrevoked"
 
@@ -83,6 +87,14 @@ class KeySchema:
     @property
     def shared_stamps_key(self) -> str:
         return f"{self.prefix}{SHARED_STAMPS_NAME}"
+
+    @property
+    def shared_snapshot_key(self) -> str:
+        return self.shared_revoked_key + SNAPSHOT_SUFFIX
+
+    @property
+    def shared_snapshot_lock_key(self) -> str:
+        return self.shared_revoked_key + SNAPSHOT_LOCK_SUFFIX
 
     def for_worker(self, worker: str, scope: Scope = Scope.WORKER) -> WorkerKeys:
         shared, shared_stamps = self.shared_revoked_key, self.shared_stamps_key

@@ -51,9 +51,7 @@ from statedb import uuid_pack
 from statedb.commands import BadMembers, Operation, PipelineLike, decode_revoked_page
 from statedb.cursors import TRIP_BYTES, TripBudget, member_bytes
 from statedb.errors import CorruptValueError, InvalidInputError
-
-SNAPSHOT_SUFFIX = ":snapshot"
-LOCK_SUFFIX = ":snapshot-lock"
+from statedb.keys import SNAPSHOT_LOCK_SUFFIX, SNAPSHOT_SUFFIX
 
 MAGIC = b"CRSS"
 VERSION = 1
@@ -88,11 +86,13 @@ return 0
 
 
 def snapshot_key(fleet_key: str) -> str:
+    """The snapshot of the fleet set ``fleet_key`` (KeySchema.shared_snapshot_key)."""
     return fleet_key + SNAPSHOT_SUFFIX
 
 
 def lock_key(fleet_key: str) -> str:
-    return fleet_key + LOCK_SUFFIX
+    """The lock a worker building the snapshot holds (KeySchema.shared_snapshot_lock_key)."""
+    return fleet_key + SNAPSHOT_LOCK_SUFFIX
 
 
 # -- the header ----------------------------------------------------------------

@@ -31,6 +31,7 @@ from celery_redis_statedb.fleet_snapshot import SnapshotPolicy
 from celery_redis_statedb.local_servers import PrivateServer
 from statedb import StateDBConfig, SyncStateRepository, admin, cursors, snapshot, uuid_pack
 from statedb.errors import CorruptValueError, InvalidInputError
+from statedb.keys import KeySchema
 
 EAGER = SnapshotPolicy(min_ids=1, min_stale=10**9, wait_base=5.0)  # a snapshot for any set, never outgrown
 PURE = settings(max_examples=200, deadline=None)
@@ -84,6 +85,16 @@ def binds(persistence: WorkerStatePersistence, task_ids: Sequence[str]) -> list[
 def seed(redis_client: redis.Redis, key: str, task_ids: Sequence[str], newest: float, step: float = 2.0) -> None:
     """Ids with distinct scores ``step`` apart, the first the newest."""
     redis_client.zadd(key, {task_id: newest - i * step for i, task_id in enumerate(task_ids)})
+
+
+def snapshot_built(make: Factory, redis_client: redis.Redis, key_prefix: str, n: int = 500
+                   ) -> tuple[float, list[str]]:
+    """(now, ids): ``n`` ids stored in the fleet set 100 s ago and more, and a boot that built its snapshot."""
+    now = time.time()
+    stored = ids(n)
+    seed(redis_client, fleet(key_prefix), stored, now - 100)
+    assert booted(make, "a@h").merged.fleet_source == "built"
+    return now, stored
 
 
 # -- the encoding, pure ------------------------------------------------------------
@@ -175,6 +186,15 @@ def test_corrupt_values_are_named_never_trusted() -> None:
     marker = snapshot.decode_head("k", snapshot.marker_value())
     assert marker is not None and marker.kind == snapshot.MARKER
     assert snapshot.marker_value()[:snapshot.PREFIX_SIZE] != snapshot.marker_value()[:snapshot.PREFIX_SIZE]
+
+
+def test_the_snapshot_keys_sit_beside_the_fleet_set_and_belong_to_no_worker() -> None:
+    schema = KeySchema("p:")
+    assert schema.shared_snapshot_key == snapshot.snapshot_key(schema.shared_revoked_key) == \
+        "p:shared:fleet-revoked:snapshot"
+    assert schema.shared_snapshot_lock_key == "p:shared:fleet-revoked:snapshot-lock"
+    for key in (schema.shared_snapshot_key, schema.shared_snapshot_lock_key):
+        assert schema.parse(key) is None  # no worker's, and no SCAN of the admin lists it as a set
 
 
 def test_the_writer_wants_rows_oldest_first() -> None:
@@ -381,10 +401,7 @@ def test_a_late_write_with_an_old_score_is_never_missed(make: Factory, redis_cli
 
 def test_a_lowered_score_keeps_the_snapshot_and_the_id(make: Factory, redis_client: redis.Redis,
                                                        key_prefix: str) -> None:
-    now = time.time()
-    stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, now - 100)
-    booted(make, "a@h")
+    now, stored = snapshot_built(make, redis_client, key_prefix)
     redis_client.zadd(fleet(key_prefix), {stored[0]: now - 9000, stored[-1]: 1.0}, lt=True)  # ZADD LT
     after = booted(make, "b@h")
     assert after.merged.fleet_source == "snapshot"
@@ -402,10 +419,7 @@ def test_a_restore_after_the_snapshot_is_honoured_and_a_late_write_still_binds(
 ) -> None:
     """The worst case for a count: one id restored and one written late with an old score. The
     restore marks the snapshot stale, so neither is taken from it."""
-    now = time.time()
-    stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, now - 100)
-    booted(make, "a@h")
+    now, stored = snapshot_built(make, redis_client, key_prefix)
     restored, late = stored[7], ids(1)
     assert anyio.run(lambda: admin.restore(redis_url, [restored], key_prefix=key_prefix)) == 1
     redis_client.zadd(fleet(key_prefix), {late[0]: now - 4000}, lt=True)
@@ -418,10 +432,7 @@ def test_a_restore_after_the_snapshot_is_honoured_and_a_late_write_still_binds(
 
 def test_a_removal_by_hand_alone_is_seen_by_the_count(make: Factory, redis_client: redis.Redis,
                                                       key_prefix: str) -> None:
-    now = time.time()
-    stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, now - 100)
-    booted(make, "a@h")
+    _now, stored = snapshot_built(make, redis_client, key_prefix)
     redis_client.zrem(fleet(key_prefix), stored[3])  # no marker: ZCOUNT is one short
     after = booted(make, "b@h")
     assert after.merged.fleet_source == "built"
@@ -468,10 +479,7 @@ def test_a_marker_written_while_a_boot_reads_the_delta_sends_it_back_to_the_set(
     read before it is dropped and the set is read as it is."""
     from celery_redis_statedb import boot_merge
 
-    now = time.time()
-    stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, now - 100)
-    booted(make, "a@h")
+    _now, stored = snapshot_built(make, redis_client, key_prefix)
     seed(redis_client, fleet(key_prefix), ids(1), time.time() + 1)  # a delta to read
     real = boot_merge._read_newest
 

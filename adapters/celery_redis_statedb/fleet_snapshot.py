@@ -49,7 +49,8 @@ class SnapshotPolicy:
     ``min_ids``: a fleet set smaller than this is read as it is (a snapshot saves little);
     rebuilt once the ids newer than the snapshot exceed ``stale_share`` of it (and ``min_stale``);
     a build holds its lock at most ``lock_ttl`` seconds; a worker that finds a build under way waits
-    for it ``wait_base`` seconds plus ``wait_per_id`` an id of the set, ``max_wait`` at most.
+    for it ``wait_base`` seconds plus ``wait_per_id`` an id of the set, ``max_wait`` at most, polling
+    after ``poll_interval`` seconds, then twice as long each time up to ``max_poll_interval``.
     """
 
     min_ids: int = 4096
@@ -59,7 +60,8 @@ class SnapshotPolicy:
     wait_base: float = 2.0
     wait_per_id: float = 5e-6
     max_wait: float = 30.0
-    poll_interval: float = 0.05
+    poll_interval: float = 0.05  # the first poll; then twice as long each time, up to max_poll_interval
+    max_poll_interval: float = 0.8
 
     def wait_for(self, ids: int) -> float:
         return min(self.max_wait, self.wait_base + ids * self.wait_per_id)
@@ -246,7 +248,11 @@ class _Boot:
             logger.warning("redis-statedb: the fleet set's snapshot could not be written (%s); booting on what "
                            "was read", exc)
             return None
-        return value if written else None
+        if not written:
+            return None
+        logger.info("redis-statedb: built the fleet set's snapshot %r: %d ids in %d bytes (%.1f bytes an id)",
+                    self.key, writer.count, len(value), len(value) / max(1, writer.count))
+        return value
 
     def _release(self, token: bytes) -> None:
         with contextlib.suppress(StateDBError):  # it expires on its own
@@ -254,10 +260,13 @@ class _Boot:
 
     def _wait(self, seen: bytes, size: int) -> Opened | None:
         """Another worker is building: poll until its snapshot is there (then read it), its lock
-        is gone (it gave up) or the wait is over."""
+        is gone (it gave up) or the wait is over. The polls space out (a storm of waiters polling
+        every 50 ms would cost Redis more than the build)."""
         deadline = time.monotonic() + self.policy.wait_for(size)
+        interval = self.policy.poll_interval
         while time.monotonic() < deadline:
-            time.sleep(self.policy.poll_interval * random.uniform(0.5, 1.5))
+            time.sleep(min(interval * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
+            interval = min(self.policy.max_poll_interval, interval * 2)
             prefix, building = self.repository.execute(snapshot.poll(self.key, self.lock))
             if prefix != seen:
                 return self.open(build=False)
