@@ -128,7 +128,9 @@ def _settings(variant: str) -> tuple[SnapshotPolicy | None, int | None]:
 def _child(url: str, prefix: str, names: Sequence[str], variant: str, ready: Any, go: Any, results: Any,
            finish: Any) -> None:
     policy, trip_bytes = _settings(variant)
-    config = StateDBConfig(url=url, key_prefix=prefix)
+    # Generous timeouts: a storm on a small shared machine is slow to serve, and this measures Redis, not them.
+    config = StateDBConfig(url=url, key_prefix=prefix, socket_timeout=120.0, socket_connect_timeout=60.0,
+                           boot_timeout=600.0)
     workers = []
     for name in names:
         persistence = WorkerStatePersistence(config, name, revoked=LimitedSet(maxlen=50_000, expires=EXPIRES),
@@ -143,7 +145,11 @@ def _child(url: str, prefix: str, names: Sequence[str], variant: str, ready: Any
     def boot(persistence: WorkerStatePersistence) -> None:
         go.wait()
         started = time.perf_counter()
-        persistence.boot()
+        try:
+            persistence.boot()
+        except Exception as exc:  # reported by the parent, which would wait for this boot forever
+            results.put((time.monotonic(), 0.0, f"failed: {type(exc).__name__}: {exc}"[:200], 0, 0, 0))
+            return
         took = time.perf_counter() - started
         merged = persistence.merged
         meter = persistence.repository.client
@@ -216,6 +222,9 @@ def storm(url: str, prefix: str, variant: str, boots: int, procs: int, *, sample
     started = time.monotonic()
     go.set()
     rows = [results.get(timeout=1800) for _ in range(boots)]
+    failed = [row[2] for row in rows if row[2].startswith("failed")]
+    if failed:
+        print(f"   [bootstorm] {len(failed)} boots failed, the first: {failed[0]}", flush=True)
     ended = max(row[0] for row in rows)
     if sampler:
         sampler.stop.set()

@@ -313,11 +313,11 @@ async def purge_old_revoked(
     command = "zcount" if dry_run else "zremrangebyscore"
     async with _session(redis, key_prefix, scope) as session:
         if not dry_run:
-            await fleet_snapshot_stale(session)
+            await _fleet_snapshot_stale(session)
         removed = await _sum_per_set(session, worker_name, lambda pipe, key: getattr(pipe, command)(key, low, high),
                                      concurrency=concurrency, progress=progress)
         if not dry_run:
-            await fleet_snapshot_stale(session)
+            await _fleet_snapshot_stale(session)
         await _purge_old_stamps(session.client, older_than=older_than, worker_name=worker_name,  # stamped-header
                                 key_prefix=key_prefix, scope=scope, dry_run=dry_run, now=now)  # revokes
         return removed
@@ -351,14 +351,14 @@ async def restore(
     if not members:
         return 0
     async with _session(redis, key_prefix, scope) as session:
-        await fleet_snapshot_stale(session)
+        await _fleet_snapshot_stale(session)
         removed = await _sum_per_set(session, worker_name, lambda pipe, key: pipe.zrem(key, *members),
                                      concurrency=concurrency, progress=progress)
-        await fleet_snapshot_stale(session)
+        await _fleet_snapshot_stale(session)
         return removed
 
 
-async def fleet_snapshot_stale(session: _Session) -> None:
+async def _fleet_snapshot_stale(session: _Session) -> None:
     """Every removal from the fleet set (or that may touch it) marks its snapshot stale, before and after
     it removes (:func:`statedb.snapshot.mark_stale`): a booting worker then never takes a removed id for
     stored, nor misses one written late with an old score."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -65,7 +66,7 @@ class TripBudget:
 def member_bytes(reply: Sequence[Any], *, scored: bool) -> int:
     """The bytes of a ZRANGE-style reply (members, or (member, score) rows) as the budget counts them."""
     if scored:
-        return sum(len(member) for member, _ in reply) + SCORE_BYTES * len(reply)
+        return sum(map(len, map(operator.itemgetter(0), reply))) + SCORE_BYTES * len(reply)
     return sum(map(len, reply))
 
 

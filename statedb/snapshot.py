@@ -37,6 +37,7 @@ import bisect
 import hashlib
 import itertools
 import math
+import operator
 import os
 import random
 import struct
@@ -50,8 +51,10 @@ from typing import Any
 from statedb import uuid_pack
 from statedb.commands import BadMembers, Operation, PipelineLike, decode_revoked_page
 from statedb.cursors import TRIP_BYTES, TripBudget, member_bytes
-from statedb.errors import CorruptValueError, InvalidInputError
+from statedb.errors import CorruptValueError
 from statedb.keys import SNAPSHOT_LOCK_SUFFIX, SNAPSHOT_SUFFIX
+
+Buffer = bytes | bytearray | memoryview  # what a snapshot is read into and decoded from
 
 MAGIC = b"CRSS"
 VERSION = 1
@@ -64,6 +67,7 @@ _TAIL = struct.Struct("<QdQId")  # the header after the token (covered by the di
 _BODY = struct.Struct("<IIII")
 _GROUPS = struct.Struct("<Iq")  # groups, the first group's stamp
 STAMP_LIMIT = 2**62  # stamps (whole seconds) are clamped to +-this: far beyond any real time
+FINE_AGE = 1000  # seconds: ids revoked within twice this before a build are stamped to the second
 MAX_TIES = 200_000  # ids sharing one score a build keeps apart; beyond, no snapshot is built
 SAMPLE_ENDS, SAMPLE_SPREAD = 8, 16  # ids of a snapshot a boot checks are still in the set
 UNPACK_PAGE = 65_536  # UUIDs unpacked at a time for the index (the text of all of them is never held at once)
@@ -142,13 +146,36 @@ def marker_value() -> bytes:
 # -- the body ------------------------------------------------------------------
 
 
-def _stamp(score: float) -> int:
-    """A score rounded up to the second, clamped to +-STAMP_LIMIT."""
+def stamp_of(score: float, now: float) -> int:
+    """A revocation time rounded up (an id is never taken for older than it is): to the second if it is
+    at most FINE_AGE seconds before ``now``, else to a power of two seconds at most a FINE_AGE-th of its
+    age (taken for at most 0.1% younger than it is); clamped to +-STAMP_LIMIT."""
     if score >= STAMP_LIMIT:
         return STAMP_LIMIT
     if score <= -STAMP_LIMIT:
         return -STAMP_LIMIT
-    return math.ceil(score)
+    grid = _grid(now - score)
+    stamp = math.ceil(score / grid) * grid  # exact (a power of two divides a float exactly) but for denormals
+    return min(STAMP_LIMIT, stamp if stamp >= score else stamp + grid)
+
+
+def _grid(age: float) -> int:
+    return 1 if age <= 2 * FINE_AGE else 1 << (int(age / FINE_AGE).bit_length() - 1)
+
+
+def _stamps_of(scores: list[float], now: float, floor: int) -> list[int]:
+    """stamp_of each score, never below ``floor`` nor the stamp before (rows come oldest first: a
+    coarser grid may round an older id up past a younger one). A page on one grid is done at C speed."""
+    low, high = min(scores), max(scores)
+    if low >= 1.0 and high < STAMP_LIMIT and _grid(now - low) == _grid(now - high):  # no denormal quotient
+        grid = _grid(now - low)
+        ceiled = map(math.ceil, scores if grid == 1 else map(operator.truediv, scores, itertools.repeat(grid)))
+        stamps = list(ceiled if grid == 1 else map(operator.mul, ceiled, itertools.repeat(grid)))
+        if scores == sorted(scores) and stamps[0] >= floor:
+            return stamps
+    else:
+        stamps = [stamp_of(score, now) for score in scores]
+    return list(itertools.accumulate(stamps, max, initial=floor))[1:]
 
 
 def _le(values: array[int]) -> bytes:
@@ -174,8 +201,8 @@ class SnapshotWriter:
     first few) the snapshot keeps: every worker booting from it reports them, as a read would.
     """
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, key: str, *, now: float) -> None:
+        self.key, self.now = key, now  # stamps are coarser the older they are at ``now``
         self.count = 0
         self.bad = BadMembers()
         self._stamps: list[int] = []
@@ -194,9 +221,7 @@ class SnapshotWriter:
             scores = [score for _, score in kept]
         if not members:
             return
-        # Rounded up to the second (an id is never taken for older than it is), clamped far out.
-        plain = min(scores) > -STAMP_LIMIT and max(scores) < STAMP_LIMIT
-        stamps = list(map(math.ceil, scores) if plain else map(_stamp, scores))
+        stamps = _stamps_of(scores, self.now, self._stamps[-1] if self._stamps else -STAMP_LIMIT)
         packed = uuid_pack.pack_all(members)
         if packed is not None:
             self._packed.append(packed)
@@ -217,8 +242,6 @@ class SnapshotWriter:
             self._uuids[-1] += uuids
             self._others[-1] += others
             return
-        if self._stamps and stamp < self._stamps[-1]:
-            raise InvalidInputError("snapshot rows must be given oldest first")
         self._stamps.append(stamp)
         self._uuids.append(uuids)
         self._others.append(others)
@@ -261,10 +284,10 @@ class SnapshotBody:
     """A decoded body: groups of ids sharing a stamp (whole seconds, at least their revocation time),
     oldest first; in each group its UUIDs, then its other ids."""
 
-    stamps: list[int]
+    stamps: array[int]
     uuid_counts: array[int]
     other_counts: array[int]
-    packed: bytes
+    packed: Buffer  # 16 bytes a UUID, a view of the value read
     others: list[bytes]
     bad_reports: list[str]  # why the first bad members the snapshot leaves out were left out
 
@@ -277,8 +300,8 @@ class SnapshotBody:
         stamps, uuid_counts = self.stamps, self.uuid_counts
         first = 0 if horizon_from is None else bisect.bisect_left(stamps, horizon_from)
         floor = first if memory_from is None else max(first, bisect.bisect_left(stamps, memory_from))
-        uu = [0, *itertools.accumulate(uuid_counts)]
-        oo = [0, *itertools.accumulate(self.other_counts)]
+        uu = array("q", itertools.accumulate(uuid_counts, initial=0))
+        oo = array("q", itertools.accumulate(self.other_counts, initial=0))
         # Which groups memory takes, newest first, and how many ids of the oldest of them (counts only).
         taken, g, keeps = 0, len(stamps), []
         while g > floor and (room is None or taken < room):
@@ -322,16 +345,18 @@ class SnapshotBody:
         return chosen
 
 
-def decode_body(key: str, head: Head, body: bytes) -> SnapshotBody:
+def decode_body(key: str, head: Head, body: Buffer) -> SnapshotBody:
     """The body of the snapshot ``head`` describes; CorruptValueError naming the key if it is not
-    whole, does not match its digest, or does not add up."""
+    whole, does not match its digest, or does not add up. The UUIDs stay in ``body`` (not copied)."""
     def corrupt(why: str) -> CorruptValueError:
         return CorruptValueError(f"Redis key {key!r} holds a corrupt snapshot of the fleet set ({why})", key=key)
 
     if len(body) != head.body_len:
         raise corrupt(f"its body is {len(body)} bytes, its header says {head.body_len}")
     tail = _TAIL.pack(head.count, head.max_score, head.body_len, head.bad, head.built_at)
-    if hashlib.blake2b(tail + body, digest_size=16).digest() != head.token:
+    digest = hashlib.blake2b(tail, digest_size=16)
+    digest.update(body)
+    if digest.digest() != head.token:
         raise corrupt("its digest does not match")
     try:
         groups_len, uuid_count, others_len, reports_len = _BODY.unpack_from(body)
@@ -358,7 +383,7 @@ def decode_body(key: str, head: Head, body: bytes) -> SnapshotBody:
             raise corrupt("its sections do not add up")
         ends = list(itertools.accumulate(lengths))
         others = [blob[end - size: end] for end, size in zip(ends, lengths, strict=True)]
-        stamps = list(itertools.accumulate(deltas, initial=first)) if count else []
+        stamps = array("q", itertools.accumulate(deltas, initial=first) if count else ())
     except (struct.error, zlib.error, ValueError) as exc:
         raise corrupt(str(exc)) from None
     if len(others) + uuid_count + head.bad != head.count:
@@ -509,7 +534,7 @@ class BuildCursor:
 
         def parse(replies: Sequence[Any]) -> list[tuple[bytes, float]]:
             budget.saw(len(replies[0]), member_bytes(replies[0], scored=True))
-            return [(bytes(member), float(score)) for member, score in replies[0]]
+            return list(replies[0])  # (bytes, float) pairs already, as the client parses WITHSCORES
 
         return Operation((key,), stage, parse)
 

@@ -42,7 +42,7 @@ def pack_all(members: Sequence[bytes]) -> bytes | None:
     return bytes.fromhex(digits.decode("ascii"))
 
 
-def unpack_all(packed: bytes) -> list[bytes]:
+def unpack_all(packed: bytes | bytearray | memoryview) -> list[bytes]:
     """The canonical text (bytes) of each 16-byte id in ``packed``."""
     n, rest = divmod(len(packed), PACKED_LEN)
     if rest:

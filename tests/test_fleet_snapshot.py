@@ -116,7 +116,7 @@ def test_canonical_uuids_pack_to_16_bytes_and_back() -> None:
 
 
 def _write(rows: list[tuple[bytes, float]], key: str = "k") -> bytes:
-    writer = snapshot.SnapshotWriter(key)
+    writer = snapshot.SnapshotWriter(key, now=1e9 + 200)
     rows = sorted(rows, key=lambda row: row[1])
     for i in range(0, len(rows), 7):
         writer.add(rows[i: i + 7])
@@ -161,6 +161,31 @@ def test_a_snapshot_partitions_as_the_set_would(rows: dict[bytes, float], room: 
         assert all(0 <= stamp - scores[task_id] < 1 for task_id in page)
 
 
+@PURE
+@given(scores=st.lists(st.floats(-1e12, 1e12), min_size=1, max_size=50), now=st.floats(0, 2e9))
+def test_stamps_are_never_older_than_the_ids_and_finer_the_younger_they_are(scores: list[float], now: float) -> None:
+    """To the second within 2 000 s of the build, then within 0.1% of their age; never below the
+    stamp of an older id (rows come oldest first); a million ids over 30 days make ~10 000 groups."""
+    scores.sort()
+    writer = snapshot.SnapshotWriter("k", now=now)
+    writer.add([(f"id-{i}".encode(), score) for i, score in enumerate(scores)])
+    _, body = _read(writer.value(max_score=scores[-1], built_at=now))
+    stamps = [stamp for stamp, count in zip(body.stamps, body.other_counts, strict=True) for _ in range(count)]
+    assert len(stamps) == len(scores)
+    for score, stamp in zip(scores, stamps, strict=True):
+        assert stamp >= score
+        assert stamp - score <= max(1.0, (now - score) / 1000) or stamp == max(
+            snapshot.stamp_of(older, now) for older in scores if older <= score)
+
+
+def test_a_month_of_ids_makes_few_groups() -> None:
+    now = 1.8e9
+    writer = snapshot.SnapshotWriter("k", now=now)
+    writer.add([(str(uuid.uuid4()).encode(), now - 30 * 86400 + i * 26.0) for i in range(100_000)])
+    _, body = _read(writer.value(max_score=now, built_at=now))
+    assert len(body) == 100_000 and len(body.stamps) < 12_000
+
+
 def test_bad_members_are_left_out_counted_and_their_reports_kept() -> None:
     good = [(task_id.encode(), 1e9 + i) for i, task_id in enumerate(ids(5) + ids(5, "t"))]
     bad = [(b"\xff\xfe", 1e9 + 3.5), (b"neg-inf", -math.inf)]
@@ -195,13 +220,6 @@ def test_the_snapshot_keys_sit_beside_the_fleet_set_and_belong_to_no_worker() ->
     assert schema.shared_snapshot_lock_key == "p:shared:fleet-revoked:snapshot-lock"
     for key in (schema.shared_snapshot_key, schema.shared_snapshot_lock_key):
         assert schema.parse(key) is None  # no worker's, and no SCAN of the admin lists it as a set
-
-
-def test_the_writer_wants_rows_oldest_first() -> None:
-    writer = snapshot.SnapshotWriter("k")
-    writer.add([(b"a", 10.0)])
-    with pytest.raises(InvalidInputError, match="oldest first"):
-        writer.add([(b"b", 5.0)])
 
 
 def test_the_build_cursor_gives_each_member_once_when_ties_shift() -> None:

@@ -191,8 +191,8 @@ class _Boot:
             snapshot.check_covered(self.fleet, head.max_score, self.horizon_start))
         if covered != head.count:  # a late write since the build's own check: the next boot rebuilds
             return None
-        return Opened(head, snapshot.decode_body(self.key, head, value[snapshot.HEAD_SIZE:]), total, too_old,
-                      "built")
+        return Opened(head, snapshot.decode_body(self.key, head, memoryview(value)[snapshot.HEAD_SIZE:]), total,
+                      too_old, "built")
 
     def _head(self, raw: bytes) -> snapshot.Head | None:
         try:
@@ -204,15 +204,18 @@ class _Boot:
     def _read(self, head: snapshot.Head, raw: bytes, total: int, too_old: int) -> Opened | None:
         """The rest of the snapshot, in slices of at most the trip budget; None if it changed meanwhile
         (a rebuild or a marker) or is corrupt (reported)."""
-        data = bytearray(raw[snapshot.HEAD_SIZE: head.size])
-        while len(data) < head.body_len:
-            start = snapshot.HEAD_SIZE + len(data)
+        data = bytearray(head.body_len)  # filled in place: a million ids are 16 MB, copied as few times as may be
+        got = min(len(raw), head.size) - snapshot.HEAD_SIZE
+        data[:got] = raw[snapshot.HEAD_SIZE: head.size]
+        while got < head.body_len:
+            start = snapshot.HEAD_SIZE + got
             chunk = self.repository.execute(snapshot.read_range(self.key, start, min(head.size, start + self.slice)))
-            if not chunk:
+            if not chunk or len(chunk) > head.body_len - got:
                 break
-            data += chunk
+            data[got: got + len(chunk)] = chunk
+            got += len(chunk)
         try:
-            body = snapshot.decode_body(self.key, head, bytes(data))
+            body = snapshot.decode_body(self.key, head, memoryview(data)[:got] if got < head.body_len else data)
         except CorruptValueError as exc:
             if self.repository.execute(snapshot.read_prefix(self.key)) == head.prefix:
                 _report(exc)  # not a rewrite under our feet: the value itself is bad
@@ -228,7 +231,7 @@ class _Boot:
         if not finite:
             return None
         max_score = finite[0]
-        writer = snapshot.SnapshotWriter(self.fleet)
+        writer = snapshot.SnapshotWriter(self.fleet, now=self.now)
         cursor = snapshot.BuildCursor(self.fleet, max_score=max_score, chunk_size=operations.load_chunk_size,
                                       trip_bytes=operations.trip_bytes)
         for page in repository.iter_cursor(cursor):
