@@ -107,6 +107,23 @@ class Operation(Generic[T]):
         return self.parse(replies)
 
 
+U = TypeVar("U")
+
+
+def combine(first: Operation[T], second: Operation[U]) -> Operation[tuple[T, U]]:
+    """Both operations in one round trip (their commands in this order)."""
+    split = len(first.keys)
+
+    def stage(pipe: PipelineLike) -> None:
+        first.stage(pipe)
+        second.stage(pipe)
+
+    def parse(replies: Sequence[Any]) -> tuple[T, U]:
+        return first.parse(replies[:split]), second.parse(replies[split:])
+
+    return Operation(first.keys + second.keys, stage, parse)
+
+
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 

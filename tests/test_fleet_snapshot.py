@@ -461,7 +461,7 @@ def test_a_set_deleted_and_refilled_by_hand_is_not_taken_for_its_snapshot(
     make: Factory, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     """A DEL leaves no marker, and refilled with as many ids the count matches: the sampled ids of the
-    snapshot are gone, so the set is read (and the snapshot rebuilt at the next boot)."""
+    snapshot are gone, so it is rebuilt."""
     now = time.time()
     seed(redis_client, fleet(key_prefix), ids(300), now - 100)
     booted(make, "a@h")
@@ -469,9 +469,8 @@ def test_a_set_deleted_and_refilled_by_hand_is_not_taken_for_its_snapshot(
     refill = ids(300)
     seed(redis_client, fleet(key_prefix), refill, now - 100)
     after = booted(make, "b@h")
-    assert after.merged.fleet_source == "set" and not binds(after, refill)
-    again = booted(make, "c@h")
-    assert again.merged.fleet_source == "built" and not binds(again, refill)
+    assert after.merged.fleet_source == "built" and not binds(after, refill)
+    assert booted(make, "c@h").merged.fleet_source == "snapshot"
 
 
 def test_a_purge_after_the_snapshot_is_honoured(make: Factory, redis_client: redis.Redis, redis_url: str,
@@ -490,25 +489,22 @@ def test_a_purge_after_the_snapshot_is_honoured(make: Factory, redis_client: red
     assert binds(after, purged) == purged and not binds(after, keep)
 
 
-def test_a_marker_written_while_a_boot_reads_the_delta_sends_it_back_to_the_set(
+def test_a_restore_that_lands_while_a_boot_checks_the_snapshot_is_seen(
     make: Factory, redis_client: redis.Redis, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A restore overlapping a boot: the prefix read after the delta has changed, so the snapshot
-    read before it is dropped and the set is read as it is."""
-    from celery_redis_statedb import boot_merge
-
+    """A restore between the boot's read of the header and its check: the prefix read after the count
+    is the restore's marker, so the snapshot read before it is not used."""
     _now, stored = snapshot_built(make, redis_client, key_prefix)
-    seed(redis_client, fleet(key_prefix), ids(1), time.time() + 1)  # a delta to read
-    real = boot_merge._read_newest
+    real = fleet_snapshot._Boot._check
 
-    def restoring_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("above") is not None:
-            anyio.run(lambda: admin.restore(redis_url, [stored[0]], key_prefix=key_prefix))
-        return real(*args, **kwargs)
+    def restoring_meanwhile(self: Any, *args: Any) -> Any:
+        anyio.run(lambda: admin.restore(redis_url, [stored[0]], key_prefix=key_prefix))
+        monkeypatch.setattr(fleet_snapshot._Boot, "_check", real)
+        return real(self, *args)
 
-    monkeypatch.setattr(boot_merge, "_read_newest", restoring_meanwhile)
+    monkeypatch.setattr(fleet_snapshot._Boot, "_check", restoring_meanwhile)
     after = booted(make, "b@h")
-    assert after.merged.fleet_source == "set"
+    assert after.merged.fleet_source == "built"
     assert stored[0] not in after.revoked and not binds(after, stored[1:])
 
 
@@ -640,7 +636,7 @@ def test_a_small_fleet_set_is_read_as_it_is(make: Factory, redis_client: redis.R
 # -- bad values never stop a boot ----------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["garbage", "truncated", "flipped", "future-version"])
+@pytest.mark.parametrize("value", ["garbage", "truncated", "flipped", "flipped-sample", "future-version"])
 def test_a_corrupt_snapshot_is_reported_ignored_and_rebuilt(
     make: Factory, redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
@@ -650,7 +646,8 @@ def test_a_corrupt_snapshot_is_reported_ignored_and_rebuilt(
     good = redis_client.get(snap(key_prefix))
     assert good is not None
     planted = {"garbage": b"not a snapshot at all", "truncated": good[:-100],
-               "flipped": good[:200] + bytes([good[200] ^ 0xFF]) + good[201:],
+               "flipped": good[:-200] + bytes([good[-200] ^ 0xFF]) + good[-199:],
+               "flipped-sample": good[:80] + bytes([good[80] ^ 0xFF]) + good[81:],
                "future-version": good[:4] + b"\x07" + good[5:]}[value]
     redis_client.set(snap(key_prefix), planted)
     with caplog.at_level(logging.ERROR, logger="celery_redis_statedb"):

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from celery.utils.collections import LimitedSet
 
-from celery_redis_statedb.fleet_snapshot import SnapshotPolicy, open_snapshot
+from celery_redis_statedb.fleet_snapshot import SnapshotPolicy, head_operation, open_snapshot
 from celery_redis_statedb.revoked_set import merge_unrecorded_pages
 from celery_redis_statedb.stored_index import StoredIdIndex
+from statedb import commands
 from statedb._sync.repository import SyncStateRepository
-from statedb.errors import WrongKeyTypeError
+from statedb.errors import AccessDeniedError, StateDataError, WrongKeyTypeError
 
 # Boot stamps ids by windows of this share of the revoke expiry (see cursors.WindowCursor).
 STAMP_WINDOW = 0.01
@@ -83,12 +84,14 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
     both = keys.revoked != keys.shared
     read_ids: dict[bool, list[str]] = {False: [], True: []}
     source = ""
+    own, head = _first_trip(repository, start) if both and snapshot is not None else (None, None)
     with gc_paused():
         for shared in (False, True) if both else (False,):
             fleet = shared or keys.revoked == keys.shared  # the fleet set (in shared scope, the worker's own)
             try:
                 read = _read_set(repository, revoked, shared=shared, wall=wall, start=start,
-                                 snapshot=snapshot if fleet else None)
+                                 snapshot=snapshot if fleet else None, counted=None if fleet else own,
+                                 head=head if fleet else None)
             except WrongKeyTypeError as exc:  # reported by the caller; boot on what can be read
                 if repository.bad is None:
                     raise
@@ -126,22 +129,34 @@ class _SetRead:
     source: str = ""  # for the fleet set: "snapshot", "built" (here) or "set"
 
 
+def _first_trip(repository: SyncStateRepository, start: float | None
+                ) -> tuple[tuple[int, int] | None, tuple[bytes, int] | None]:
+    """The worker's own set's counts and the fleet snapshot's first slice in one round trip (None, None
+    if a key refuses: each is then read on its own, and reports its own error)."""
+    try:
+        return repository.execute(commands.combine(repository.operations.count_within(start),
+                                                   head_operation(repository)))
+    except (StateDataError, AccessDeniedError):
+        return None, None
+
+
 def _read_set(repository: SyncStateRepository, revoked: LimitedSet, *, shared: bool, wall: float,
-              start: float | None, snapshot: SnapshotPolicy | None) -> _SetRead:
-    opened = None if snapshot is None else open_snapshot(repository, snapshot, horizon_start=start, now=wall)
+              start: float | None, snapshot: SnapshotPolicy | None, counted: tuple[int, int] | None = None,
+              head: tuple[bytes, int] | None = None) -> _SetRead:
+    """``counted``: the set's counts (count_within), if read already; ``head``: the snapshot's first trip."""
+    opened = None if snapshot is None else open_snapshot(repository, snapshot, horizon_start=start, now=wall,
+                                                         head=head)
     if opened is not None:
         # Only the ids newer than the snapshot are read from the set: they are its first ranks.
         ranks, loaded, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start,
                                             above=opened.max_score) if opened.newer else (0, 0, [])
-        if opened.still_current(repository):
-            opened.report_bad(repository)
-            room = revoked.maxlen - loaded if revoked.maxlen else None
-            part = opened.body.partition(room=room, memory_from=_memory_floor(revoked, wall, start),
-                                         horizon_from=start)
-            return _SetRead(part.memory + pages, ranks, min(opened.newer, opened.total - opened.too_old),
-                            part.index, part.index_count, opened.source)
+        opened.report_bad(repository)
+        room = revoked.maxlen - loaded if revoked.maxlen else None
+        part = opened.body.partition(room=room, memory_from=_memory_floor(revoked, wall, start), horizon_from=start)
+        return _SetRead(part.memory + pages, ranks, min(opened.newer, opened.total - opened.too_old),
+                        part.index, part.index_count, opened.source)
     source = "set" if snapshot is not None else ""
-    if not repository.count_within(start, shared=shared)[0]:  # an empty set (a new worker's own): no windows
+    if not (counted or repository.count_within(start, shared=shared))[0]:  # empty (a new worker's own): no windows
         return _SetRead([], 0, 0, source=source)
     ranks, _, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start)
     total, too_old = repository.count_within(start, shared=shared)

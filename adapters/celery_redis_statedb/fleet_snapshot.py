@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from statedb import snapshot
 from statedb._sync.repository import SyncStateRepository
+from statedb.commands import Operation
 from statedb.cursors import TRIP_BYTES
 from statedb.errors import (
     AccessDeniedError,
@@ -104,32 +105,20 @@ class Opened:
         for _ in range(self.head.bad - len(errors)):
             repository.bad.skip(rest)
 
-    def still_current(self, repository: SyncStateRepository) -> bool:
-        """Read last, after the delta: a marker (a removal) or a rebuild since the check shows here, and
-        so does a removal that left no marker, if it took one of a few ids sampled (a DEL by hand)."""
-        fleet = repository.keys.shared
-        try:
-            prefix, present = repository.execute(
-                snapshot.confirm(snapshot.snapshot_key(fleet), fleet, self.body.sample()))
-        except (AccessDeniedError, WrongKeyTypeError):
-            return False
-        if prefix != self.head.prefix:
-            return False
-        if not present:  # ids left the set with no marker: so that the next boot rebuilds it
-            with contextlib.suppress(StateDBError):
-                repository.execute(snapshot.mark_stale(fleet))
-            logger.warning("redis-statedb: ids of the fleet set's snapshot are no longer in the set, with no "
-                           "restore or purge marked (removed by hand?): the set is read instead, and the "
-                           "snapshot rebuilt at the next boot")
-        return present
+
+def head_operation(repository: SyncStateRepository) -> Operation[tuple[bytes, int]]:
+    """The first trip of :func:`open_snapshot` (to run with another: pass its reply as ``head``)."""
+    fleet = repository.keys.shared
+    return snapshot.read_head(snapshot.snapshot_key(fleet), fleet, size=repository.operations.trip_bytes or TRIP_BYTES)
 
 
 def open_snapshot(repository: SyncStateRepository, policy: SnapshotPolicy, *, horizon_start: float | None,
-                  now: float) -> Opened | None:
-    """The fleet set's snapshot to boot from, built here if need be; None: read the set as it is."""
+                  now: float, head: tuple[bytes, int] | None = None) -> Opened | None:
+    """The fleet set's snapshot to boot from, built here if need be; None: read the set as it is.
+    ``head``: the reply of :func:`head_operation`, if it was run already."""
     key = snapshot.snapshot_key(repository.keys.shared)
     try:
-        return _Boot(repository, policy, horizon_start, now).open(build=True)
+        return _Boot(repository, policy, horizon_start, now).open(build=True, head=head)
     except AccessDeniedError as exc:
         logger.warning("redis-statedb: Redis refused the fleet set's snapshot (%s): this worker reads the whole "
                        "fleet set at boot; grant the worker's ACL user the snapshot keys (README, Security)", exc)
@@ -149,29 +138,35 @@ class _Boot:
         self.repository, self.policy, self.horizon_start, self.now = repository, policy, horizon_start, now
         self.fleet = repository.keys.shared
         self.key, self.lock = snapshot.snapshot_key(self.fleet), snapshot.lock_key(self.fleet)
-        self.slice = repository.operations.trip_bytes or TRIP_BYTES
+        self.slice = repository.operations.trip_bytes or TRIP_BYTES  # the most one GETRANGE asks for
 
-    def open(self, *, build: bool) -> Opened | None:
-        repository = self.repository
-        raw, size = repository.execute(snapshot.read_head(self.key, self.fleet, size=self.slice))
+    def open(self, *, build: bool, again: bool = True, head: tuple[bytes, int] | None = None) -> Opened | None:
+        raw, size = head or self.repository.execute(head_operation(self.repository))
         if size < self.policy.min_ids:
             return None
-        head = self._head(raw)
-        usable: tuple[snapshot.Head, int, int] | None = None  # covers the set, but outgrown by the delta
-        if head is not None and head.kind == snapshot.SNAPSHOT:
-            total, covered, too_old = repository.execute(
-                snapshot.check_covered(self.fleet, head.max_score, self.horizon_start))
-            if covered == head.count:
-                if not build or not self.policy.outgrown(head, total - covered):
-                    opened = self._read(head, raw, total, too_old)
-                    if opened is not None or not build:
-                        return opened
-                else:
-                    usable = (head, total, too_old)
-        if not build:
-            return None
+        found = self._head(raw)
+        usable: tuple[snapshot.Head, snapshot.Check] | None = None  # holds, but outgrown by the delta
+        check = None if found is None else self._check(found, raw[snapshot.HEAD_SIZE:])
+        if found is not None and check is not None:
+            if check.prefix != found.prefix and again:  # rebuilt or marked since the header was read
+                return self.open(build=build, again=False)
+            if check.holds(found) and not (build and self.policy.outgrown(found, check.total - check.covered)):
+                opened = self._read(found, raw, check)
+                if opened is not None or not build:
+                    return opened
+            elif check.holds(found):
+                usable = (found, check)
+            elif check.prefix == found.prefix and not check.present:
+                logger.warning("redis-statedb: ids of the fleet set's snapshot are no longer in the set, with no "
+                               "restore or purge marked (removed by hand?): the snapshot is rebuilt")
+        return self._rebuild(raw, size, usable) if build else None
+
+    def _rebuild(self, raw: bytes, size: int, usable: tuple[snapshot.Head, snapshot.Check] | None
+                 ) -> Opened | None:
+        """Build the snapshot under the lock and boot from it; if another worker holds the lock, boot
+        from ``usable`` (a snapshot that holds, outgrown) or wait for the other's."""
         token = os.urandom(16).hex().encode()
-        locked, prefix = repository.execute(
+        locked, prefix = self.repository.execute(
             snapshot.lock(self.lock, self.key, token, max(1, int(self.policy.lock_ttl * 1000))))
         if locked:
             try:
@@ -181,27 +176,37 @@ class _Boot:
             if value is not None:
                 return self._built(value)
         if usable is not None:  # another worker is rebuilding it (or this one could not): boot from it
-            return self._read(usable[0], raw, usable[1], usable[2])
+            return self._read(usable[0], raw, usable[1])
         return None if locked else self._wait(raw[: snapshot.PREFIX_SIZE], size)
+
+    def _check(self, head: snapshot.Head, body_start: snapshot.Buffer) -> snapshot.Check | None:
+        """The check of ``head`` against the set (None: its sample is damaged, reported)."""
+        try:
+            sample = snapshot.read_sample(self.key, body_start) or ()
+        except CorruptValueError as exc:
+            _report(exc)
+            return None
+        return self.repository.execute(snapshot.check(self.key, self.fleet, head, self.horizon_start, sample))
 
     def _built(self, value: bytes) -> Opened | None:
         head = snapshot.decode_head(self.key, value)
         assert head is not None
-        total, covered, too_old = self.repository.execute(
-            snapshot.check_covered(self.fleet, head.max_score, self.horizon_start))
-        if covered != head.count:  # a late write since the build's own check: the next boot rebuilds
-            return None
-        return Opened(head, snapshot.decode_body(self.key, head, memoryview(value)[snapshot.HEAD_SIZE:]), total,
-                      too_old, "built")
+        body = memoryview(value)[snapshot.HEAD_SIZE:]
+        check = self._check(head, body)
+        if check is None or not check.holds(head):  # a late write or a marker since the build's own check
+            return None  # the next boot rebuilds
+        return Opened(head, snapshot.decode_body(self.key, head, body), check.total, check.too_old, "built")
 
     def _head(self, raw: bytes) -> snapshot.Head | None:
+        """The snapshot's header (None: no snapshot, a marker, or a corrupt value, reported)."""
         try:
-            return snapshot.decode_head(self.key, raw)
+            head = snapshot.decode_head(self.key, raw)
         except CorruptValueError as exc:
             _report(exc)
             return None
+        return head if head is not None and head.kind == snapshot.SNAPSHOT else None
 
-    def _read(self, head: snapshot.Head, raw: bytes, total: int, too_old: int) -> Opened | None:
+    def _read(self, head: snapshot.Head, raw: bytes, check: snapshot.Check) -> Opened | None:
         """The rest of the snapshot, in slices of at most the trip budget; None if it changed meanwhile
         (a rebuild or a marker) or is corrupt (reported)."""
         data = bytearray(head.body_len)  # filled in place: a million ids are 16 MB, copied as few times as may be
@@ -220,7 +225,7 @@ class _Boot:
             if self.repository.execute(snapshot.read_prefix(self.key)) == head.prefix:
                 _report(exc)  # not a rewrite under our feet: the value itself is bad
             return None
-        return Opened(head, body, total, too_old, "snapshot")
+        return Opened(head, body, check.total, check.too_old, "snapshot")
 
     def _build(self, prefix: bytes) -> bytes | None:
         """Every member scored up to the set's max score, oldest first, as a snapshot, written unless a
