@@ -2,10 +2,12 @@
 
 At boot (:func:`open_snapshot`), before reading the fleet set:
 
-1. one round trip reads the snapshot's header and first slice, and ZCARD of the set;
-2. a snapshot that still covers the set (``ZCOUNT`` up to its max score equals its count) is read
-   to its end in bounded slices and its digest checked; the caller then reads the ids newer than
-   it from the set (the delta) and, last, :meth:`Opened.still_current` reads its prefix again;
+1. one round trip reads the snapshot's header and first slice, and ZCARD of the set (and, in worker
+   scope, the counts of the worker's own set: :func:`head_operation` runs with them);
+2. one round trip checks it (:func:`statedb.snapshot.check`: ``ZCOUNT`` up to its max score equals
+   its count, then its prefix again and its sampled ids still in the set); one that holds is read to
+   its end in bounded slices and its digest checked; the caller then reads the ids newer than it
+   from the set (the delta);
 3. with no usable snapshot (none, a marker left by a removal, a late write with an old score, a
    corrupt value) or one the delta has outgrown, a worker takes the build lock (``SET NX PX``) and
    builds one, which it then boots from; the others wait for it a while (a few tiny polls), then
