@@ -11,7 +11,8 @@ Every benchmark works under its own ``statedb-bench:<name>:<random>:`` prefix an
 
 Tables: boot (1), shutdown (2), revoke (3), hotpath (4), purge (5), memory (6), scale (7),
 index (8: boot honouring a million stored ids beyond the memory window; 9: the index's worker memory),
-durability (10: a revoke with redis_state_min_replicas=1 vs 0, on a Sentinel topology of its own).
+durability (10: a revoke with redis_state_min_replicas=1 vs 0, on a Sentinel topology of its own),
+bootstorm (11, 12: 200 workers booting at once from one fleet set, as Redis sees them).
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
 import bench_boot
+import bench_bootstorm
 import bench_durability
 import bench_hotpath
 import bench_index
 import bench_purge
 import bench_revoke
 
-ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath", "index", "durability")
+ORDER = ("boot", "shutdown", "memory", "scale", "revoke", "purge", "hotpath", "index", "durability", "bootstorm")
 
 
 def main() -> None:
-    parser = c.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser = bench_bootstorm.add_args(c.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     parser.add_argument("--only", help=f"comma-separated tables: {', '.join(ORDER)}")
     args = parser.parse_args()
     only = set(ORDER) if not args.only else {name.strip() for name in args.only.split(",")}
@@ -49,9 +51,10 @@ def main() -> None:
                        extra=f"library: the working tree\n# command: {' '.join([Path(sys.executable).name, *sys.argv])}"
                              f"{' (quick)' if args.quick else ''}"), flush=True)
         tables: list[c.Table] = []
-        for module in (bench_boot, bench_revoke, bench_purge, bench_hotpath, bench_index, bench_durability):
+        for module in (bench_boot, bench_revoke, bench_purge, bench_hotpath, bench_index, bench_durability,
+                       bench_bootstorm):
             tables.extend(module.run(url, args, only))
-        tables.sort(key=lambda t: int(t.title.partition(".")[0]) if t.title.partition(".")[0].isdigit() else 99)
+        tables.sort(key=lambda t: int(t.title.split(".", 1)[0]) if t.title.split(".", 1)[0].isdigit() else 99)
         for table in tables:
             print()
             print(table.render())

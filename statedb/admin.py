@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from statedb import admin_commands as ops
-from statedb import commands
+from statedb import commands, snapshot
 from statedb._async.clients import Client, cluster_ready, is_cluster_client, open_async_client
 from statedb._async.repository import AsyncStateRepository, check_topology
 from statedb.config import StateDBConfig
@@ -549,8 +550,9 @@ class StateAdmin:
             sets = [self._owned_set(worker)]
             if sets[0][0] != FLEET:
                 sets.append((FLEET, self.schema.shared_revoked_key))
-        changes = [c for c in await self._each_set(sets, lambda keys: ops.remove_members(keys, ids), progress)
-                   if c.count]
+        async with self._fleet_snapshot_stale(sets):
+            changes = [c for c in await self._each_set(sets, lambda keys: ops.remove_members(keys, ids), progress)
+                       if c.count]
         fleet = sum(c.count for c in changes if c.worker == FLEET)
         note = None
         if worker is not None and not _is_fleet(worker) and fleet:
@@ -578,10 +580,24 @@ class StateAdmin:
             sets = [self._owned_set(worker)]
         stamp_sets = await self.stamps.sets(worker, every=worker is None)  # before a purge may empty them
         operation = ops.count_between if dry_run else ops.remove_between
-        changes = await self._each_set(sets, lambda keys: operation(keys, low, high), progress)
+        async with self._fleet_snapshot_stale(() if dry_run else sets):
+            changes = await self._each_set(sets, lambda keys: operation(keys, low, high), progress)
         stamps = await self.stamps.purge_sets(stamp_sets, cut, dry_run=dry_run)
         return PurgeReport(format_duration(seconds), utc(cut), dry_run,
                            sum(c.count for c in changes), tuple(c for c in changes if c.count), len(sets), stamps)
+
+    @asynccontextmanager
+    async def _fleet_snapshot_stale(self, sets: Sequence[tuple[str, RedisKey]]) -> AsyncIterator[None]:
+        """A removal from the fleet set marks its snapshot stale before and after it removes
+        (:func:`statedb.snapshot.mark_stale`): a booting worker then never takes a removed id for
+        stored, nor misses one written late with an old score."""
+        fleet = ops.as_bytes(self.schema.shared_revoked_key)
+        touched = any(ops.as_bytes(key) == fleet for _, key in sets)
+        if touched:
+            await self.run(snapshot.mark_stale(self.schema.shared_revoked_key))
+        yield
+        if touched:
+            await self.run(snapshot.mark_stale(self.schema.shared_revoked_key))
 
     # -- forgetting dead workers ----------------------------------------------------------
 

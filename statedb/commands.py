@@ -85,6 +85,9 @@ class PipelineLike(Protocol):
     def zrem(self, name: Any, *values: Any) -> Any: ...
     def get(self, name: Any) -> Any: ...
     def hset(self, name: Any, *args: Any, **kwargs: Any) -> Any: ...
+    def getrange(self, key: Any, start: Any, end: Any) -> Any: ...
+    def set(self, name: Any, value: Any, *args: Any, **kwargs: Any) -> Any: ...
+    def zrangebyscore(self, name: Any, min: Any, max: Any, *args: Any, **kwargs: Any) -> Any: ...
     def eval(self, script: Any, numkeys: Any, *keys_and_args: Any) -> Any: ...
     def ping(self, **kwargs: Any) -> Any: ...
     def execute_command(self, *args: Any, **options: Any) -> Any: ...
@@ -117,6 +120,23 @@ class LenientOperation(Operation[T]):
             if isinstance(reply, Exception) and index not in self.optional:
                 raise translate_reply_error(reply, key=key) from reply
         return self.parse(replies)
+
+
+U = TypeVar("U")
+
+
+def combine(first: Operation[T], second: Operation[U]) -> Operation[tuple[T, U]]:
+    """Both operations in one round trip (their commands in this order)."""
+    split = len(first.keys)
+
+    def stage(pipe: PipelineLike) -> None:
+        first.stage(pipe)
+        second.stage(pipe)
+
+    def parse(replies: Sequence[Any]) -> tuple[T, U]:
+        return first.parse(replies[:split]), second.parse(replies[split:])
+
+    return Operation(first.keys + second.keys, stage, parse)
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -426,7 +446,10 @@ KEY_KINDS = {  # a kind of key, as in the README's Key layout, with the worker "
     "fleet-revoked": "{prefix}shared:fleet-revoked",
     "fleet-stamps": "{prefix}shared:fleet-stamps",
     "legacy-blob": "{prefix}celery@host:zrevoked",
+    "fleet-snapshot": "{prefix}shared:fleet-revoked:snapshot",
+    "fleet-snapshot-lock": "{prefix}shared:fleet-revoked:snapshot-lock",
 }
+SNAPSHOT = ("fleet-snapshot", "fleet-snapshot-lock")
 WORKER, ADMIN = "worker", "admin"  # admin: the CLI, the admin APIs, migrations and producers' revokes
 SETS = ("revoked", "fleet-revoked")
 ALL_SETS = ("revoked", "fleet-revoked", "stamps", "fleet-stamps")
@@ -449,7 +472,14 @@ COMMANDS: tuple[CommandUse, ...] = (
     CommandUse("zrevrangebyscore", ALL_SETS, WORKER, "boot: the newest ids, every stamp"),
     CommandUse("zrevrange", SETS, WORKER, "boot: the stored ids beyond memory, by rank"),
     CommandUse("zcard", SETS, WORKER, "boot: which ranks are within the horizon; the loss check"),
-    CommandUse("zcount", SETS, WORKER, "boot: which ranks are within the horizon"),
+    CommandUse("zcount", SETS, WORKER, "boot: which ranks are within the horizon; the fleet snapshot's check"),
+    CommandUse("zrangebyscore", ("fleet-revoked",), WORKER, "boot: the fleet set oldest first, to build its snapshot; "
+                                                             "the ids newer than the snapshot"),
+    CommandUse("getrange", ("fleet-snapshot",), WORKER, "boot: the fleet snapshot's header and body"),
+    CommandUse("get", SNAPSHOT, WORKER, "boot: the fleet snapshot (and inside its scripts)"),
+    CommandUse("set", SNAPSHOT, WORKER, "boot: the snapshot's build lock (SET NX PX), inside its write script"),
+    CommandUse("eval", SNAPSHOT, WORKER, "boot: the snapshot written only if no other build replaced it; the "
+                                         "lock released only by its holder"),
     CommandUse("zmscore", SETS, WORKER, "a hit of the index confirmed; the loss check"),
     CommandUse("get", ("clock",), WORKER, "the stored clock (boot, the loss check)"),
     CommandUse("eval", ("clock",), WORKER, "the clock's forward-only script"),
@@ -477,6 +507,8 @@ COMMANDS: tuple[CommandUse, ...] = (
     CommandUse("hgetall", ("info",), ADMIN, "inspect, workers, prune: last seen, scope, version"),
     CommandUse("eval", ("clock",), ADMIN, "migrations: the clock's forward-only script"),
     CommandUse("set", ("clock",), ADMIN, "inside the clock's script"),
+    CommandUse("set", ("fleet-snapshot",), ADMIN, "restore, purge: the fleet snapshot marked stale around a "
+                                                  "removal from the fleet set"),
     CommandUse("type", ("legacy-blob",), ADMIN, "migrate --legacy-blob: what the 0.2 key holds"),
     CommandUse("unlink", ("revoked", "clock", "info", "stamps"), ADMIN, "forget, prune: a dead worker's keys"),
 )

@@ -7,7 +7,9 @@ revokes (member = the JSON text ``["header", "value"]``, score as above), and
 ``<prefix><worker>:info`` a hash written with each clock save (``last_seen``: the
 server-clock time of the save, ``scope``, ``version``). The fleet-wide sets do not end
 in ``:revoked``, ``:clock``, ``:stamps`` or ``:info``, so no worker name can ever
-produce their keys.
+produce their keys; nor can it produce the fleet set's snapshot
+(``<prefix>shared:fleet-revoked:snapshot``, a string: see :mod:`statedb.snapshot`) and
+its build lock (``...:snapshot-lock``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ STAMPS_SUFFIX = ":stamps"
 INFO_SUFFIX = ":info"
 SHARED_REVOKED_NAME = "shared:fleet-revoked"
 SHARED_STAMPS_NAME = "shared:fleet-stamps"
+SNAPSHOT_SUFFIX = ":snapshot"  # appended to the fleet set's key
+SNAPSHOT_LOCK_SUFFIX = ":snapshot-lock"
 # celery-redis-statedb 0.2 kept a zlib+pickle blob at <prefix><worker>:zrevoked; only an explicit migration reads it.
 LEGACY_BLOB_SUFFIX = ":zrevoked"
 
@@ -91,6 +95,14 @@ class KeySchema:
     def shared_stamps_key(self) -> str:
         return f"{self.prefix}{SHARED_STAMPS_NAME}"
 
+    @property
+    def shared_snapshot_key(self) -> str:
+        return self.shared_revoked_key + SNAPSHOT_SUFFIX
+
+    @property
+    def shared_snapshot_lock_key(self) -> str:
+        return self.shared_revoked_key + SNAPSHOT_LOCK_SUFFIX
+
     def for_worker(self, worker: str, scope: Scope = Scope.WORKER) -> WorkerKeys:
         shared, shared_stamps = self.shared_revoked_key, self.shared_stamps_key
         own = scope is not Scope.SHARED
@@ -99,6 +111,14 @@ class KeySchema:
             shared=shared, stamps=self.stamps_key(worker) if own else shared_stamps, shared_stamps=shared_stamps,
             info=self.info_key(worker),
         )
+
+    @property
+    def hash_tagged(self) -> bool:
+        """Whether the prefix holds a Redis Cluster hash tag (``{...}``, non-empty, the first ``{``): then
+        every key of the library hashes to one slot, one node of a cluster."""
+        opening = self.prefix.find("{")
+        closing = self.prefix.find("}", opening + 1) if opening >= 0 else -1
+        return closing > opening + 1
 
     @property
     def match_all(self) -> str:

@@ -29,6 +29,8 @@ class StateOperations:
     load_chunk_size: int = StateDBConfig.load_chunk_size
     write_chunk_size: int = StateDBConfig.write_chunk_size
     durability: Durability | None = None
+    # Bytes of replies a read asks for in one round trip (None: no bound, the read-ahead of 0.5).
+    trip_bytes: int | None = cursors.TRIP_BYTES
 
     @classmethod
     def for_worker(cls, config: StateDBConfig, worker: str) -> StateOperations:
@@ -59,13 +61,17 @@ class StateOperations:
                       bad: commands.BadMembers | None = None) -> cursors.PageCursor:
         key = self.keys.shared if shared else self.keys.revoked
         return cursors.PageCursor(key, newer_than=newer_than, limit=limit, chunk_size=self.load_chunk_size,
-                                   bad=bad)
+                                   bad=bad, trip_bytes=self.trip_bytes)
 
     def revoked_windows(self, now: float, newer_than: float, width: float, limit: int | None, *,
-                        shared: bool = False, bad: commands.BadMembers | None = None) -> cursors.WindowCursor:
+                        shared: bool = False, bad: commands.BadMembers | None = None,
+                        above: bool = False) -> cursors.WindowCursor:
+        """Boot's read of the newest ids by windows of revocation time, down to ``newer_than``
+        (strictly above it if ``above``)."""
         key = self.keys.shared if shared else self.keys.revoked
         return cursors.WindowCursor(key, now=now, newer_than=newer_than, width=width, limit=limit,
-                                     chunk_size=self.load_chunk_size, bad=bad)
+                                     chunk_size=self.load_chunk_size, bad=bad, trip_bytes=self.trip_bytes,
+                                     above=above)
 
     def read_clock(self) -> commands.Operation[int]:
         return commands.read_clock(self.keys.clock)
@@ -85,7 +91,8 @@ class StateOperations:
     def stored_ranks(self, start: int, stop: int, *, shared: bool = False,
                      bad: commands.BadMembers | None = None) -> cursors.RankCursor:
         key = self.keys.shared if shared else self.keys.revoked
-        return cursors.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size, bad=bad)
+        return cursors.RankCursor(key, start=start, stop=stop, chunk_size=self.load_chunk_size, bad=bad,
+                                   trip_bytes=self.trip_bytes)
 
     def revoked_scores(self, task_ids: Sequence[object]) -> commands.Operation[list[float | None]]:
         """The earliest score of each id in this worker's set or the fleet set."""
@@ -108,7 +115,7 @@ class StateOperations:
 
         key = self.keys.shared_stamps if shared else self.keys.stamps
         return stamp_commands.StampPageCursor(key, newer_than=newer_than, limit=limit,
-                                              chunk_size=self.load_chunk_size, bad=bad)
+                                              chunk_size=self.load_chunk_size, bad=bad, trip_bytes=self.trip_bytes)
 
     def count_stamps(self, *, shared: bool = False) -> commands.Operation[int]:
         from statedb import stamps as stamp_commands

@@ -25,7 +25,8 @@ from celery_redis_statedb.local_servers import PrivateServer, SentinelTopology
 from tests.test_faults import RevokeStream, assert_clean, guarantee, missing_from, streams
 
 __all__ = ["streams"]  # the fixture, shared with test_faults
-from tests.workers import WorkerHarness, WorkerProcess, revoked_key, wait_until
+from tests.keys import revoked_key
+from tests.workers import WorkerHarness, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -323,11 +323,12 @@ def walk(cursor: cursors.WindowCursor, rows: dict[bytes, float]
 @given(rows=st.dictionaries(st.text(min_size=1, max_size=6).map(str.encode), st.integers(0, 20).map(float),
                             max_size=30),
        newer_than=st.one_of(st.none(), st.integers(0, 20).map(float)),
-       limit=st.one_of(st.none(), st.integers(0, 35)), chunk=st.integers(1, 8))
+       limit=st.one_of(st.none(), st.integers(0, 35)), chunk=st.integers(1, 8),
+       trip_bytes=st.one_of(st.none(), st.integers(1, 200)))
 def test_the_page_cursor_reads_newest_first_up_to_the_limit(
-    rows: dict[bytes, float], newer_than: float | None, limit: int | None, chunk: int
+    rows: dict[bytes, float], newer_than: float | None, limit: int | None, chunk: int, trip_bytes: int | None
 ) -> None:
-    cursor = cursors.PageCursor("k", newer_than=newer_than, limit=limit, chunk_size=chunk)
+    cursor = cursors.PageCursor("k", newer_than=newer_than, limit=limit, chunk_size=chunk, trip_bytes=trip_bytes)
     read: list[tuple[str, float]] = []
     for _ in range(100):
         operation = cursor.next_operation()
@@ -461,16 +462,23 @@ def test_a_real_server_round_trip(
 @given(rows=st.dictionaries(st.text(min_size=1, max_size=6).map(str.encode),
                             st.one_of(st.integers(0, 40).map(float), st.floats(0, 40)), max_size=40),
        now=st.floats(0, 40), span=st.floats(0.5, 40), share=st.floats(0.01, 1.5),
-       limit=st.one_of(st.none(), st.integers(0, 45)), chunk=st.integers(1, 6), per_trip=st.integers(1, 4))
+       limit=st.one_of(st.none(), st.integers(0, 45)), chunk=st.integers(1, 6), per_trip=st.integers(1, 4),
+       trip_bytes=st.one_of(st.none(), st.integers(1, 200)))
 def test_the_window_cursor_reads_newest_first_and_stamps_within_one_window(
-    rows: dict[bytes, float], now: float, span: float, share: float, limit: int | None, chunk: int, per_trip: int
+    rows: dict[bytes, float], now: float, span: float, share: float, limit: int | None, chunk: int, per_trip: int,
+    trip_bytes: int | None,
 ) -> None:
     width = span * share
     cursor = cursors.WindowCursor("k", now=now, newer_than=now - span, width=width, limit=limit,
-                                   chunk_size=chunk, per_trip=per_trip)
+                                   chunk_size=chunk, per_trip=per_trip, trip_bytes=trip_bytes)
+    allowed: list[int | None] = []  # the ids the budget allowed when each trip was planned
+    plan = cursor.next_operation
+    cursor.next_operation = lambda: (allowed.append(cursor.budget.rows()), plan())[1]  # type: ignore[method-assign]
     trips, pages = walk(cursor, rows)
     for name, (key, _, _), kwargs in itertools.chain.from_iterable(trips):
         assert (name, key) == ("zrevrangebyscore", "k") and 0 < kwargs["num"] <= chunk
+    for trip, most in zip(trips, allowed, strict=False):
+        assert most is None or sum(kwargs["num"] for *_, kwargs in trip) <= most
     read = [(stamp, task_id) for stamp, ids in pages for task_id in ids]
     expected = model_zrevrangebyscore(rows, now - span, 0, len(rows))
     expected = expected if limit is None else expected[:limit]

@@ -3,7 +3,9 @@
 Each revoked set (the worker's own and, in worker scope, the fleet's) is read newest
 first. Its newest ids, within Celery's in-memory limits, go into ``state.revoked``,
 stamped on the local monotonic clock as old as they are (to within a window of 1% of
-the expiry); the rest, within the horizon, go into the index, by rank, ids only.
+the expiry); the rest, within the horizon, go into the index, by rank, ids only. The
+fleet set, which every worker reads, comes from its snapshot (:mod:`fleet_snapshot`)
+plus the ids newer than it.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ import gc
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from celery.utils.collections import LimitedSet
 
-from celery_redis_statedb.revoked_set import merge_unrecorded, merge_unrecorded_pages
+from celery_redis_statedb.fleet_snapshot import SnapshotPolicy, head_operation, open_snapshot
+from celery_redis_statedb.revoked_set import merge_unrecorded_pages
 from celery_redis_statedb.stored_index import StoredIdIndex
+from statedb import commands
 from statedb._sync.repository import SyncStateRepository
-from statedb.errors import WrongKeyTypeError
+from statedb.errors import AccessDeniedError, StateDataError, WrongKeyTypeError
 
 # Boot stamps ids by windows of this share of the revoke expiry (see cursors.WindowCursor).
 STAMP_WINDOW = 0.01
+DEFAULT_SNAPSHOT_POLICY = SnapshotPolicy()
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class MergeCounts:
     in_index: int
     # Ids read from the fleet set and not from the worker's own (worker scope): written back there.
     fleet_ids: frozenset[str] = field(default=frozenset(), compare=False)
+    # How the fleet set was read: "snapshot", "built" (a snapshot built by this boot), "set" (as it is).
+    fleet_source: str = field(default="", compare=False)
 
     @property
     def total(self) -> int:
@@ -61,68 +68,135 @@ def horizon_start(horizon: float | None, wall: float) -> float | None:
 
 
 def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: StoredIdIndex, *,
-                 horizon: float | None, now: float | None = None) -> MergeCounts:
+                 horizon: float | None, now: float | None = None,
+                 snapshot: SnapshotPolicy | None = DEFAULT_SNAPSHOT_POLICY) -> MergeCounts:
     """Merge every stored id within the horizon into ``revoked`` or ``index``.
 
     ``now`` is the wall-clock time the stored scores are compared with (the server's
-    clock; local time by default)."""
+    clock; local time by default). The fleet set is read from its snapshot, plus the ids
+    newer than it, unless ``snapshot`` is None (the read of 0.5: the whole set).
+    """
     wall, mono = time.time() if now is None else now, time.monotonic()
     keys = repository.keys
     start = horizon_start(horizon, wall)
     in_memory = expected = 0
-    beyond: list[Iterator[list[bytes]]] = []
+    beyond: list[Iterable[list[bytes]]] = []
     both = keys.revoked != keys.shared
     read_ids: dict[bool, list[str]] = {False: [], True: []}
+    source = ""
+    own, head = _first_trip(repository, start) if both and snapshot is not None else (None, None)
     with gc_paused():
         for shared in (False, True) if both else (False,):
+            fleet = shared or keys.revoked == keys.shared  # the fleet set (in shared scope, the worker's own)
             try:
-                # ``read``: the ranks the newest ids cover (bad members skipped among them included): the
-                # index reads on below them. Never more: an id the count skipped would be in neither.
-                read, merged = _merge_newest(repository, revoked, shared=shared, wall=wall, mono=mono,
-                                             not_before=start, collect=read_ids[shared] if both else None)
-                total, too_old = repository.count_within(start, shared=shared)
+                read = _read_set(repository, revoked, shared=shared, wall=wall, start=start,
+                                 snapshot=snapshot if fleet else None, counted=None if fleet else own,
+                                 head=head if fleet else None)
             except WrongKeyTypeError as exc:  # reported by the caller; boot on what can be read
                 if repository.bad is None:
                     raise
                 repository.bad.key_unreadable(exc)
                 continue
-            in_memory += merged
-            if total - too_old > read:
-                expected += total - too_old - read
-                beyond.append(repository.iter_stored_ids(read, total - too_old, shared=shared))
+            if read.source:
+                source = read.source
+            in_memory += merge_unrecorded_pages(revoked, read.pages, wall=wall, mono=mono)
+            if both:
+                for _, ids in read.pages:
+                    read_ids[shared].extend(ids)
+            expected += read.index_count
+            beyond.append(read.index)
+            # ``read.ranks``: the ranks the newest ids cover (bad members skipped among them included): the
+            # index reads on below them. Never more: an id the count skipped would be in neither.
+            if read.stop > read.ranks:
+                expected += read.stop - read.ranks
+                beyond.append(repository.iter_stored_ids(read.ranks, read.stop, shared=shared))
         in_index = index.bulk_load(itertools.chain.from_iterable(itertools.chain.from_iterable(beyond)),
                                    expected=expected)
-        fleet = frozenset(read_ids[True]).difference(read_ids[False]) if read_ids[True] else frozenset()
-    return MergeCounts(in_memory, in_index, fleet)
+        fleet_ids = frozenset(read_ids[True]).difference(read_ids[False]) if read_ids[True] else frozenset()
+    return MergeCounts(in_memory, in_index, fleet_ids, source)
 
 
-def _merge_newest(repository: SyncStateRepository, revoked: LimitedSet, *, shared: bool, wall: float,
-                  mono: float, not_before: float | None, collect: list[str] | None = None) -> tuple[int, int]:
-    """(ids read, ids merged) of the newest ids of one set that fit Celery's limits; the ids
-    read are appended to ``collect`` if given.
+@dataclass
+class _SetRead:
+    """One set's share of the boot: pages for Celery's set (oldest first), stored ids for the index, and
+    the ranks ``ranks`` to ``stop - 1`` still to read into the index."""
 
-    Read newest first (the limit keeps the newest), inserted oldest first: O(1) heap pushes.
+    pages: list[tuple[float, list[str]]]
+    ranks: int
+    stop: int
+    index: Iterable[list[bytes]] = ()  # pages of stored ids (from a snapshot)
+    index_count: int = 0
+    source: str = ""  # for the fleet set: "snapshot", "built" (here) or "set"
+
+
+def _first_trip(repository: SyncStateRepository, start: float | None
+                ) -> tuple[tuple[int, int] | None, tuple[bytes, int] | None]:
+    """The worker's own set's counts and the fleet snapshot's first slice in one round trip (None, None
+    if a key refuses: each is then read on its own, and reports its own error)."""
+    try:
+        return repository.execute(commands.combine(repository.operations.count_within(start),
+                                                   head_operation(repository)))
+    except (StateDataError, AccessDeniedError):
+        return None, None
+
+
+def _read_set(repository: SyncStateRepository, revoked: LimitedSet, *, shared: bool, wall: float,
+              start: float | None, snapshot: SnapshotPolicy | None, counted: tuple[int, int] | None = None,
+              head: tuple[bytes, int] | None = None) -> _SetRead:
+    """``counted``: the set's counts (count_within), if read already; ``head``: the snapshot's first trip."""
+    opened = None if snapshot is None else open_snapshot(repository, snapshot, horizon_start=start, now=wall,
+                                                         head=head)
+    if opened is not None:
+        # Only the ids newer than the snapshot are read from the set: they are its first ranks.
+        ranks, loaded, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start,
+                                            above=opened.max_score) if opened.newer else (0, 0, [])
+        opened.report_bad(repository)
+        room = revoked.maxlen - loaded if revoked.maxlen else None
+        part = opened.body.partition(room=room, memory_from=_memory_floor(revoked, wall, start), horizon_from=start)
+        return _SetRead(part.memory + pages, ranks, min(opened.newer, opened.total - opened.too_old),
+                        part.index, part.index_count, opened.source)
+    source = "set" if snapshot is not None else ""
+    if not (counted or repository.count_within(start, shared=shared))[0]:  # empty (a new worker's own): no windows
+        return _SetRead([], 0, 0, source=source)
+    ranks, _, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start)
+    total, too_old = repository.count_within(start, shared=shared)
+    return _SetRead(pages, ranks, total - too_old, source=source)
+
+
+def _memory_floor(revoked: LimitedSet, wall: float, start: float | None) -> float | None:
+    """The oldest revocation time Celery's set keeps (None: any)."""
+    expires: float | None = revoked.expires
+    if expires and math.isfinite(expires):
+        return wall - expires if start is None else max(wall - expires, start)
+    return start
+
+
+def _read_newest(repository: SyncStateRepository, revoked: LimitedSet, *, shared: bool, wall: float,
+                 not_before: float | None, above: float | None = None
+                 ) -> tuple[int, int, list[tuple[float, list[str]]]]:
+    """(ranks read, ids kept, pages) of the newest ids of one set that fit Celery's limits (only those
+    scored above ``above`` if given); pages are (stamp, ids newest first), oldest page first.
+
     The ids read are the set's first ranks, so the index reads on from there.
     """
     expires, maxlen = revoked.expires, revoked.maxlen
     if expires and math.isfinite(expires):  # CELERY_WORKER_REVOKE_EXPIRES=inf: never expire
-        newer_than = wall - expires if not_before is None else max(wall - expires, not_before)
+        newer_than = _memory_floor(revoked, wall, not_before)
+        assert newer_than is not None
+        strictly = above is not None and above >= newer_than
         # Ids only, by windows of 1% of the expiry: each id is taken to be at most
         # that much younger than it is (kept that much longer, never less).
-        cursor = repository.operations.revoked_windows(wall, newer_than, expires * STAMP_WINDOW, maxlen or None,
-                                                       shared=shared, bad=repository.bad)
+        cursor = repository.operations.revoked_windows(
+            wall, above if strictly and above is not None else newer_than, expires * STAMP_WINDOW, maxlen or None,
+            shared=shared, bad=repository.bad, above=strictly)
         pages = list(repository.iter_revoked_windows(cursor))
         pages.reverse()
         # Bad members skipped in pages read ahead (past the size cap) and never handed out are no ranks read.
-        read = cursor.ranks
-        if collect is not None:
-            for _, ids in pages:
-                collect.extend(ids)
-        return read, merge_unrecorded_pages(revoked, pages, wall=wall, mono=mono)
+        return cursor.ranks, cursor.loaded, pages
+    floor = not_before if above is None or (not_before is not None and not_before > above) else above
     skipped = repository.bad.count if repository.bad is not None else 0
-    rows = list(repository.iter_revoked(newer_than=not_before, limit=maxlen or None, shared=shared))
-    rows.reverse()
-    if collect is not None:
-        collect.extend(task_id for task_id, _ in rows)
+    rows = list(repository.iter_revoked(newer_than=floor, limit=maxlen or None, shared=shared))
     read = len(rows) + (repository.bad.count - skipped if repository.bad is not None else 0)
-    return read, merge_unrecorded(revoked, rows, wall=wall, mono=mono)
+    # Rows at exactly ``above`` are the snapshot's: counted as ranks read, not merged twice.
+    kept = [(score, [task_id]) for task_id, score in reversed(rows) if above is None or score > above]
+    return read, len(kept), kept

@@ -27,7 +27,8 @@ from typing import Any
 from celery.utils.collections import LimitedSet
 
 import celery_redis_statedb
-from celery_redis_statedb.boot_merge import STAMP_WINDOW, MergeCounts, merge_stored
+from celery_redis_statedb.boot_merge import DEFAULT_SNAPSHOT_POLICY, STAMP_WINDOW, MergeCounts, merge_stored
+from celery_redis_statedb.fleet_snapshot import SnapshotPolicy
 from celery_redis_statedb.outage import OutageTracker
 from celery_redis_statedb.revoked_set import attach, detach
 from celery_redis_statedb.stamps import stamps_for
@@ -101,6 +102,11 @@ class WorkerStatePersistence:
         self.watch = StateWatch(self)
         self.loaded = False
         self.merged = MergeCounts(0, 0)
+        # How boot reads the fleet set: from its snapshot (None: the whole set, as 0.5 did). Its check reads
+        # the set's count, then the snapshot, in that order: on a Redis Cluster only one node keeps that
+        # order, so there the snapshot needs a hash-tagged prefix (every key in one slot).
+        usable = target_kind(config.url) != "cluster" or config.keys.hash_tagged
+        self.fleet_snapshot: SnapshotPolicy | None = DEFAULT_SNAPSHOT_POLICY if usable else None
         self._lock = threading.RLock()
         self.outage = OutageTracker(config.safe_url, backoff_base=config.retry_backoff_base,
                                     backoff_cap=config.retry_backoff_cap)
@@ -217,7 +223,7 @@ class WorkerStatePersistence:
             # A degraded start merging late, on the timer: the worker cannot be stopped from here.
             logger.critical("redis-statedb: %s", exc)
         self.merged = merge_stored(self.repository, self.revoked, self.stored.index, horizon=self.config.horizon,
-                                   now=self.now())
+                                   now=self.now(), snapshot=self.fleet_snapshot)
         data = self.revoked._data
         self.fleet_only.update((task_id, None) for task_id in self.merged.fleet_ids if task_id in data)
         stamps_for(self).load()

@@ -115,6 +115,15 @@ class AsyncStateRepository:
             for row in cursor.feed(await self._run(operation)):
                 yield row
 
+    async def execute(self, operation: commands.Operation[T]) -> T:
+        """Run an operation built outside this class (:mod:`statedb.snapshot`, say) in one round trip."""
+        return await self._run(operation)
+
+    async def iter_cursor(self, cursor: cursors.Cursor[T]) -> AsyncIterator[T]:
+        """What a read in several round trips (a :class:`~statedb.cursors.Cursor`) yields."""
+        async for row in self._walk(cursor):
+            yield row
+
     async def ping(self) -> bool:
         return await self._run(self.operations.ping())
 
