@@ -13,6 +13,7 @@ import redis
 
 from celery_redis_statedb.local_servers import PrivateCluster, PrivateServer, delete_prefixed
 from statedb import StateDBConfig, open_sync_client
+from tests.revoke_streams import RevokeStream
 from tests.workers import WorkerHarness
 
 
@@ -93,3 +94,12 @@ def cluster_prefix(cluster_url: str) -> Iterator[str]:
     prefix = f"statedb-test:{uuid.uuid4().hex}:"
     yield prefix
     delete_prefixed(cluster_url, prefix)
+
+
+@pytest.fixture
+def streams() -> Iterator[list[RevokeStream]]:
+    """Revoke streams a test starts (tests/revoke_streams.py): stopped at the end, whatever happened."""
+    started: list[RevokeStream] = []
+    yield started
+    for stream in started:
+        stream._stop.set()

@@ -22,16 +22,13 @@ import pytest
 import redis
 
 from celery_redis_statedb.local_servers import PrivateServer, SentinelTopology
-from tests.test_faults import RevokeStream, assert_clean, guarantee, missing_from, streams
-
-__all__ = ["streams"]  # the fixture, shared with test_faults
+from tests.guarantees import guarantee, missing_from
 from tests.keys import revoked_key
-from tests.workers import WorkerHarness, WorkerProcess, wait_until
+from tests.revoke_streams import RevokeStream, assert_clean
+from tests.workers import WorkerHarness, WorkerProcess, fast_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
-FAST_ENV = {"CELERY_REDIS_STATE_SOCKET_TIMEOUT": "0.5", "CELERY_REDIS_STATE_CONNECT_TIMEOUT": "0.5",
-            "CELERY_REDIS_STATE_CLOCK_INTERVAL": "1"}
 SWITCH_TIMEOUT = 120.0  # liveness bounds: a few seconds on an idle host; Sentinel's TILT mode adds 30 s
 REPAIR_TIMEOUT = 90.0
 
@@ -83,7 +80,7 @@ def test_acknowledged_revokes_survive_a_sentinel_failover(
     fault: str, min_replicas: int,
 ) -> None:
     with SentinelTopology() as topology:
-        env = {**FAST_ENV, "CELERY_REDIS_STATE_KEY_PREFIX": state_prefix,
+        env = {**fast_env(state_prefix, clock_interval=1),
                "CELERY_REDIS_STATE_MIN_REPLICAS": str(min_replicas)}
         worker = start_worker(harness, topology, env, kombu=fault == "sigkill")
         key = revoked_key(state_prefix, worker.name)

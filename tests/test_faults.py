@@ -17,8 +17,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import Scope, StateDBConfig
 from tests.guarantees import guarantee, missing_from
 from tests.keys import clock_key, revoked_key, shared_key
+from tests.revoke_streams import RevokeStream, assert_clean
 from tests.workers import (
     SOCKET_TIMEOUT,
     WorkerHarness,
@@ -49,70 +48,6 @@ def start_worker(harness: WorkerHarness, server: PrivateServer, state_prefix: st
     without a reconnect shows), started; and its revoked key."""
     worker = harness.worker(harness.app(install=True), server.url, env=fast_env(state_prefix, clock_interval=1))
     return worker.start(), revoked_key(state_prefix, worker.name)
-
-
-def assert_clean(worker: WorkerProcess) -> None:
-    log = worker.all_logs()
-    assert "Traceback" not in log, log[-5000:]
-
-
-@dataclass
-class RevokeStream:
-    """A thread sending revoke commands to one worker as fast as it answers; counts sent and acked ids."""
-
-    harness: WorkerHarness
-    worker: WorkerProcess
-    batch: int = 3
-    reply_timeout: float = 1.0
-    sent: int = 0
-    acked: list[str] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        app = self.harness.new_control_app()
-        try:
-            while not self._stop.is_set():
-                ids = [new_task_id() for _ in range(self.batch)]
-                self.sent += len(ids)
-                started = time.monotonic()
-                if self.harness.try_revoke(self.worker, ids, timeout=self.reply_timeout, app=app):
-                    self.latencies.append(time.monotonic() - started)
-                    self.acked.extend(ids)
-        except BaseException as exc:  # reported by stop()
-            self.errors.append(exc)
-        finally:
-            app.close()
-
-    def start(self) -> RevokeStream:
-        self._thread = threading.Thread(target=self._run, name="revoke-stream", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait_acked(self, count: int, timeout: float = 15.0) -> None:
-        """Wait until ``count`` ids in total have been acknowledged."""
-        try:
-            wait_until(lambda: len(self.acked) >= count or None, timeout, f"{count} acknowledged revokes",
-                       interval=0.02)
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc} (got {len(self.acked)}); worker log:\n{self.worker.log()[-5000:]}") from None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(15)
-            assert not self._thread.is_alive(), "the revoke stream did not stop"
-        assert not self.errors, self.errors
-
-
-@pytest.fixture
-def streams() -> Iterator[list[RevokeStream]]:
-    started: list[RevokeStream] = []
-    yield started
-    for stream in started:
-        stream._stop.set()
 
 
 # -- the worker is SIGKILLed again and again while revokes arrive ------------------------
