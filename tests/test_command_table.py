@@ -35,9 +35,11 @@ def test_the_readme_acl_allows_nothing_the_table_does_not_send(sender: str, user
 
 
 def test_the_worker_acl_cannot_change_a_key_type() -> None:
-    """String and hash commands reach only their own kind of key, sorted-set commands only sets."""
+    """String and hash commands reach only their own kinds of key (the strings: clocks, the fleet snapshot and
+    its lock), sorted-set commands only sets."""
     rule = readme_rules()[WORKER_USER]
-    for command, kinds in (("set", {"clock"}), ("hset", {"info"}), ("zadd", {"revoked", "stamps", "fleet-revoked",
+    for command, kinds in (("set", {"clock", "fleet-snapshot", "fleet-snapshot-lock"}), ("hset", {"info"}),
+                           ("zadd", {"revoked", "stamps", "fleet-revoked",
                                                                              "fleet-stamps"})):
         allowed = {kind for kind in KEY_KINDS if rule.allows(command, sample_key(kind))}
         assert allowed == kinds, (command, allowed)
