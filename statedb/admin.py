@@ -595,9 +595,11 @@ class StateAdmin:
         touched = any(ops.as_bytes(key) == fleet for _, key in sets)
         if touched:
             await self.run(snapshot.mark_stale(self.schema.shared_revoked_key))
-        yield
-        if touched:
-            await self.run(snapshot.mark_stale(self.schema.shared_revoked_key))
+        try:
+            yield
+        finally:
+            if touched:
+                await self.run(snapshot.mark_stale(self.schema.shared_revoked_key))
 
     # -- forgetting dead workers ----------------------------------------------------------
 

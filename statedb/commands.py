@@ -513,8 +513,9 @@ COMMANDS: tuple[CommandUse, ...] = (
     CommandUse("unlink", ("revoked", "clock", "info", "stamps"), ADMIN, "forget, prune: a dead worker's keys"),
 )
 # Sent by redis-py itself when it connects, depending on its version, the URL and the server:
-# HELLO (RESP3, or a user name), SELECT (a database other than 0), CLIENT SETINFO (Redis >= 7.2).
-CONNECTION_COMMANDS = ("hello", "select", "client|setinfo")
+# HELLO (RESP3, or a user name), SELECT (a database other than 0), CLIENT SETINFO (Redis >= 7.2);
+# a cluster client also reads the slot table (CLUSTER SLOTS) and the command table (COMMAND).
+CONNECTION_COMMANDS = ("hello", "select", "client|setinfo", "cluster|slots", "command")
 
 
 def commands_of(sender: str) -> dict[str, set[str]]:

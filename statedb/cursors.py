@@ -329,8 +329,10 @@ class RankCursor:
     """Ids (bytes, as stored) of ranks ``start`` to ``stop - 1``, newest first, ``chunk_size`` a command.
 
     Ranks are read as they are when each page is read: an id added meanwhile at the
-    top shifts the rest down by one (an id read twice, harmless in a set); one
-    removed above the cursor shifts them up (one id not read until the next boot).
+    top shifts the rest down by one (an id read twice, harmless in a set, and the last
+    one pushed past ``stop``: the boot reads those afterwards, see
+    ``boot_merge._pushed_down``); one removed above the cursor shifts them up (one id
+    not read until the next boot).
     """
 
     def __init__(self, key: str, *, start: int, stop: int, chunk_size: int,

@@ -88,6 +88,10 @@ class StateOperations:
                      ) -> commands.Operation[tuple[int, int]]:
         return stored_ids.count_within(self.keys.shared if shared else self.keys.revoked, horizon_start)
 
+    def count_from(self, low: float | str, *, shared: bool = False) -> commands.Operation[int]:
+        """Ids scored ``low`` or more (``"(x"``: more than x)."""
+        return stored_ids.count_from(self.keys.shared if shared else self.keys.revoked, low)
+
     def stored_ranks(self, start: int, stop: int, *, shared: bool = False,
                      bad: commands.BadMembers | None = None) -> cursors.RankCursor:
         key = self.keys.shared if shared else self.keys.revoked

@@ -27,6 +27,12 @@ def count_within(key: str, horizon_start: float | None) -> Operation[tuple[int, 
     return Operation((key, key), stage, lambda replies: (int(replies[0]), int(replies[1])))
 
 
+def count_from(key: str, low: float | str) -> Operation[int]:
+    """Ids scored ``low`` or more (``"(x"``: more than x): the first ranks of the set, newest first."""
+    bound = low if isinstance(low, str) else repr(low)
+    return Operation((key,), lambda pipe: pipe.zcount(key, bound, "+inf"), lambda replies: int(replies[0]))
+
+
 def revoked_scores(keys: Sequence[str], task_ids: Sequence[object]) -> Operation[list[float | None]]:
     """For each id, the earliest score it has in any of ``keys`` (None if in none)."""
     members = encode_task_ids(task_ids)

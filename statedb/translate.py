@@ -90,8 +90,25 @@ def translate_exception(  # noqa: PLR0911 (one return per kind of failure)
     return StateDBError(f"Redis at {target} failed: {type(exc).__name__}: {text}")
 
 
+def _refusal_within(exc: BaseException) -> BaseException | None:
+    """An access refusal among the errors ``exc`` was raised from (redis-py's cluster client wraps a
+    refused CLUSTER SLOTS as "Cluster mode is not enabled")."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(seen) < 8 and all(link is not other for other in seen):
+        if _is_access_error(link, str(link)):
+            return link
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def _cluster_error(exc: RedisClusterException, target: str) -> StateDBError:
     """redis-py's cluster client could not set itself up or route a command."""
+    refused = _refusal_within(exc)
+    if refused is not None:
+        return AccessDeniedError(f"Redis Cluster at {target} refused access: {refused} (a cluster client also "
+                                 f"needs +cluster|slots and +command: see the README, Redis Cluster)")
     if exc.__cause__ is not None:  # why no startup node answered: refused credentials, a TLS mismatch...
         why = translate_exception(exc.__cause__, target=target)
         if isinstance(why, (AccessDeniedError, ConfigurationError)):
@@ -137,6 +154,10 @@ def translate_reply_error(exc: Exception, *, key: str | None) -> StateDBError:  
     if _is_access_error(exc, text):
         return AccessDeniedError(f"Redis refused access to {target} (check the ACL user's key patterns "
                                  f"and commands): {text}")
+    if text.startswith("unknown command"):  # a Sentinel port, most often: it knows no data command
+        return ConfigurationError(
+            f"the server rejected a command on {target} as unknown ({text}): is the URL naming a Sentinel? "
+            f"(use redis+sentinel://host:26379/SERVICE_NAME); Redis >= 6.2 or Valkey is required")
     if key is None:
         return StateDBError(f"Redis rejected {target}: {text}")
     if "WRONGTYPE" in text:

@@ -23,7 +23,9 @@ SUPPORTED_SCHEMES = (*STANDALONE_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 TargetKind = Literal["standalone", "sentinel", "cluster"]
 MASK = "***"
 _SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
-_QUERY_PAIR = re.compile(r"(?P<key>[^&=;]+)=(?P<value>[^&;]*)")
+# A query value runs to the next '&' (Python's query parser splits on '&' only: a ';' is part of it); a
+# ';' is also read as a separator (older parsers did), so a value is masked whichever way it is read.
+_QUERY_PAIRS = (re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)"), re.compile(r"(?P<key>[^&=;]+)=(?P<value>[^&;]*)"))
 # Where kombu's list of Sentinels splits: a ';' that starts another sentinel:// URL.
 _KOMBU_PART = re.compile(r";(?=sentinel://)", re.IGNORECASE)
 _ENCODE_HINT = "a password with '#', '/', '?' or '@' must be percent-encoded"
@@ -97,9 +99,10 @@ def _mask_one(url: str) -> str:
         rest = f"{user}:{MASK}@{rest}" if has_password else f"{MASK}@{rest}"
     head, qmark, query = rest.partition("?")
     if qmark:
-        query = _QUERY_PAIR.sub(
-            lambda m: f"{m['key']}={MASK}" if _SECRET_QUERY_KEY.search(m["key"]) else m.group(0), query
-        )
+        for pairs in _QUERY_PAIRS:
+            query = pairs.sub(
+                lambda m: f"{m['key']}={MASK}" if _SECRET_QUERY_KEY.search(m["key"]) else m.group(0), query
+            )
     return f"{scheme}{sep}{head}{qmark}{query}"
 
 

@@ -29,12 +29,17 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+def unique_prefix(url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys on ``url`` are deleted afterwards."""
+    prefix = f"statedb-test:{uuid.uuid4().hex}:"
+    yield prefix
+    delete_prefixed(url, prefix)
+
+
 @pytest.fixture
 def key_prefix(redis_url: str) -> Iterator[str]:
     """A prefix no other test uses; its keys are deleted afterwards."""
-    prefix = f"statedb-test:{uuid.uuid4().hex}:"
-    yield prefix
-    delete_prefixed(redis_url, prefix)
+    yield from unique_prefix(redis_url)
 
 
 @pytest.fixture
@@ -91,9 +96,7 @@ def cluster_client(cluster_url: str) -> Iterator[redis.RedisCluster]:
 @pytest.fixture
 def cluster_prefix(cluster_url: str) -> Iterator[str]:
     """A key prefix no other test uses on the test cluster; its keys are deleted afterwards."""
-    prefix = f"statedb-test:{uuid.uuid4().hex}:"
-    yield prefix
-    delete_prefixed(cluster_url, prefix)
+    yield from unique_prefix(cluster_url)
 
 
 @pytest.fixture

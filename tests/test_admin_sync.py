@@ -161,3 +161,35 @@ def test_worker_option_migrates_a_file_statedb_at_boot(
     assert "redis-statedb: migrated" in worker.log()
     assert redis_client.zscore(revoked_key(key_prefix, worker.name), task_id) is not None
     assert_discarded(harness, worker, task_id)  # in memory at this very boot
+
+
+def test_a_restore_from_the_fleet_set_lifts_only_what_it_bound(redis_url: str, key_prefix: str,
+                                                              redis_client: redis.Redis,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restoring the fleet set's entry tells every worker to lift what the fleet set alone bound them to:
+    a worker whose own set holds the id (it heard the revoke live) stays bound."""
+    schema = KeySchema(key_prefix)
+    redis_client.zadd(schema.revoked_key("w1@h"), {"x-1": 1.0})
+    redis_client.zadd(schema.shared_revoked_key, {"other": 1.0})
+    app = make_app(key_prefix, worker_state_db=redis_url)
+    spy = Spy(app, monkeypatch)
+    result = SyncStateAdmin.for_app(app).restore(["x-1"], worker="fleet")
+    assert result.removed == 0 and redis_client.zscore(schema.revoked_key("w1@h"), "x-1") == 1.0
+    assert spy.calls[-1] == ("statedb_restore", {"task_id": ["x-1"], "fleet": True, "worker": "fleet"}, None)
+
+
+def test_in_the_shared_scope_a_purge_or_restore_for_one_worker_tells_every_worker(
+    redis_url: str, key_prefix: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker's set is the fleet set there: what one worker's purge or restore removes bound them all."""
+    schema = KeySchema(key_prefix)
+    redis_client.set(schema.clock_key("w1@h"), 3)
+    redis_client.zadd(schema.shared_revoked_key, {"x-1": 1.0, "x-2": 2.0, "x-3": time.time()})
+    app = make_app(key_prefix, worker_state_db=redis_url, redis_state_scope="shared")
+    spy = Spy(app, monkeypatch)
+    admin = SyncStateAdmin.for_app(app)
+    assert admin.purge_old_revoked("1d", worker="w1@h").removed == 2
+    purges = [(command, destination) for command, _, destination in spy.calls if "purge" in command]
+    assert purges == [("statedb_purge", None), ("statedb_purge_stamps", None)]
+    admin.restore(["x-3"], worker="w1@h")
+    assert spy.calls[-1] == ("statedb_restore", {"task_id": ["x-3"], "fleet": True, "worker": "w1@h"}, None)

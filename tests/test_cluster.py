@@ -362,3 +362,28 @@ def test_a_worker_on_a_cluster_survives_a_primary_restart(
     finally:
         persistence.save()
         client.close()
+
+
+def test_the_readme_worker_acl_on_a_cluster_needs_the_slot_and_command_tables(key_prefix: str) -> None:
+    """Without +cluster|slots +command redis-py's cluster client cannot start: refused access naming the
+    grant (it used to read "not a Redis Cluster node"); with them the README's worker rule works."""
+    from tests.acl_rules import WORKER_USER, readme_rules
+
+    prefix = "{" + key_prefix.strip(":") + "}:state:"
+    with PrivateCluster() as cluster:
+        nodes = ",".join(f"127.0.0.1:{server.port}" for server in cluster.servers)
+        config = StateDBConfig(url=f"redis+cluster://worker:s3cret-acl@{nodes}", key_prefix=prefix)
+        for extra in ((), ("+cluster|slots", "+command")):
+            for server in cluster.servers:
+                client = server.client()
+                client.execute_command("ACL", "SETUSER", "worker", "reset",
+                                       *readme_rules()[WORKER_USER].setuser_args(prefix, "s3cret-acl", *extra))
+                client.close()
+            with SyncStateRepository.open(config, "w@h") as repository:
+                if not extra:
+                    with pytest.raises(AccessDeniedError, match=r"\+cluster\|slots and \+command") as refused:
+                        repository.ping()
+                    assert "s3cret-acl" not in str(refused.value)
+                    continue
+                assert repository.ping() and repository.add_revoked(["a"]) == 1
+                assert repository.advance_clock(3).stored == 3

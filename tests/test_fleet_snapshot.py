@@ -726,3 +726,44 @@ def test_a_worker_with_the_documented_acl_builds_and_reads_the_snapshot(make: Fa
         assert sources == ["built", "snapshot"]
         assert acl_log(admin_client) == [], "a boot sent a command the documented rule does not allow"
         admin_client.close()
+
+
+# -- found by review: races and keys of another type ------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["snapshot", "whole set"])
+def test_ids_read_by_rank_are_not_missed_when_revokes_arrive_during_the_boot(
+    policy: str, make: Factory, redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ids added at the top while the boot reads the index's ranks push the last ranks further down:
+    they are read too (the oldest ids newer than the snapshot, or the oldest of the set)."""
+    now = time.time()
+    old = ids(500)
+    seed(redis_client, fleet(key_prefix), old, now - 8 * 3600)  # older than the in-memory expiry
+    if policy == "snapshot":
+        assert booted(make, "a@h").merged.fleet_source == "built"
+    delta = ids(20)
+    seed(redis_client, fleet(key_prefix), delta, now - 5 * 3600, step=1.0)  # newer than it, older than 3 h
+    real = cursors.RankCursor.next_operation
+    racing = ids(3)
+
+    def revoked_elsewhere_first(self: Any) -> Any:
+        while racing:  # revokes stored by other workers while this one boots
+            redis_client.zadd(fleet(key_prefix), {racing.pop(): time.time()})
+        return real(self)
+
+    monkeypatch.setattr(cursors.RankCursor, "next_operation", revoked_elsewhere_first)
+    later = booted(make, "b@h", **({} if policy == "snapshot" else {"policy": None}))
+    assert later.merged.fleet_source == ("snapshot" if policy == "snapshot" else "")
+    assert binds(later, delta + old) == []
+
+
+def test_a_lock_key_of_another_type_does_not_hide_the_fleet_set(make: Factory, redis_client: redis.Redis,
+                                                               key_prefix: str) -> None:
+    stored = ids(300)
+    seed(redis_client, fleet(key_prefix), stored, time.time() - 100)
+    lock = snapshot.lock_key(fleet(key_prefix))
+    redis_client.hset(lock, "x", "y")
+    worker = booted(make, "w@h")
+    assert binds(worker, stored) == []
+    assert lock in worker.bad.unreadable  # reported, left as it is

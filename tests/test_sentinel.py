@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.utils.collections import LimitedSet
+from kombu.clocks import LamportClock
 
+from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.local_servers import SentinelTopology
 from statedb import (
     AccessDeniedError,
     AsyncStateRepository,
+    ConfigurationError,
     RedisUnavailableError,
     StateDBConfig,
     SyncStateRepository,
@@ -210,3 +214,13 @@ def test_after_a_failover_writes_reach_the_new_primary(prefix: str) -> None:
             assert counter.count >= 2  # a new connection: the worker's resync follows it
         assert not_durable, "no write was refused while the new primary had no replica in sync"
         assert all("replica acknowledged the write" in message for message in not_durable)
+
+
+def test_a_plain_url_naming_a_sentinel_is_a_configuration_error(topology: SentinelTopology, prefix: str) -> None:
+    """A Sentinel knows no data command: "unknown command" is the URL's fault (exit 78), never a data error."""
+    sentinel = topology.sentinel_servers[0]
+    url = f"redis://127.0.0.1:{sentinel.port}/0"
+    persistence = WorkerStatePersistence(StateDBConfig(url=url, key_prefix=prefix, boot_timeout=0), "w@h",
+                                         revoked=LimitedSet(maxlen=10), clock=LamportClock())
+    with pytest.raises(ConfigurationError, match=r"Sentinel.*redis\+sentinel://"):
+        persistence.boot()

@@ -204,3 +204,13 @@ def test_bad_cluster_url_errors_never_show_the_password() -> None:
             validate_url(url)
         assert "s3cret" not in str(info.value)
     assert "s3cret" not in repr(StateDBConfig(url="redis+cluster://:s3cret@h1:7000"))
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://h1,h2/svc?sentinel_password=ab;cd-s3cr&x=1",
+    "sentinel://h1:26379;sentinel://h2:26379/0?master_name=m&sentinel_password=ab;cd-s3cr",
+    "rediss://h:6380/0?ssl_password=ab;cd-s3cr",
+])
+def test_a_secret_query_value_holding_a_semicolon_is_masked_whole(url: str) -> None:
+    shown = mask_url(url)
+    assert "cd-s3cr" not in shown and "***" in shown, shown

@@ -87,6 +87,11 @@ class SyncStateAdmin:
 
     # -- plumbing --------------------------------------------------------------------------
 
+    @property
+    def _shared(self) -> bool:
+        """The shared scope: every worker's set is the fleet set."""
+        return self.config.scope is Scope.SHARED
+
     def _admin(self) -> StateAdmin:
         return StateAdmin(self.config.url, key_prefix=self.config.key_prefix, scope=self.config.scope)
 
@@ -193,9 +198,10 @@ class SyncStateAdmin:
             return []
         arguments: dict[str, Any] = {"task_id": list(report.task_ids)}
         destination = worker
-        if worker is not None and report.fleet_removed:
+        if worker == FLEET or (worker is not None and (report.fleet_removed or self._shared)):
             # The fleet entry is gone: every worker bound only through it is told (``worker`` lifts
-            # them all), or their loss checks would write it back to the fleet set.
+            # them all), or their loss checks would write it back to the fleet set. Workers whose own
+            # sets hold the ids stay bound.
             arguments.update(fleet=True, worker=worker)
             destination = None
         return self._broadcast(RESTORE_COMMAND, arguments, destination, reply=True, timeout=reply_timeout,
@@ -217,8 +223,11 @@ class SyncStateAdmin:
     def tell_purged(self, cut: float, worker: str | None) -> None:
         """Tell live workers (all, or ``worker``) that ids and stamps revoked before ``cut`` (wall clock) were
         purged in Redis: they drop those they hold (ids checked in Redis first)."""
-        self._broadcast(PURGE_COMMAND, {"before": cut}, worker, reply=False, timeout=1.0, what="revoked ids purged")
-        broadcast_purge_stamps(self.app, 0, worker, scope=self.config.scope, now=cut)
+        # The fleet set (named, or every worker's set in the shared scope) binds every worker: all are told.
+        destination = None if worker == FLEET or self._shared else worker
+        self._broadcast(PURGE_COMMAND, {"before": cut}, destination, reply=False, timeout=1.0,
+                        what="revoked ids purged")
+        broadcast_purge_stamps(self.app, 0, destination, scope=self.config.scope, now=cut)
 
     def forget(self, workers: Iterable[str], *, dry_run: bool = False, ping_timeout: float = 1.0,
                progress: Progress | None = None) -> ForgetReport:

@@ -110,6 +110,7 @@ def merge_stored(repository: SyncStateRepository, revoked: LimitedSet, index: St
             if read.stop > read.ranks:
                 expected += read.stop - read.ranks
                 beyond.append(repository.iter_stored_ids(read.ranks, read.stop, shared=shared))
+                beyond.append(_pushed_down(repository, shared=shared, low=read.low, counted=read.stop))
         in_index = index.bulk_load(itertools.chain.from_iterable(itertools.chain.from_iterable(beyond)),
                                    expected=expected)
         fleet_ids = frozenset(read_ids[True]).difference(read_ids[False]) if read_ids[True] else frozenset()
@@ -127,6 +128,7 @@ class _SetRead:
     index: Iterable[list[bytes]] = ()  # pages of stored ids (from a snapshot)
     index_count: int = 0
     source: str = ""  # for the fleet set: "snapshot", "built" (here) or "set"
+    low: float | str = "-inf"  # ranks 0 to ``stop - 1`` are the ids scored this or more ("(x": more than x)
 
 
 def _first_trip(repository: SyncStateRepository, start: float | None
@@ -134,7 +136,7 @@ def _first_trip(repository: SyncStateRepository, start: float | None
     """The worker's own set's counts and the fleet snapshot's first slice in one round trip (None, None
     if a key refuses: each is then read on its own, and reports its own error)."""
     try:
-        return repository.execute(commands.combine(repository.operations.count_within(start),
+        return repository.run(commands.combine(repository.operations.count_within(start),
                                                    head_operation(repository)))
     except (StateDataError, AccessDeniedError):
         return None, None
@@ -153,14 +155,36 @@ def _read_set(repository: SyncStateRepository, revoked: LimitedSet, *, shared: b
         opened.report_bad(repository)
         room = revoked.maxlen - loaded if revoked.maxlen else None
         part = opened.body.partition(room=room, memory_from=_memory_floor(revoked, wall, start), horizon_from=start)
-        return _SetRead(part.memory + pages, ranks, min(opened.newer, opened.total - opened.too_old),
-                        part.index, part.index_count, opened.source)
+        within = opened.total - opened.too_old
+        newer_only = opened.newer <= within  # else the horizon starts above the snapshot's newest id
+        low: float | str = f"({opened.max_score!r}" if newer_only else ("-inf" if start is None else start)
+        return _SetRead(part.memory + pages, ranks, min(opened.newer, within), part.index, part.index_count,
+                        opened.source, low)
     source = "set" if snapshot is not None else ""
     if not (counted or repository.count_within(start, shared=shared))[0]:  # empty (a new worker's own): no windows
         return _SetRead([], 0, 0, source=source)
     ranks, _, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start)
     total, too_old = repository.count_within(start, shared=shared)
-    return _SetRead(pages, ranks, total - too_old, source=source)
+    return _SetRead(pages, ranks, total - too_old, source=source, low="-inf" if start is None else start)
+
+
+MAX_CATCH_UPS = 8
+
+
+def _pushed_down(repository: SyncStateRepository, *, shared: bool, low: float | str, counted: int
+                 ) -> Iterator[list[bytes]]:
+    """The ids that ids added meanwhile at the top pushed past the ranks read (run once those are read).
+
+    ``counted``: how many ids scored ``low`` or more the set held when the ranks to read were decided
+    (ranks ``0`` to ``counted - 1``). k ids added above push the last k of them to the ranks that
+    follow: read those too (again, until the count holds still). Ids read twice are harmless.
+    """
+    for _ in range(MAX_CATCH_UPS):
+        now = repository.run(repository.operations.count_from(low, shared=shared))
+        if now <= counted:
+            return
+        yield from repository.iter_stored_ids(counted, now, shared=shared)
+        counted = now
 
 
 def _memory_floor(revoked: LimitedSet, wall: float, start: float | None) -> float | None:

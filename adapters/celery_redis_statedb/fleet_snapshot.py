@@ -121,13 +121,14 @@ def open_snapshot(repository: SyncStateRepository, policy: SnapshotPolicy, *, ho
     """The fleet set's snapshot to boot from, built here if need be; None: read the set as it is.
     ``head``: the reply of :func:`head_operation`, if it was run already."""
     key = snapshot.snapshot_key(repository.keys.shared)
+    ours = (key, snapshot.lock_key(repository.keys.shared))  # the snapshot and its build lock
     try:
         return _Boot(repository, policy, horizon_start, now).open(build=True, head=head)
     except AccessDeniedError as exc:
         logger.warning("redis-statedb: Redis refused the fleet set's snapshot (%s): this worker reads the whole "
                        "fleet set at boot; grant the worker's ACL user the snapshot keys (README, Security)", exc)
     except WrongKeyTypeError as exc:
-        if exc.key != key:
+        if exc.key not in ours:
             raise  # the fleet set itself: the caller reports it
         if repository.bad is None:
             logger.error("redis-statedb: %s: not read, the fleet set is read instead", exc)
@@ -145,7 +146,7 @@ class _Boot:
         self.slice = repository.operations.trip_bytes or TRIP_BYTES  # the most one GETRANGE asks for
 
     def open(self, *, build: bool, again: bool = True, head: tuple[bytes, int] | None = None) -> Opened | None:
-        raw, size = head or self.repository.execute(head_operation(self.repository))
+        raw, size = head or self.repository.run(head_operation(self.repository))
         if size < self.policy.min_ids:
             return None
         found = self._head(raw)
@@ -170,7 +171,7 @@ class _Boot:
         """Build the snapshot under the lock and boot from it; if another worker holds the lock, boot
         from ``usable`` (a snapshot that holds, outgrown) or wait for the other's."""
         token = os.urandom(16).hex().encode()
-        locked, prefix = self.repository.execute(
+        locked, prefix = self.repository.run(
             snapshot.lock(self.lock, self.key, token, max(1, int(self.policy.lock_ttl * 1000))))
         if locked:
             try:
@@ -190,7 +191,7 @@ class _Boot:
         except CorruptValueError as exc:
             _report(exc)
             return None
-        return self.repository.execute(snapshot.check(self.key, self.fleet, head, self.horizon_start, sample))
+        return self.repository.run(snapshot.check(self.key, self.fleet, head, self.horizon_start, sample))
 
     def _built(self, value: bytes) -> Opened | None:
         head = snapshot.decode_head(self.key, value)
@@ -218,7 +219,7 @@ class _Boot:
         data[:got] = raw[snapshot.HEAD_SIZE: head.size]
         while got < head.body_len:
             start = snapshot.HEAD_SIZE + got
-            chunk = self.repository.execute(snapshot.read_range(self.key, start, min(head.size, start + self.slice)))
+            chunk = self.repository.run(snapshot.read_range(self.key, start, min(head.size, start + self.slice)))
             if not chunk or len(chunk) > head.body_len - got:
                 break
             data[got: got + len(chunk)] = chunk
@@ -226,7 +227,7 @@ class _Boot:
         try:
             body = snapshot.decode_body(self.key, head, memoryview(data)[:got] if got < head.body_len else data)
         except CorruptValueError as exc:
-            if self.repository.execute(snapshot.read_prefix(self.key)) == head.prefix:
+            if self.repository.run(snapshot.read_prefix(self.key)) == head.prefix:
                 _report(exc)  # not a rewrite under our feet: the value itself is bad
             return None
         return Opened(head, body, check.total, check.too_old, "snapshot")
@@ -235,7 +236,7 @@ class _Boot:
         """Every member scored up to the set's max score, oldest first, as a snapshot, written unless a
         marker or another snapshot replaced ``prefix`` meanwhile; None if not written."""
         repository, operations = self.repository, self.repository.operations
-        top = repository.execute(snapshot.top_rows(self.fleet, TOP_ROWS))
+        top = repository.run(snapshot.top_rows(self.fleet, TOP_ROWS))
         finite = [score for _, score in top if math.isfinite(score)]
         if not finite:
             return None
@@ -249,11 +250,11 @@ class _Boot:
             logger.info("redis-statedb: more than %d ids of the fleet set share one revocation time: no snapshot",
                         snapshot.MAX_TIES)
             return None
-        if repository.execute(snapshot.count_up_to(self.fleet, max_score)) != writer.count:
+        if repository.run(snapshot.count_up_to(self.fleet, max_score)) != writer.count:
             return None  # written to meanwhile below the max score: the next boot tries again
         value = writer.value(max_score=max_score, built_at=self.now)
         try:
-            written = repository.execute(snapshot.write(self.key, prefix, value))
+            written = repository.run(snapshot.write(self.key, prefix, value))
         except (WrongKeyTypeError, AccessDeniedError):
             raise
         except StateDBError as exc:  # out of memory, read-only replica, a refused script...
@@ -268,7 +269,7 @@ class _Boot:
 
     def _release(self, token: bytes) -> None:
         with contextlib.suppress(StateDBError):  # it expires on its own
-            self.repository.execute(snapshot.release(self.lock, token))
+            self.repository.run(snapshot.release(self.lock, token))
 
     def _wait(self, seen: bytes, size: int) -> Opened | None:
         """Another worker is building: poll until its snapshot is there (then read it), its lock
@@ -279,7 +280,7 @@ class _Boot:
         while time.monotonic() < deadline:
             time.sleep(min(interval * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
             interval = min(self.policy.max_poll_interval, interval * 2)
-            prefix, building = self.repository.execute(snapshot.poll(self.key, self.lock))
+            prefix, building = self.repository.run(snapshot.poll(self.key, self.lock))
             if prefix != seen:
                 return self.open(build=False)
             if not building:

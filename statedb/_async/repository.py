@@ -115,10 +115,6 @@ class AsyncStateRepository:
             for row in cursor.feed(await self._run(operation)):
                 yield row
 
-    async def execute(self, operation: commands.Operation[T]) -> T:
-        """Run an operation built outside this class (:mod:`statedb.snapshot`, say) in one round trip."""
-        return await self._run(operation)
-
     async def iter_cursor(self, cursor: cursors.Cursor[T]) -> AsyncIterator[T]:
         """What a read in several round trips (a :class:`~statedb.cursors.Cursor`) yields."""
         async for row in self._walk(cursor):

@@ -116,10 +116,6 @@ class SyncStateRepository:
             for row in cursor.feed(self._run(operation)):
                 yield row
 
-    def execute(self, operation: commands.Operation[T]) -> T:
-        """Run an operation built outside this class (:mod:`statedb.snapshot`, say) in one round trip."""
-        return self._run(operation)
-
     def iter_cursor(self, cursor: cursors.Cursor[T]) -> Iterator[T]:
         """What a read in several round trips (a :class:`~statedb.cursors.Cursor`) yields."""
         for row in self._walk(cursor):
