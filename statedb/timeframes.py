@@ -33,6 +33,14 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def below_expiry(expiry: float) -> str:
+    """Why a purge of ids younger than the workers' in-memory expiry is refused unless forced (the
+    CLI's ``--force``, the dashboard's ``force``): said the same way by both."""
+    shown = "never: CELERY_WORKER_REVOKE_EXPIRES is infinite" if math.isinf(expiry) else format_duration(expiry)
+    return (f"is below the workers' in-memory expiry ({shown}): a live worker that missed the purge broadcast "
+            f"keeps honouring such ids until they expire from its memory, and may write them back")
+
+
 def as_seconds(older_than: timedelta | float | int | str) -> float:
     """A validated, finite, non-negative number of seconds."""
     if isinstance(older_than, str):

@@ -131,6 +131,51 @@ async def test_purge_previews_then_removes(
     assert missing.status_code == 422 and "older_than" in missing.text
 
 
+async def test_a_purge_below_the_in_memory_expiry_needs_force(
+    redis_client: redis.Redis, redis_url: str, key_prefix: str, seeded: int
+) -> None:
+    """As ``celery statedb purge`` needs --force: a live worker that missed the broadcast still holds
+    such ids in memory and may write them back. The preview warns; the purge itself is refused."""
+    schema = KeySchema(key_prefix)
+    async with mounted(make_router(redis_url, key_prefix=key_prefix), "/statedb") as client:
+        preview = (await client.post("/api/purge", json={"older_than": "45s"})).json()
+        refused = await client.post("/api/purge", json={"older_than": "45s", "dry_run": False})
+        assert redis_client.zcard(schema.revoked_key("a@h")) == 2
+        forced = (await client.post("/api/purge", json={"older_than": "45s", "dry_run": False, "force": True})).json()
+        old_enough = (await client.post("/api/purge", json={"older_than": "30d"})).json()
+    assert (preview["removed"], preview["warning"]) == (3, "older_than 45s is below the workers' in-memory expiry "
+                                                           "(3h): a live worker that missed the purge broadcast keeps "
+                                                           "honouring such ids until they expire from its memory, and "
+                                                           "may write them back")
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "older_than"]
+    assert refused.json()["detail"][0]["msg"].endswith("(3h): a live worker that missed the purge broadcast keeps "
+                                                       "honouring such ids until they expire from its memory, and may "
+                                                       "write them back; purge older ids, or send force: true")
+    assert (forced["removed"], forced["warning"]) == (3, None)
+    assert redis_client.zcard(schema.revoked_key("a@h")) == 0 and redis_client.zcard(schema.shared_revoked_key) == 2
+    assert old_enough["warning"] is None
+    async with mounted(make_router(redis_url, key_prefix=key_prefix, in_memory_expiry=20), "/statedb") as client:
+        shorter = (await client.post("/api/purge", json={"older_than": "25s"})).json()  # the workers' own expiry
+    assert shorter["warning"] is None
+
+
+@pytest.mark.parametrize(("ttl", "warned"), [(None, True), ("30", False)])
+async def test_the_celery_dashboard_guards_purges_with_the_apps_own_expiry(
+    redis_url: str, key_prefix: str, seeded: int, monkeypatch: pytest.MonkeyPatch, ttl: str | None, warned: bool
+) -> None:
+    from celery import Celery
+
+    from celery_redis_statedb.dashboard import make_router as make_celery_router
+
+    if ttl is not None:
+        monkeypatch.setenv("CELERY_REDIS_STATE_TTL", ttl)  # the workers' in-memory expiry, as they read it
+    app = Celery("dashboard-host", broker="memory://", set_as_current=False)
+    app.conf.update(worker_state_db=redis_url, redis_state_key_prefix=key_prefix)
+    async with mounted(make_celery_router(app), "/statedb") as client:
+        preview = (await client.post("/api/purge", json={"older_than": "45s"})).json()
+    assert (preview["warning"] is not None) is warned
+
+
 async def test_revoke_and_restore(redis_client: redis.Redis, redis_url: str, key_prefix: str, seeded: int) -> None:
     schema = KeySchema(key_prefix)
     async with mounted(make_router(redis_url, key_prefix=key_prefix), "/statedb") as client:

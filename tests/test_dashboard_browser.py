@@ -1,6 +1,7 @@
 """The dashboard's page in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
 driven by selenium), served by a real HTTP server, on a real Redis: the workers seeded there, a
-worker's ids, a search, a restore, a dry-run purge then the purge, and the dark theme."""
+worker's ids, a search, a restore, a dry-run purge then the purge (and one below the workers'
+in-memory expiry, warned), and the dark theme."""
 
 from __future__ import annotations
 
@@ -88,6 +89,23 @@ def test_the_page_shows_the_workers_and_lets_an_operator_restore_and_purge(
     assert redis_client.zcard(schema.revoked_key("a@h")) == 0 and not redis_client.exists(schema.revoked_key("gone@h"))
     wait(page, lambda d: text_of(d, "workers-summary").endswith(", 1 revoked id"))  # the table was refreshed
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+def test_a_purge_below_the_in_memory_expiry_is_warned_and_needs_a_second_look(
+    page: Any, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    older = page.find_element("id", "purge-older-than")
+    older.clear()
+    older.send_keys("45s")
+    page.find_element("id", "purge-preview").click()
+    wait(page, lambda d: "below the workers' in-memory expiry (3h)" in text_of(d, "purge-result"))
+    assert text_of(page, "purge-result").startswith("would remove 3 revoked ids older than 45s")
+    assert page.find_element("id", "purge-result").get_attribute("class") == "warn"
+    confirm = page.find_element("id", "purge-confirm")
+    assert confirm.text == "Purge 3 ids anyway"
+    confirm.click()
+    wait(page, lambda d: "removed 3 revoked ids older than 45s" in text_of(d, "message"))
+    assert redis_client.zcard(KeySchema(key_prefix).revoked_key("a@h")) == 0
 
 
 def test_errors_are_shown_not_thrown(page: Any) -> None:

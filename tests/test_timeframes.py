@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
 
 from statedb import InvalidInputError
-from statedb.timeframes import as_seconds, cutoff, format_duration, parse_duration, purge_range
+from statedb.timeframes import as_seconds, below_expiry, cutoff, format_duration, parse_duration, purge_range
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("12h", 43200), ("30d", 2592000),
@@ -49,3 +50,8 @@ def test_purge_range_keeps_full_precision() -> None:
 def test_format_duration_reads_back(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def test_below_expiry_names_the_expiry_even_an_infinite_one() -> None:
+    assert below_expiry(3 * 3600).startswith("is below the workers' in-memory expiry (3h): a live worker")
+    assert "(never: CELERY_WORKER_REVOKE_EXPIRES is infinite)" in below_expiry(math.inf)

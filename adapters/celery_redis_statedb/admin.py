@@ -85,6 +85,17 @@ class SyncStateAdmin:
                                 overrides={"key_prefix": (key_prefix, prefix_label), "scope": (scope, scope_label)})
         return cls(app, config, choice)
 
+    @property
+    def in_memory_expiry(self) -> float:
+        """How long the workers keep a revoked id in Celery's own set: ``redis_state_ttl``, else
+        Celery's ``REVOKE_EXPIRES`` ($CELERY_WORKER_REVOKE_EXPIRES, 3 h by default). A purge of
+        younger ids is refused unless forced (the CLI and the dashboard)."""
+        if self.config.revoke_expires is not None:
+            return self.config.revoke_expires
+        from celery.worker.state import REVOKE_EXPIRES
+
+        return float(REVOKE_EXPIRES)
+
     # -- plumbing --------------------------------------------------------------------------
 
     @property

@@ -36,7 +36,7 @@ from statedb._sync.repository import SyncStateRepository
 from statedb.admin import FLEET, Progress, SetChange, WorkerState
 from statedb.commands import BadMembers
 from statedb.errors import StateDBError, UnknownWorkerError
-from statedb.timeframes import format_duration, parse_duration
+from statedb.timeframes import below_expiry, format_duration, parse_duration
 
 register_worker_options()
 connect_worker_hook()
@@ -365,16 +365,6 @@ def where(ctx: click.Context, task_id: str, as_json: bool) -> None:
 # -- changes -------------------------------------------------------------------------------------
 
 
-def _in_memory_expiry(admin: SyncStateAdmin) -> float:
-    """How long the workers keep a revoked id in Celery's own set: redis_state_ttl, else Celery's
-    REVOKE_EXPIRES ($CELERY_WORKER_REVOKE_EXPIRES, 3 h by default)."""
-    if admin.config.revoke_expires is not None:
-        return admin.config.revoke_expires
-    from celery.worker.state import REVOKE_EXPIRES
-
-    return float(REVOKE_EXPIRES)
-
-
 def _sets_text(sets: Sequence[SetChange]) -> str:
     return ", ".join(f"{_owner(change.worker)}: {change.count}" for change in sets)
 
@@ -398,12 +388,10 @@ def purge(ctx: click.Context, older_than: str, worker: str | None, missing_ok: b
     except StateDBError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     admin = _admin(ctx)
-    expiry = _in_memory_expiry(admin)
+    expiry = admin.in_memory_expiry
     if seconds < expiry and not (force or dry_run):
         raise click.ClickException(
-            f"--older-than {older_than} is below the workers' in-memory expiry ({format_duration(expiry)}): a "
-            f"live worker that missed the purge broadcast keeps honouring such ids until they expire from its "
-            f"memory, and may write them back; purge older ids, or pass --force")
+            f"--older-than {older_than} {below_expiry(expiry)}; purge older ids, or pass --force")
     where_text = f"{shown(worker)}'s set" if worker else "every set"
     try:
         if not dry_run and not yes:

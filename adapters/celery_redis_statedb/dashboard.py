@@ -36,7 +36,8 @@ def make_router(app: Celery, *, redis_url: str | None = None, dependencies: Sequ
     bound = SyncStateAdmin.for_app(app, redis_url)
     return make_core_router(bound.config.url, key_prefix=bound.config.key_prefix, scope=bound.config.scope,
                             dependencies=dependencies, read_only=read_only,
-                            live=live_workers(bound, status_timeout=status_timeout))
+                            live=live_workers(bound, status_timeout=status_timeout),
+                            in_memory_expiry=bound.in_memory_expiry)
 
 
 def live_workers(bound: SyncStateAdmin, *, status_timeout: float = 1.0) -> LiveWorkers:

@@ -86,6 +86,8 @@ class PurgeRequest(BaseModel):
     older_than: str | float = Field(description="An age: 90s, 15m, 12h, 30d, 2w, or seconds.")
     worker: str | None = Field(None, description="Only this worker's set (\"fleet\": the fleet set); all if null.")
     dry_run: bool = True
+    force: bool = Field(False, description="Purge even ids younger than the workers' in-memory expiry "
+                                           "(refused otherwise: see the preview's warning).")
 
 
 class PurgeResult(BaseModel):
@@ -98,6 +100,8 @@ class PurgeResult(BaseModel):
     sets_scanned: int
     stamps_removed: int
     message: str
+    warning: str | None = Field(None, description="Set when older_than is below the workers' in-memory expiry: "
+                                                  "the purge itself then needs force.")
 
 
 class RevokeRequest(BaseModel):

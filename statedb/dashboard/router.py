@@ -30,11 +30,12 @@ from statedb.commands import BadMembers
 from statedb.dashboard import models
 from statedb.errors import RedisUnavailableError, RequestError, StateDBError, UnknownWorkerError
 from statedb.keys import DEFAULT_KEY_PREFIX, Scope
-from statedb.timeframes import as_seconds
+from statedb.timeframes import as_seconds, below_expiry, format_duration
 
 T = TypeVar("T")
 StatusReplies = Mapping[str, Mapping[str, Any]]  # worker hostname -> its statedb_status reply
 MAX_PAGE = 1000
+CELERY_REVOKE_EXPIRES = 3 * 3600.0  # how long a Celery worker keeps a revoked id in memory, by default
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,13 @@ def _plural(count: int, word: str) -> str:
 def make_router(
     redis: str | Redis, *, key_prefix: str = DEFAULT_KEY_PREFIX, scope: Scope | str = Scope.WORKER,
     dependencies: Sequence[Depends] = (), read_only: bool = False, live: LiveWorkers | None = None,
+    in_memory_expiry: float = CELERY_REVOKE_EXPIRES,
 ) -> APIRouter:
     """The dashboard for the workers of ``key_prefix`` (and their ``scope``) on ``redis``: a URL or a
     ``redis.asyncio`` client. ``read_only`` leaves the write endpoints out; ``live`` connects it to
-    live workers (see :class:`LiveWorkers`)."""
+    live workers (see :class:`LiveWorkers`). A purge of ids younger than ``in_memory_expiry`` (how
+    long the workers keep a revoked id in memory: Celery's default unless told; the Celery dashboard
+    passes the app's) needs ``force``, as ``celery statedb purge`` needs ``--force``."""
     admins = _Admins(redis, key_prefix, scope)
     hooks = live or LiveWorkers()
     page = resources.files("statedb.dashboard").joinpath("page.html").read_text(encoding="utf-8")
@@ -230,7 +234,7 @@ def make_router(
                                  places=[models.model_of(models.Revocation, p.as_dict()) for p in places])
 
     if not read_only:
-        _write_endpoints(router, admins, hooks)
+        _write_endpoints(router, admins, hooks, in_memory_expiry)
 
     @router.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
     async def metrics() -> str:
@@ -241,10 +245,15 @@ def make_router(
     return router
 
 
-def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers) -> None:
+def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers, in_memory_expiry: float) -> None:
     @router.post("/api/purge", response_model=models.PurgeResult)
     async def purge(request: models.PurgeRequest) -> models.PurgeResult:
         seconds = _checked(lambda: as_seconds(request.older_than), field="older_than")
+        warning = None
+        if seconds < in_memory_expiry and not request.force:
+            warning = f"older_than {format_duration(seconds)} {below_expiry(in_memory_expiry)}"
+            if not request.dry_run:
+                _unprocessable("older_than", f"{warning}; purge older ids, or send force: true")
         report = await _answer(admins.get().purge_old_revoked(older_than=seconds, worker=request.worker,
                                                                dry_run=request.dry_run), field="worker")
         where = "every set" if request.worker is None else (
@@ -255,7 +264,8 @@ def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers) -> 
                    f"looked at)")
         if not report.dry_run and hooks.purged is not None:
             await hooks.purged(report.cutoff.timestamp(), request.worker)
-        return models.model_of(models.PurgeResult, report.as_dict(), message=message)  # type: ignore[no-any-return]
+        return models.model_of(models.PurgeResult, report.as_dict(),  # type: ignore[no-any-return]
+                               message=message, warning=warning)
 
     @router.post("/api/revoke", response_model=models.RevokeResult)
     async def revoke(request: models.RevokeRequest) -> models.RevokeResult:
