@@ -10,6 +10,7 @@ primary (``redis+sentinel://``, ``rediss+sentinel://`` and kombu's ``sentinel://
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -333,11 +334,28 @@ def with_master_name(url: str, master_name: str | None) -> str:
     Any other URL, or one that names its service already, is returned as it is (a service
     given both ways must agree: :func:`parse_sentinel_url` says so).
     """
-    if not master_name or url_scheme(url) != KOMBU_SENTINEL_SCHEME:
+    return _with_kombu_options(url, {MASTER_NAME_OPTION: master_name} if master_name else {})
+
+
+def with_sentinel_auth(url: str, username: str | None, password: str | None) -> str:
+    """A kombu ``sentinel://`` URL carrying the Sentinels' own credentials as its
+    ``sentinel_username``/``sentinel_password`` options (kombu keeps them apart, in
+    ``broker_transport_options['sentinel_kwargs']``), unless it sets either option itself.
+    """
+    given = {name: value for name, value in zip(SENTINEL_AUTH_OPTIONS, (username, password), strict=True) if value}
+    return _with_kombu_options(url, given)
+
+
+def _with_kombu_options(url: str, options: Mapping[str, str]) -> str:
+    """``url`` with ``options`` added to its query, if it is kombu's ``sentinel://`` form and none of
+    them is set in any of its parts already."""
+    if not options or url_scheme(url) != KOMBU_SENTINEL_SCHEME:
         return url
-    if any(MASTER_NAME_OPTION in dict(parse_qsl(part.partition("?")[2])) for part in _KOMBU_PART.split(url)):
+    parts = _KOMBU_PART.split(url)
+    if any(name in dict(parse_qsl(part.partition("?")[2])) for part in parts for name in options):
         return url
-    return f"{url}{'&' if '?' in _KOMBU_PART.split(url)[-1] else '?'}{MASTER_NAME_OPTION}={quote(master_name, safe='')}"
+    added = "&".join(f"{name}={quote(value, safe='')}" for name, value in options.items())
+    return f"{url}{'&' if '?' in parts[-1] else '?'}{added}"
 
 
 def _kombu_parts(url: str, shown: str, master_name: str | None

@@ -15,6 +15,7 @@ from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.local_servers import SentinelTopology
+from celery_redis_statedb.settings import resolve_config
 from statedb import (
     AccessDeniedError,
     AsyncStateRepository,
@@ -149,6 +150,11 @@ def test_the_sentinels_and_the_primary_take_their_own_credentials() -> None:
         with SyncStateRepository.open(StateDBConfig(url=secured.url), "w1") as repository:
             assert repository.ping()
         with SyncStateRepository.open(StateDBConfig(url=secured.kombu_url), "w1") as repository:
+            assert repository.ping()
+        broker_url = secured.kombu_url.replace("&sentinel_password=sentinel-pw", "")  # kombu: in sentinel_kwargs
+        assert "sentinel-pw" not in broker_url
+        options = {"broker_transport_options": {"sentinel_kwargs": {"password": "sentinel-pw"}}}
+        with SyncStateRepository.open(resolve_config(broker_url, conf=options), "w1") as repository:
             assert repository.ping()
         wrong_sentinel = secured.url.replace("sentinel-pw", "nope")
         without_sentinel_password = secured.url.partition("?")[0]

@@ -149,6 +149,21 @@ def test_the_broker_transport_options_give_the_master_name_of_a_reused_broker_ur
     assert resolve_config("redis+sentinel://h/svc", conf=conf).master_name is None
 
 
+def test_the_broker_sentinel_kwargs_give_the_sentinels_credentials_of_a_reused_broker_url() -> None:
+    """kombu keeps the Sentinels' own credentials in broker_transport_options['sentinel_kwargs']."""
+    options = {"master_name": "m", "sentinel_kwargs": {"username": "su", "password": "p;w&=%x", "socket_timeout": 1}}
+    config = resolve_config(KOMBU, conf={"broker_transport_options": options})
+    target = parse_sentinel_url(config.url)
+    assert (target.service_name, target.sentinel_username, target.sentinel_password) == ("m", "su", "p;w&=%x")
+    assert "p;w" not in mask_url(config.url) and "p%3Bw" not in mask_url(config.url)
+    assert parse_sentinel_url(resolve_config(f"{KOMBU}?sentinel_password=own",  # the URL's own option wins
+                                             conf={"broker_transport_options": options}).url).sentinel_password == "own"
+    assert resolve_config("redis+sentinel://h/svc", conf={"broker_transport_options": options}).url == (
+        "redis+sentinel://h/svc")  # a redis+sentinel URL says all it needs itself
+    with pytest.raises(ConfigurationError, match=r"sentinel_kwargs'\]\['password'\] must be a string, got bytes"):
+        resolve_config(KOMBU, conf={"broker_transport_options": {**options, "sentinel_kwargs": {"password": b"x"}}})
+
+
 def test_a_master_name_that_disagrees_with_the_url_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="names service 'svc' but the master name setting"):
         resolve_config("redis+sentinel://h/svc", env={"CELERY_REDIS_STATE_MASTER_NAME": "other"})

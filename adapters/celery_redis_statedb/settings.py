@@ -16,7 +16,15 @@ from statedb.config import StateDBConfig, UnavailablePolicy
 from statedb.errors import ConfigurationError, InvalidInputError
 from statedb.keys import Scope
 from statedb.timeframes import parse_duration
-from statedb.urls import KOMBU_SENTINEL_SCHEME, is_redis_url, mask_url, url_scheme, validate_url, with_master_name
+from statedb.urls import (
+    KOMBU_SENTINEL_SCHEME,
+    is_redis_url,
+    mask_url,
+    url_scheme,
+    validate_url,
+    with_master_name,
+    with_sentinel_auth,
+)
 
 NO_LIMIT = ("0", "none", "no", "off", "never", "inf", "infinite")
 
@@ -196,6 +204,7 @@ def resolve_config(
         broker_name = _broker_master_name(url, conf or {})
         if broker_name:
             values["master_name"] = broker_name
+    url = with_sentinel_auth(url, *_broker_sentinel_auth(url, conf or {}))
     try:
         return StateDBConfig(url=url, **values)
     except ConfigurationError:
@@ -316,6 +325,25 @@ def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str
     raise ConfigurationError(
         f"no Redis URL for the statedb: set one with {searched} "
         + ("(the broker is used only when it is Redis and none of them is set)" if allow_broker else ""))
+
+
+def _broker_sentinel_auth(url: str, conf: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(username, password) of kombu's ``broker_transport_options['sentinel_kwargs']``: the Sentinels'
+    own credentials, for a kombu ``sentinel://`` statedb URL (the broker's URL reused as it is)."""
+    if url_scheme(url) != KOMBU_SENTINEL_SCHEME:
+        return None, None
+    options = conf.get("broker_transport_options")
+    given = options.get("sentinel_kwargs") if isinstance(options, Mapping) else None
+    if not isinstance(given, Mapping):
+        return None, None
+    found: list[str | None] = []
+    for name in ("username", "password"):
+        value = given.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"broker_transport_options['sentinel_kwargs'][{name!r}] must be a string, "
+                                     f"got {type(value).__name__}")
+        found.append(value or None)
+    return found[0], found[1]
 
 
 def _broker_master_name(url: str, conf: Mapping[str, Any]) -> str | None:
