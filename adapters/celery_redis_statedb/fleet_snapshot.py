@@ -233,18 +233,14 @@ class _Boot:
         return Opened(head, body, check.total, check.too_old, "snapshot")
 
     def _build(self, prefix: bytes) -> bytes | None:
-        """Every member scored up to the set's max score (or the server's time, if lower), oldest first,
-        as a snapshot, written unless a marker or another snapshot replaced ``prefix`` meanwhile; None
-        if not written."""
+        """Every member scored up to the set's max score, oldest first, as a snapshot, written unless a
+        marker or another snapshot replaced ``prefix`` meanwhile; None if not written."""
         repository, operations = self.repository, self.repository.operations
         top = repository.run(snapshot.top_rows(self.fleet, TOP_ROWS))
         finite = [score for _, score in top if math.isfinite(score)]
         if not finite:
             return None
-        # Never above the server's clock: an id stamped in the future (a migrated file from a host whose
-        # clock ran ahead, a revoked_at passed in) would put every later revoke below the max score, and
-        # the count check would throw the snapshot away after each one. Such ids are read as the delta.
-        max_score = min(finite[0], self.now)
+        max_score = finite[0]
         writer = snapshot.SnapshotWriter(self.fleet, now=self.now)
         cursor = snapshot.BuildCursor(self.fleet, max_score=max_score, chunk_size=operations.load_chunk_size,
                                       trip_bytes=operations.trip_bytes)
