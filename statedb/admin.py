@@ -39,7 +39,7 @@ from statedb._async.repository import AsyncStateRepository, check_topology
 from statedb.config import StateDBConfig
 from statedb.errors import AccessDeniedError, ConfigurationError, InvalidInputError, UnknownWorkerError
 from statedb.keys import DEFAULT_KEY_PREFIX, KeySchema, RedisKey, Scope, key_text
-from statedb.names import check_name
+from statedb.names import check_name, check_timestamp
 from statedb.operations import StateOperations
 from statedb.timeframes import as_seconds, cutoff, format_duration, purge_range
 from statedb.translate import REDIS_FAILURES, translate_exception
@@ -56,6 +56,7 @@ BATCH_SIZE = 200
 DESCRIBE_BATCH = 50
 CONCURRENCY = 8
 FLEET = "fleet"  # the fleet-wide set in results: Celery hostnames always hold '@', so no worker is called so
+FUTURE_TOLERANCE = 60.0  # seconds a revoked_at may be ahead of the server's clock (a producer's clock skew)
 SHARED = FLEET  # its former name (the fleet set was worker None in results)
 KINDS = ("revoked", "clock", "info", "stamps")
 
@@ -525,10 +526,20 @@ class StateAdmin:
 
     async def revoke(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> RevokeReport:
         """Producer-side durable revoke: into the fleet set, which every worker reads at boot
-        (``revoked_at`` defaults to the server's clock). Live workers also need Celery's own revoke
+        (``revoked_at``, epoch seconds, defaults to the server's clock; one later than that by more
+        than a minute is an InvalidInputError). Live workers also need Celery's own revoke
         broadcast (``celery_redis_statedb.SyncStateAdmin.revoke`` does both)."""
         ids = [member.decode() for member in commands.encode_task_ids(task_ids)]  # bad ids: before any I/O
-        when = await self.server_time() if revoked_at is None else revoked_at
+        if revoked_at is None:
+            when = await self.server_time()
+        else:
+            when = check_timestamp(revoked_at, "revocation time (revoked_at)")
+            now = await self.server_time()
+            if when > now + FUTURE_TOLERANCE:
+                # A future score would sort above every later revoke, and such ids bind past any horizon.
+                raise InvalidInputError(
+                    f"revoked_at {when!r} is {when - now:.0f} s after the Redis server's clock: pass epoch "
+                    f"seconds (not milliseconds), no later than now")
         added = await self.run(self._repository().operations.add_revoked(ids, when))
         return RevokeReport(tuple(ids), added, FLEET, self.schema.shared_revoked_key,
                             utc(when))
