@@ -36,7 +36,8 @@ def format_duration(seconds: float) -> str:
 def below_expiry(expiry: float) -> str:
     """Why a purge of ids younger than the workers' in-memory expiry is refused unless forced (the
     CLI's ``--force``, the dashboard's ``force``): said the same way by both."""
-    shown = "never: CELERY_WORKER_REVOKE_EXPIRES is infinite" if math.isinf(expiry) else format_duration(expiry)
+    shown = "none: they keep ids until their size cap pushes them out" if math.isinf(expiry) else format_duration(
+        expiry)
     return (f"is below the workers' in-memory expiry ({shown}): a live worker that missed the purge broadcast "
             f"keeps honouring such ids until they expire from its memory, and may write them back")
 

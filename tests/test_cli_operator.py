@@ -293,12 +293,22 @@ def test_purge_refuses_below_the_in_memory_expiry_unless_forced(app_module: str,
     refused = run(app_module, "--url", redis_url, "purge", "--older-than", "1h", "--yes")
     assert refused.exit_code == 1 and "below the workers' in-memory expiry (3h)" in refused.output
     assert "--force" in refused.output
-    assert ok(app_module, "--url", redis_url, "purge", "--older-than", "1h", "--dry-run").output.startswith(
-        "would remove")
+    preview = ok(app_module, "--url", redis_url, "purge", "--older-than", "1h", "--dry-run")
+    assert preview.stdout.startswith("would remove")
+    assert preview.stderr == ("warning: --older-than 1h is below the workers' in-memory expiry (3h): a live worker "
+                              "that missed the purge broadcast keeps honouring such ids until they expire from its "
+                              "memory, and may write them back; the purge itself needs --force\n")
+    as_json = json.loads(ok(app_module, "--url", redis_url, "purge", "--older-than", "1h", "--dry-run",
+                            "--json").stdout)
+    assert as_json["warning"].startswith("--older-than 1h is below")
     assert ok(app_module, "--url", redis_url, "purge", "--older-than", "1h", "--yes", "--force").output.startswith(
         "removed 1 revoked id older than 1h")
     monkeypatch.setenv("CELERY_REDIS_STATE_TTL", "600")  # the workers' own expiry, when set
     assert ok(app_module, "--url", redis_url, "purge", "--older-than", "15m", "--yes").output.startswith("removed")
+    assert ok(app_module, "--url", redis_url, "purge", "--older-than", "15m", "--dry-run").stderr == ""
+    monkeypatch.setenv("CELERY_REDIS_STATE_TTL", "0")  # no expiry: the workers keep ids until their size cap
+    never = run(app_module, "--url", redis_url, "purge", "--older-than", "3650d", "--yes")
+    assert never.exit_code == 1 and "expiry (none: they keep ids until their size cap pushes them out)" in never.output
 
 
 def test_purge_prompt_says_how_many_ids_in_how_many_sets(app_module: str, redis_url: str, seeded: int,

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 from celery_redis_statedb.local_servers import PrivateServer
-from statedb import FLEET
+from statedb import FLEET, ConfigurationError
 from statedb.admin import RestoreReport, StateAdmin
 from statedb.dashboard import LiveWorkers, make_router
 from statedb.keys import KeySchema
@@ -151,12 +151,18 @@ async def test_a_purge_below_the_in_memory_expiry_needs_force(
     assert refused.json()["detail"][0]["msg"].endswith("(3h): a live worker that missed the purge broadcast keeps "
                                                        "honouring such ids until they expire from its memory, and may "
                                                        "write them back; purge older ids, or send force: true")
-    assert (forced["removed"], forced["warning"]) == (3, None)
+    assert forced["removed"] == 3 and forced["warning"] == preview["warning"]  # forced, and still said
     assert redis_client.zcard(schema.revoked_key("a@h")) == 0 and redis_client.zcard(schema.shared_revoked_key) == 2
     assert old_enough["warning"] is None
     async with mounted(make_router(redis_url, key_prefix=key_prefix, in_memory_expiry=20), "/statedb") as client:
         shorter = (await client.post("/api/purge", json={"older_than": "25s"})).json()  # the workers' own expiry
     assert shorter["warning"] is None
+    async with mounted(make_router(redis_url, key_prefix=key_prefix, in_memory_expiry=0), "/statedb") as client:
+        never = await client.post("/api/purge", json={"older_than": "3650d", "dry_run": False})  # 0: no expiry
+    assert never.status_code == 422 and "(none: they keep ids until their size cap" in never.text
+    for bad in (-1.0, float("nan"), "3h"):
+        with pytest.raises(ConfigurationError, match="in_memory_expiry must be seconds"):
+            make_router(redis_url, key_prefix=key_prefix, in_memory_expiry=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("ttl", "warned"), [(None, True), ("30", False)])

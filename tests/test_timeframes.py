@@ -54,4 +54,4 @@ def test_format_duration_reads_back(seconds: float, text: str) -> None:
 
 def test_below_expiry_names_the_expiry_even_an_infinite_one() -> None:
     assert below_expiry(3 * 3600).startswith("is below the workers' in-memory expiry (3h): a live worker")
-    assert "(never: CELERY_WORKER_REVOKE_EXPIRES is infinite)" in below_expiry(math.inf)
+    assert "(none: they keep ids until their size cap pushes them out)" in below_expiry(math.inf)

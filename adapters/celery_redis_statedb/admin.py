@@ -17,6 +17,7 @@ this from inside a running event loop: use :mod:`statedb.admin` there.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -88,13 +89,15 @@ class SyncStateAdmin:
     @property
     def in_memory_expiry(self) -> float:
         """How long the workers keep a revoked id in Celery's own set: ``redis_state_ttl``, else
-        Celery's ``REVOKE_EXPIRES`` ($CELERY_WORKER_REVOKE_EXPIRES, 3 h by default). A purge of
-        younger ids is refused unless forced (the CLI and the dashboard)."""
+        Celery's ``REVOKE_EXPIRES`` ($CELERY_WORKER_REVOKE_EXPIRES, 3 h by default); 0 turns the
+        expiry off (infinite). A purge of younger ids is refused unless forced (the CLI and the dashboard)."""
         if self.config.revoke_expires is not None:
-            return self.config.revoke_expires
-        from celery.worker.state import REVOKE_EXPIRES
+            expiry = self.config.revoke_expires
+        else:
+            from celery.worker.state import REVOKE_EXPIRES
 
-        return float(REVOKE_EXPIRES)
+            expiry = float(REVOKE_EXPIRES)
+        return expiry or math.inf
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -389,9 +389,9 @@ def purge(ctx: click.Context, older_than: str, worker: str | None, missing_ok: b
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     admin = _admin(ctx)
     expiry = admin.in_memory_expiry
-    if seconds < expiry and not (force or dry_run):
-        raise click.ClickException(
-            f"--older-than {older_than} {below_expiry(expiry)}; purge older ids, or pass --force")
+    warning = f"--older-than {older_than} {below_expiry(expiry)}" if seconds < expiry else None
+    if warning and not (force or dry_run):
+        raise click.ClickException(f"{warning}; purge older ids, or pass --force")
     where_text = f"{shown(worker)}'s set" if worker else "every set"
     try:
         if not dry_run and not yes:
@@ -407,13 +407,15 @@ def purge(ctx: click.Context, older_than: str, worker: str | None, missing_ok: b
         _echo_json({"missing": str(exc)}) if as_json else click.echo(f"{exc}: nothing to purge")
         return
     if as_json:
-        _echo_json({**report.as_dict(), "broadcast": not dry_run})
+        _echo_json({**report.as_dict(), "broadcast": not dry_run, "warning": warning})
         return
     verb = "would remove" if dry_run else "removed"
     scope = where_text if worker else f"{len(report.sets)} of {plural(report.sets_scanned, 'set')}"
     click.echo(f"{verb} {plural(report.removed, 'revoked id')} older than {older_than} from {scope}"
                + (f" ({_sets_text(report.sets)})" if report.sets and not worker else "")
                + f", and {plural(report.stamps_removed, 'stamped-header revoke')} as old")
+    if warning and dry_run and not force:
+        click.echo(f"warning: {warning}; the purge itself needs --force", err=True)
 
 
 @statedb.command(name="revoke")

@@ -28,7 +28,13 @@ from statedb import cursors
 from statedb.admin import FLEET, RestoreReport, StateAdmin, WorkerState, iso, utc
 from statedb.commands import BadMembers
 from statedb.dashboard import models
-from statedb.errors import RedisUnavailableError, RequestError, StateDBError, UnknownWorkerError
+from statedb.errors import (
+    ConfigurationError,
+    RedisUnavailableError,
+    RequestError,
+    StateDBError,
+    UnknownWorkerError,
+)
 from statedb.keys import DEFAULT_KEY_PREFIX, Scope
 from statedb.timeframes import as_seconds, below_expiry, format_duration
 
@@ -164,8 +170,12 @@ def make_router(
     """The dashboard for the workers of ``key_prefix`` (and their ``scope``) on ``redis``: a URL or a
     ``redis.asyncio`` client. ``read_only`` leaves the write endpoints out; ``live`` connects it to
     live workers (see :class:`LiveWorkers`). A purge of ids younger than ``in_memory_expiry`` (how
-    long the workers keep a revoked id in memory: Celery's default unless told; the Celery dashboard
-    passes the app's) needs ``force``, as ``celery statedb purge`` needs ``--force``."""
+    long the workers keep a revoked id in memory: Celery's default unless told, 0 for never; the
+    Celery dashboard passes the app's) needs ``force``, as ``celery statedb purge`` needs ``--force``."""
+    if not isinstance(in_memory_expiry, (int, float)) or math.isnan(in_memory_expiry) or in_memory_expiry < 0:
+        raise ConfigurationError(f"in_memory_expiry must be seconds (0: the workers' expiry is off), got "
+                                 f"{in_memory_expiry!r}")
+    in_memory_expiry = in_memory_expiry or math.inf
     admins = _Admins(redis, key_prefix, scope)
     hooks = live or LiveWorkers()
     page = resources.files("statedb.dashboard").joinpath("page.html").read_text(encoding="utf-8")
@@ -250,9 +260,9 @@ def _write_endpoints(router: APIRouter, admins: _Admins, hooks: LiveWorkers, in_
     async def purge(request: models.PurgeRequest) -> models.PurgeResult:
         seconds = _checked(lambda: as_seconds(request.older_than), field="older_than")
         warning = None
-        if seconds < in_memory_expiry and not request.force:
+        if seconds < in_memory_expiry:
             warning = f"older_than {format_duration(seconds)} {below_expiry(in_memory_expiry)}"
-            if not request.dry_run:
+            if not (request.dry_run or request.force):
                 _unprocessable("older_than", f"{warning}; purge older ids, or send force: true")
         report = await _answer(admins.get().purge_old_revoked(older_than=seconds, worker=request.worker,
                                                                dry_run=request.dry_run), field="worker")
