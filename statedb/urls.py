@@ -343,16 +343,17 @@ def with_sentinel_auth(url: str, username: str | None, password: str | None) -> 
     ``broker_transport_options['sentinel_kwargs']``), unless it sets either option itself.
     """
     given = {name: value for name, value in zip(SENTINEL_AUTH_OPTIONS, (username, password), strict=True) if value}
-    return _with_kombu_options(url, given)
+    return _with_kombu_options(url, given, unless=SENTINEL_AUTH_OPTIONS)
 
 
-def _with_kombu_options(url: str, options: Mapping[str, str]) -> str:
+def _with_kombu_options(url: str, options: Mapping[str, str], *, unless: tuple[str, ...] = ()) -> str:
     """``url`` with ``options`` added to its query, if it is kombu's ``sentinel://`` form and none of
-    them is set in any of its parts already."""
+    them (nor of ``unless``) is set in any of its parts already, even empty."""
     if not options or url_scheme(url) != KOMBU_SENTINEL_SCHEME:
         return url
     parts = _KOMBU_PART.split(url)
-    if any(name in dict(parse_qsl(part.partition("?")[2])) for part in parts for name in options):
+    if any(name in dict(parse_qsl(part.partition("?")[2], keep_blank_values=True))
+           for part in parts for name in (*options, *unless)):
         return url
     added = "&".join(f"{name}={quote(value, safe='')}" for name, value in options.items())
     return f"{url}{'&' if '?' in parts[-1] else '?'}{added}"

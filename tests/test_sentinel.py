@@ -153,7 +153,8 @@ def test_the_sentinels_and_the_primary_take_their_own_credentials() -> None:
             assert repository.ping()
         broker_url = secured.kombu_url.replace("&sentinel_password=sentinel-pw", "")  # kombu: in sentinel_kwargs
         assert "sentinel-pw" not in broker_url
-        options = {"broker_transport_options": {"sentinel_kwargs": {"password": "sentinel-pw"}}}
+        options = {"broker_url": broker_url,
+                   "broker_transport_options": {"sentinel_kwargs": {"password": "sentinel-pw"}}}
         with SyncStateRepository.open(resolve_config(broker_url, conf=options), "w1") as repository:
             assert repository.ping()
         wrong_sentinel = secured.url.replace("sentinel-pw", "nope")

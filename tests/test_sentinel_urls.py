@@ -152,16 +152,27 @@ def test_the_broker_transport_options_give_the_master_name_of_a_reused_broker_ur
 def test_the_broker_sentinel_kwargs_give_the_sentinels_credentials_of_a_reused_broker_url() -> None:
     """kombu keeps the Sentinels' own credentials in broker_transport_options['sentinel_kwargs']."""
     options = {"master_name": "m", "sentinel_kwargs": {"username": "su", "password": "p;w&=%x", "socket_timeout": 1}}
-    config = resolve_config(KOMBU, conf={"broker_transport_options": options})
+    conf = {"broker_url": KOMBU, "broker_transport_options": options}
+    config = resolve_config(KOMBU, conf=conf)
     target = parse_sentinel_url(config.url)
     assert (target.service_name, target.sentinel_username, target.sentinel_password) == ("m", "su", "p;w&=%x")
     assert "p;w" not in mask_url(config.url) and "p%3Bw" not in mask_url(config.url)
-    assert parse_sentinel_url(resolve_config(f"{KOMBU}?sentinel_password=own",  # the URL's own option wins
-                                             conf={"broker_transport_options": options}).url).sentinel_password == "own"
-    assert resolve_config("redis+sentinel://h/svc", conf={"broker_transport_options": options}).url == (
-        "redis+sentinel://h/svc")  # a redis+sentinel URL says all it needs itself
-    with pytest.raises(ConfigurationError, match=r"sentinel_kwargs'\]\['password'\] must be a string, got bytes"):
-        resolve_config(KOMBU, conf={"broker_transport_options": {**options, "sentinel_kwargs": {"password": b"x"}}})
+    # The URL's own Sentinel credentials, even one of them or an empty one, are all there is.
+    for own, expected in ((f"{KOMBU}?sentinel_password=own", (None, "own")),
+                          (f"{KOMBU}?sentinel_username=alice", ("alice", None)),
+                          (f"{KOMBU}?sentinel_password=", (None, None))):
+        target = parse_sentinel_url(resolve_config(own, conf=conf).url)
+        assert (target.sentinel_username, target.sentinel_password) == expected
+    # Never sent to Sentinels that are not the broker's, nor read for a redis+sentinel URL.
+    elsewhere = "sentinel://h1:26379;sentinel://other:26379/0"
+    assert parse_sentinel_url(resolve_config(elsewhere, conf=conf).url).sentinel_password is None
+    assert parse_sentinel_url(resolve_config(KOMBU, conf={"broker_transport_options": options}).url
+                              ).sentinel_password is None  # no broker URL to compare with
+    assert resolve_config("redis+sentinel://h/svc", conf=conf).url == "redis+sentinel://h/svc"
+    for bad, said in ((b"x", "must be text, got bytes"), ("\udcff", "must be text, got a string that is not valid")):
+        with pytest.raises(ConfigurationError, match=rf"sentinel_kwargs'\]\['password'\] {said}"):
+            resolve_config(KOMBU, conf={**conf, "broker_transport_options": {**options,
+                                                                              "sentinel_kwargs": {"password": bad}}})
 
 
 def test_a_master_name_that_disagrees_with_the_url_is_refused() -> None:

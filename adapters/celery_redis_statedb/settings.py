@@ -20,6 +20,7 @@ from statedb.urls import (
     KOMBU_SENTINEL_SCHEME,
     is_redis_url,
     mask_url,
+    parse_sentinel_url,
     url_scheme,
     validate_url,
     with_master_name,
@@ -329,21 +330,47 @@ def choose_url(conf: Mapping[str, Any], env: Mapping[str, str], *, explicit: str
 
 def _broker_sentinel_auth(url: str, conf: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(username, password) of kombu's ``broker_transport_options['sentinel_kwargs']``: the Sentinels'
-    own credentials, for a kombu ``sentinel://`` statedb URL (the broker's URL reused as it is)."""
+    own credentials, for a kombu ``sentinel://`` statedb URL whose Sentinels are the broker's (the
+    broker's URL reused): never sent to other Sentinels."""
     if url_scheme(url) != KOMBU_SENTINEL_SCHEME:
         return None, None
     options = conf.get("broker_transport_options")
     given = options.get("sentinel_kwargs") if isinstance(options, Mapping) else None
-    if not isinstance(given, Mapping):
+    if not isinstance(given, Mapping) or not set(_sentinels(url)) <= _broker_sentinels(conf):
         return None, None
     found: list[str | None] = []
     for name in ("username", "password"):
         value = given.get(name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigurationError(f"broker_transport_options['sentinel_kwargs'][{name!r}] must be a string, "
-                                     f"got {type(value).__name__}")
+        if value is not None and not (isinstance(value, str) and _encodable(value)):
+            raise ConfigurationError(f"broker_transport_options['sentinel_kwargs'][{name!r}] must be text, got "
+                                     + (f"{type(value).__name__}" if not isinstance(value, str) else
+                                        "a string that is not valid Unicode"))
         found.append(value or None)
     return found[0], found[1]
+
+
+def _sentinels(url: str) -> tuple[tuple[str, int], ...]:
+    return parse_sentinel_url(with_master_name(url, "service")).sentinels
+
+
+def _broker_sentinels(conf: Mapping[str, Any]) -> set[tuple[str, int]]:
+    """The Sentinels of the app's broker URL (app.conf's, or $CELERY_BROKER_URL, which Celery prefers)."""
+    hosts: set[tuple[str, int]] = set()
+    for broker in (conf.get("broker_url"), getattr(conf, "broker_url", None)):
+        if isinstance(broker, str) and url_scheme(broker) == KOMBU_SENTINEL_SCHEME:
+            try:
+                hosts.update(_sentinels(broker))
+            except ConfigurationError:  # not this setting's to judge: kombu says what is wrong with it
+                continue
+    return hosts
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _broker_master_name(url: str, conf: Mapping[str, Any]) -> str | None:
