@@ -539,7 +539,7 @@ class StateAdmin:
                 # A future score would sort above every later revoke, and such ids bind past any horizon.
                 raise InvalidInputError(
                     f"revoked_at {when!r} is {when - now:.0f} s after the Redis server's clock: pass epoch "
-                    f"seconds (not milliseconds), no later than now")
+                    f"seconds (not milliseconds), at most {FUTURE_TOLERANCE:.0f} s ahead of it")
         added = await self.run(self._repository().operations.add_revoked(ids, when))
         return RevokeReport(tuple(ids), added, FLEET, self.schema.shared_revoked_key,
                             utc(when))

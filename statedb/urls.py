@@ -167,10 +167,15 @@ def validate_url(url: object, *, master_name: str | None = None) -> str:
     return url
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes '²' and '٣', which ``int`` refuses or reads otherwise."""
+    return text.isascii() and text.isdigit()
+
+
 def _check_db(db_text: str, shown: str) -> None:
     if "@" in db_text:  # a path holding '@' may hold a password that was not percent-encoded: quote nothing
         raise ConfigurationError(f"malformed Redis URL {shown}: the path holds a '@' ({_ENCODE_HINT})")
-    if not db_text.isdigit():
+    if not _is_decimal(db_text):
         raise ConfigurationError(
             f"database number {db_text!r} in Redis URL {shown} is not a non-negative integer"
         )
@@ -212,7 +217,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     for text in hosts.split(","):
         match = _NODE.match(text.strip())
         port_text = match["port"] if match else None
-        if match is None or (port_text is not None and not (port_text.isdigit() and 0 < int(port_text) < 65536)):
+        if match is None or (port_text is not None and not (_is_decimal(port_text) and 0 < int(port_text) < 65536)):
             raise ConfigurationError(
                 f"malformed Redis Cluster URL {shown}: each node must be host:port with a port from 1 to 65535, "
                 f"nodes separated by ',' (a password with '#', '/' or '?' must be percent-encoded)"
@@ -315,7 +320,7 @@ def parse_sentinel_url(url: str, *, master_name: str | None = None) -> SentinelT
     if not service.strip() or any(ch.isspace() or not ch.isprintable() for ch in service):
         raise ConfigurationError(f"Sentinel URL {shown} names service {service!r}: a name without spaces "
                                  "or control characters is expected")
-    if service.isdigit():
+    if _is_decimal(service):
         raise ConfigurationError(f"Sentinel URL {shown} names service {service!r}, a number: the path is "
                                  "/SERVICE_NAME[/db] (the service name first, then the database)")
     kept = "&".join(pair for pair in query.split("&")
@@ -436,7 +441,7 @@ def _sentinel_host(text: str, shown: str) -> tuple[str, int]:
                                  "(hosts are separated by ',' and need a name)")
     if not has_port:
         return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) <= _PORT_MAX:
+    if not _is_decimal(port_text) or not 0 < int(port_text) <= _PORT_MAX:
         raise ConfigurationError(f"Sentinel URL {shown} gives Sentinel host {host!r} the port {port_text!r}: "
                                  f"a number from 1 to {_PORT_MAX} is expected")
     return host, int(port_text)

@@ -160,7 +160,7 @@ async def test_a_purge_below_the_in_memory_expiry_needs_force(
     async with mounted(make_router(redis_url, key_prefix=key_prefix, in_memory_expiry=0), "/statedb") as client:
         never = await client.post("/api/purge", json={"older_than": "3650d", "dry_run": False})  # 0: no expiry
     assert never.status_code == 422 and "(none: they keep ids until their size cap" in never.text
-    for bad in (-1.0, float("nan"), "3h"):
+    for bad in (-1.0, float("nan"), "3h", True):
         with pytest.raises(ConfigurationError, match="in_memory_expiry must be seconds"):
             make_router(redis_url, key_prefix=key_prefix, in_memory_expiry=bad)  # type: ignore[arg-type]
 

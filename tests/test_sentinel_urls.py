@@ -66,6 +66,9 @@ def test_one_server_urls_are_standalone() -> None:
         ("redis+sentinel://h1:26x/svc", "gives Sentinel host 'h1' the port '26x': a number from 1 to 65535"),
         ("redis+sentinel://h1:0/svc", "the port '0'"),
         ("redis+sentinel://h1:70000/svc", "the port '70000'"),
+        ("sentinel://h1:\u00b2?master_name=m", "the port '\u00b2'"),  # a digit to str.isdigit, not to int
+        ("redis+sentinel://h1:\u0663\u0663/svc", "the port '\u0663\u0663'"),  # Arabic-Indic 33: not a port here
+        ("redis+sentinel://h1/svc/\u00b2", "database number '\u00b2'"),
         ("redis+sentinel://h1,,h2/svc", "names an empty Sentinel host"),
         ("redis+sentinel://:26379/svc", "names an empty Sentinel host"),
         ("redis+sentinel://[::1/svc", "malformed IPv6 host"),
@@ -163,6 +166,11 @@ def test_the_broker_sentinel_kwargs_give_the_sentinels_credentials_of_a_reused_b
                           (f"{KOMBU}?sentinel_password=", (None, None))):
         target = parse_sentinel_url(resolve_config(own, conf=conf).url)
         assert (target.sentinel_username, target.sentinel_password) == expected
+    upper = "sentinel://H1;sentinel://h2:26379/0"  # host names are not case-sensitive; 26379 is the default
+    assert parse_sentinel_url(resolve_config(upper, conf=conf).url).sentinel_password == "p;w&=%x"
+    for broken in ("sentinel://h:\u00b2", "sentinel://", "redis://h:x"):  # the broker's URL is kombu's to judge
+        assert parse_sentinel_url(resolve_config(KOMBU, conf={**conf, "broker_url": broken}).url
+                                  ).sentinel_password is None
     # Never sent to Sentinels that are not the broker's, nor read for a redis+sentinel URL.
     elsewhere = "sentinel://h1:26379;sentinel://other:26379/0"
     assert parse_sentinel_url(resolve_config(elsewhere, conf=conf).url).sentinel_password is None

@@ -92,7 +92,7 @@ def _count(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit():
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
         raise ValueError("expected a whole number, zero or more")
     return int(text)
 
@@ -336,7 +336,7 @@ def _broker_sentinel_auth(url: str, conf: Mapping[str, Any]) -> tuple[str | None
         return None, None
     options = conf.get("broker_transport_options")
     given = options.get("sentinel_kwargs") if isinstance(options, Mapping) else None
-    if not isinstance(given, Mapping) or not set(_sentinels(url)) <= _broker_sentinels(conf):
+    if not isinstance(given, Mapping) or not _sentinels(url) <= _broker_sentinels(conf):
         return None, None
     found: list[str | None] = []
     for name in ("username", "password"):
@@ -349,20 +349,20 @@ def _broker_sentinel_auth(url: str, conf: Mapping[str, Any]) -> tuple[str | None
     return found[0], found[1]
 
 
-def _sentinels(url: str) -> tuple[tuple[str, int], ...]:
-    return parse_sentinel_url(with_master_name(url, "service")).sentinels
+def _sentinels(url: str) -> set[tuple[str, int]]:
+    return {(host.lower(), port) for host, port in parse_sentinel_url(with_master_name(url, "service")).sentinels}
 
 
 def _broker_sentinels(conf: Mapping[str, Any]) -> set[tuple[str, int]]:
-    """The Sentinels of the app's broker URL (app.conf's, or $CELERY_BROKER_URL, which Celery prefers)."""
-    hosts: set[tuple[str, int]] = set()
-    for broker in (conf.get("broker_url"), getattr(conf, "broker_url", None)):
-        if isinstance(broker, str) and url_scheme(broker) == KOMBU_SENTINEL_SCHEME:
-            try:
-                hosts.update(_sentinels(broker))
-            except ConfigurationError:  # not this setting's to judge: kombu says what is wrong with it
-                continue
-    return hosts
+    """The Sentinels of the broker URL Celery uses (``$CELERY_BROKER_URL`` before app.conf's, as Celery's
+    own ``conf.broker_url`` does; a plain mapping's ``broker_url`` key)."""
+    broker = getattr(conf, "broker_url", None) or conf.get("broker_url")
+    if not isinstance(broker, str) or url_scheme(broker) != KOMBU_SENTINEL_SCHEME:
+        return set()
+    try:
+        return _sentinels(broker)
+    except (ConfigurationError, ValueError):  # not this setting's to judge: kombu says what is wrong with it
+        return set()
 
 
 def _encodable(text: str) -> bool:

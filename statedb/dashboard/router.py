@@ -172,7 +172,8 @@ def make_router(
     live workers (see :class:`LiveWorkers`). A purge of ids younger than ``in_memory_expiry`` (how
     long the workers keep a revoked id in memory: Celery's default unless told, 0 for never; the
     Celery dashboard passes the app's) needs ``force``, as ``celery statedb purge`` needs ``--force``."""
-    if not isinstance(in_memory_expiry, (int, float)) or math.isnan(in_memory_expiry) or in_memory_expiry < 0:
+    if (isinstance(in_memory_expiry, bool) or not isinstance(in_memory_expiry, (int, float))
+            or math.isnan(in_memory_expiry) or in_memory_expiry < 0):
         raise ConfigurationError(f"in_memory_expiry must be seconds (0: the workers' expiry is off), got "
                                  f"{in_memory_expiry!r}")
     in_memory_expiry = in_memory_expiry or math.inf
