@@ -524,22 +524,27 @@ class StateAdmin:
 
         return await _in_batches(sets, run, concurrency=self.concurrency, progress=progress)
 
+    async def revocation_time(self, revoked_at: float | None) -> float:
+        """``revoked_at`` checked (epoch seconds, at most FUTURE_TOLERANCE ahead of the server's clock,
+        else InvalidInputError), or the server's clock when None."""
+        if revoked_at is None:
+            return await self.server_time()
+        when = check_timestamp(revoked_at, "revocation time (revoked_at)")  # a bad one: before any I/O
+        now = await self.server_time()
+        if when > now + FUTURE_TOLERANCE:
+            # A future score would sort above every later revoke, and such ids bind past any horizon.
+            raise InvalidInputError(
+                f"revoked_at {when!r} is {when - now:.0f} s after the Redis server's clock: pass epoch "
+                f"seconds (not milliseconds), at most {FUTURE_TOLERANCE:.0f} s ahead of it")
+        return when
+
     async def revoke(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> RevokeReport:
         """Producer-side durable revoke: into the fleet set, which every worker reads at boot
         (``revoked_at``, epoch seconds, defaults to the server's clock; one later than that by more
         than a minute is an InvalidInputError). Live workers also need Celery's own revoke
         broadcast (``celery_redis_statedb.SyncStateAdmin.revoke`` does both)."""
         ids = [member.decode() for member in commands.encode_task_ids(task_ids)]  # bad ids: before any I/O
-        if revoked_at is None:
-            when = await self.server_time()
-        else:
-            when = check_timestamp(revoked_at, "revocation time (revoked_at)")
-            now = await self.server_time()
-            if when > now + FUTURE_TOLERANCE:
-                # A future score would sort above every later revoke, and such ids bind past any horizon.
-                raise InvalidInputError(
-                    f"revoked_at {when!r} is {when - now:.0f} s after the Redis server's clock: pass epoch "
-                    f"seconds (not milliseconds), at most {FUTURE_TOLERANCE:.0f} s ahead of it")
+        when = await self.revocation_time(revoked_at)
         added = await self.run(self._repository().operations.add_revoked(ids, when))
         return RevokeReport(tuple(ids), added, FLEET, self.schema.shared_revoked_key,
                             utc(when))

@@ -106,11 +106,12 @@ class StampsAdmin:
 
     async def revoke_stamps(self, stamps: Iterable[Stamp], *, revoked_at: float | None = None) -> int:
         """Producer-side durable stamp revoke: into the fleet stamps set, read by every worker at boot;
-        how many were new there. Live workers also need Celery's ``revoke_by_stamped_headers``."""
+        how many were new there (``revoked_at`` as in :meth:`StateAdmin.revoke`). Live workers also
+        need Celery's ``revoke_by_stamped_headers``."""
         pairs = list(stamps)
         for header, value in pairs:
             encode_stamp(header, value)  # a bad one is an InvalidInputError before any I/O
-        when = await self.admin.server_time() if revoked_at is None else revoked_at
+        when = await self.admin.revocation_time(revoked_at)
         operation = self.admin._repository().operations.add_stamps(pairs, when, shared=True)
         return await self.admin.run(operation)
 

@@ -19,6 +19,7 @@ import pytest
 import redis
 from celery.utils.collections import LimitedSet
 
+import statedb
 from celery_redis_statedb import WorkerStatePersistence
 from celery_redis_statedb.local_servers import PrivateServer, free_port
 from statedb import (
@@ -481,7 +482,10 @@ def test_a_revocation_time_in_the_future_is_refused(redis_url: str, key_prefix: 
     with pytest.raises(InvalidInputError, match=r"is \d+ s after the Redis server's clock: pass epoch seconds "
                                                 r"\(not milliseconds\), at most 60 s ahead of it"):
         anyio.run(lambda: async_admin.revoke(redis_url, ["a"], key_prefix=key_prefix, revoked_at=now * 1000))
-    assert not redis_client.exists(shared_key(key_prefix))
+    with pytest.raises(InvalidInputError, match=r"after the Redis server's clock"):
+        anyio.run(lambda: statedb.revoke_stamps(redis_url, [("batch", "b-1")], key_prefix=key_prefix,
+                                                revoked_at=now * 1000))
+    assert not redis_client.keys(f"{key_prefix}*")
     assert anyio.run(lambda: async_admin.revoke(redis_url, ["a"], key_prefix=key_prefix, revoked_at=now + 30)) == 1
 
 
