@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 import subprocess
 import sys
 
@@ -18,8 +19,10 @@ from celery_redis_statedb.local_servers import (
     PrivateServer,
     SentinelTopology,
     ServerKind,
+    _ephemeral_start,
     default_kind,
     delete_prefixed,
+    free_port,
     installed,
     kill_process,
     replicas_in_sync,
@@ -130,3 +133,12 @@ def test_a_sentinel_topology_starts_meshed_and_fails_over(kind: ServerKind) -> N
         old = topology.failover()
         assert old == first.port
         assert topology.wait_primary(not_port=old, in_sync=False) is topology.servers[1]
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    """Ports the kernel hands to outgoing connections may be taken again before a server binds them."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(10_000 <= port < _ephemeral_start() for port in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))

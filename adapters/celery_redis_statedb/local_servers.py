@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,11 +48,42 @@ class ServerExited(RuntimeError):
     """The server process exited while starting (its log tail is in the message)."""
 
 
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 at the time of the call."""
+    """A TCP port free on 127.0.0.1 at the time of the call, never handed out before by this process,
+    and below the kernel's ephemeral range where there is room: a port the kernel picks for ``bind(0)``
+    or for an outgoing connection may be taken again by the time a server binds it (a cluster node that
+    could not bind its bus port was seen so)."""
+    low, high = _LOWEST_PORT, _ephemeral_start()
+    for _ in range(200):
+        port = random.randrange(low, high) if high - low > 1000 else _kernel_port()
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError("no free TCP port found on 127.0.0.1")
+
+
+def _kernel_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere, as on Linux by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_ready(url: str, timeout: float = READY_TIMEOUT, process: subprocess.Popen[bytes] | None = None,
