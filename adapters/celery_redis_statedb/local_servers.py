@@ -48,7 +48,7 @@ class ServerExited(RuntimeError):
     """The server process exited while starting (its log tail is in the message)."""
 
 
-_LOWEST_PORT = 10_000
+_LOWEST_PORT = 12_000  # below: well-known services; above it, room before the ephemeral range
 _handed_out: set[int] = set()
 
 
