@@ -52,6 +52,7 @@ from celery_redis_statedb.fleet_snapshot import SnapshotPolicy
 from celery_redis_statedb.local_servers import delete_prefixed
 from statedb import snapshot
 from statedb.cursors import TRIP_BYTES
+from statedb.keys import KeySchema
 
 VARIANTS = ("0.5 read", "bounded read", "snapshot, cold", "snapshot, warm")
 EXPIRES = 10800.0
@@ -70,6 +71,7 @@ class Storm:
     boot_times: list[float]
     sources: list[str]
     largest_trip: int = 0  # the largest reply of one boot's round trip (client side: exact)
+    trips: list[int] = field(default_factory=list)  # round trips of each boot
     peak_omem: int = 0  # the largest output buffer of one client, sampled
     peak_omem_total: int = 0  # every client's together
     peak_memory: int = 0  # used_memory above what it was before the storm
@@ -82,18 +84,20 @@ class Storm:
 class Result:
     n: int
     storms: dict[str, Storm] = field(default_factory=dict)
+    set_memory: int = 0  # MEMORY USAGE of the fleet set
+    snapshot_memory: int = 0  # ... and of its snapshot, once built
 
 
 # -- the boots (in child processes) --------------------------------------------
 
 
 class TripMeter:
-    """Wraps a boot's client: the largest reply payload (members and values) of one round trip, which
-    bounds what Redis buffered for that boot at once."""
+    """Wraps a boot's client: its round trips, and the largest reply payload (members and values) of
+    one, which bounds what Redis buffered for that boot at once."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.largest = 0
+        self.largest = self.trips = 0
 
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
         pipe = self.client.pipeline(*args, **kwargs)
@@ -101,6 +105,7 @@ class TripMeter:
 
         def measured(*a: Any, **k: Any) -> Any:
             replies = execute(*a, **k)
+            self.trips += 1
             self.largest = max(self.largest, _payload(replies))
             return replies
 
@@ -149,13 +154,14 @@ def _child(url: str, prefix: str, names: Sequence[str], variant: str, ready: Any
         try:
             persistence.boot()
         except Exception as exc:  # reported by the parent, which would wait for this boot forever
-            results.put((time.monotonic(), 0.0, f"failed: {type(exc).__name__}: {exc}"[:200], 0, 0, 0))
+            results.put((time.monotonic(), 0.0, f"failed: {type(exc).__name__}: {exc}"[:200], 0, 0, 0, 0))
             return
         took = time.perf_counter() - started
         merged = persistence.merged
         meter = persistence.repository.client
-        largest = meter.largest if isinstance(meter, TripMeter) else 0
-        results.put((time.monotonic(), took, merged.fleet_source, merged.in_memory, merged.in_index, largest))
+        largest, trips = (meter.largest, meter.trips) if isinstance(meter, TripMeter) else (0, 0)
+        results.put((time.monotonic(), took, merged.fleet_source, merged.in_memory, merged.in_index, largest,
+                     trips))
         persistence.stored.index = None  # type: ignore[assignment]  # the storm's memory, not this one's
         persistence.revoked.clear()
 
@@ -236,7 +242,8 @@ def storm(url: str, prefix: str, variant: str, boots: int, procs: int, *, sample
         child.join(120)
     client.close()
     return Storm(boots, cpu1 - cpu0, usec1 - usec0, out1 - out0, ended - started, [row[1] for row in rows],
-                 [row[2] for row in rows], max(row[5] for row in rows), sampler.peak_one if sampler else 0,
+                 [row[2] for row in rows], max(row[5] for row in rows),
+                 [row[6] for row in rows], sampler.peak_one if sampler else 0,
                  sampler.peak_total if sampler else 0, sampler.peak_memory if sampler else 0, rows[0][3], rows[0][4])
 
 
@@ -261,18 +268,22 @@ def measure(url: str, n: int, boots: int, procs: int, rounds: int) -> Result:
     prefix = c.new_prefix(f"bootstorm{n}")
     result = Result(n)
     client = redis.Redis.from_url(url)
-    key = snapshot.snapshot_key(f"{prefix}shared:fleet-revoked")
+    fleet = KeySchema(prefix).shared_revoked_key
+    key = snapshot.snapshot_key(fleet)
 
     def run(variant: str, *, sample: bool) -> Storm:
         if variant == "snapshot, cold":
             client.delete(key)
         done = storm(url, prefix, variant, boots, procs, sample=sample)
+        if variant == "snapshot, cold":
+            result.snapshot_memory = int(client.memory_usage(key, samples=0) or 0)
         print(f"   [bootstorm] N={n} {variant}{' (sampled)' if sample else ''}: {done.wall:.1f}s, "
               f"{done.cpu * 1000 / boots:.2f} ms of Redis CPU a boot", flush=True)
         return done
 
     try:
         seed(url, prefix, n)
+        result.set_memory = int(client.memory_usage(fleet, samples=0) or 0)
         runs: dict[str, list[Storm]] = {variant: [] for variant in VARIANTS}
         for _ in range(rounds):
             for variant in VARIANTS:  # "warm" after "cold": its snapshot is there
@@ -304,14 +315,14 @@ def table(result: Result, number: int, note: str) -> c.Table:
     t = c.Table(f"{number}. Boot storm: {size} ids in the fleet set, {base.boots} boots at once "
                 f"(per boot unless said; the storm of the median Redis CPU of each read)",
                 ["read", "Redis CPU ms", "x 0.5", "cmd ms", "MB out", "x 0.5", "largest trip MB", "peak buffer MB",
-                 "all buffers MB", "used_memory +MB", "wall s", "median boot ms", "sources"])
+                 "all buffers MB", "used_memory +MB", "wall s", "median boot ms", "trips (median boot)", "sources"])
     for variant, s in result.storms.items():
         per = s.boots
         sources = ", ".join(f"{k} {v}" for k, v in sorted(_count(s.sources).items()) if k)
         t.add(variant, f"{s.cpu * 1000 / per:.2f}", c.ratio(s.cpu, base.cpu), f"{s.command_usec / 1000 / per:.2f}",
               _mb(s.bytes_out / per), c.ratio(s.bytes_out, base.bytes_out), _mb(s.largest_trip), _mb(s.peak_omem),
               _mb(s.peak_omem_total), _mb(s.peak_memory), f"{s.wall:.2f}",
-              f"{statistics.median(s.boot_times) * 1000:.0f}", sources or "-")
+              f"{statistics.median(s.boot_times) * 1000:.0f}", f"{statistics.median(s.trips):.0f}", sources or "-")
     warm, cold = result.storms["snapshot, warm"], result.storms["snapshot, cold"]
     t.notes.append(f"targets, snapshot warm / cold: CPU {c.verdict(warm.cpu / base.cpu, 0.25)} / "
                    f"{c.verdict(cold.cpu / base.cpu, 0.25)}; bytes {c.verdict(warm.bytes_out / base.bytes_out, 0.5)}"
@@ -325,6 +336,10 @@ def table(result: Result, number: int, note: str) -> c.Table:
     t.notes.append("Redis CPU a boot over the rounds (the median shown): " + "; ".join(
         f"{variant} {low * 1000 / s.boots:.2f}-{high * 1000 / s.boots:.2f} ms"
         for variant, s in result.storms.items() for low, high in [s.cpu_range]))
+    t.notes.append(f"per fleet id: the 0.5 read sends {base.bytes_out / base.boots / result.n:.1f} bytes a boot (what "
+                   f"an id newer than the snapshot costs), the snapshot {warm.bytes_out / warm.boots / result.n:.1f}; "
+                   f"Redis memory: the set {result.set_memory / result.n:.1f} bytes, its snapshot "
+                   f"{result.snapshot_memory / result.n:.1f}")
     t.notes.append(f"every boot: {warm.in_memory} ids in Celery's set, {warm.in_index} in the index. {note}")
     return t
 
