@@ -37,26 +37,6 @@ def _names(keys: Sequence[RedisKey]) -> tuple[str, ...]:
     return tuple(key_text(key) for key in keys)
 
 
-def combined(operations: Sequence[Operation[T]]) -> Operation[list[T]]:
-    """Several operations on one pipeline (one round trip): their results in order."""
-    keys = tuple(key for operation in operations for key in operation.keys)
-
-    def stage(pipe: Any) -> None:
-        for operation in operations:
-            operation.stage(pipe)
-
-    def parse(replies: Sequence[Any]) -> list[T]:
-        results, start = [], 0
-        for operation in operations:
-            width = len(operation.keys)
-            results.append(operation.result(replies[start : start + width]))
-            start += width
-        return results
-
-    # Each operation checks its own replies (some may accept error replies): none is checked here.
-    return LenientOperation(keys, stage, parse, optional=frozenset(range(len(keys))))
-
-
 def scan_page(match: str, cursor: int, count: int = SCAN_COUNT) -> Operation[tuple[int, list[bytes]]]:
     """One SCAN step: (the next cursor, 0 when done; the keys found, as bytes)."""
 

@@ -125,18 +125,35 @@ class LenientOperation(Operation[T]):
 U = TypeVar("U")
 
 
-def combine(first: Operation[T], second: Operation[U]) -> Operation[tuple[T, U]]:
-    """Both operations in one round trip (their commands in this order)."""
-    split = len(first.keys)
+def combined(operations: Sequence[Operation[T]]) -> Operation[list[T]]:
+    """Several operations on one pipeline (one round trip): their results in order."""
+    keys = tuple(key for operation in operations for key in operation.keys)
 
-    def stage(pipe: PipelineLike) -> None:
-        first.stage(pipe)
-        second.stage(pipe)
+    def stage(pipe: Any) -> None:
+        for operation in operations:
+            operation.stage(pipe)
+
+    def parse(replies: Sequence[Any]) -> list[T]:
+        results, start = [], 0
+        for operation in operations:
+            width = len(operation.keys)
+            results.append(operation.result(replies[start : start + width]))
+            start += width
+        return results
+
+    # Each operation checks its own replies (some may accept error replies): none is checked here.
+    return LenientOperation(keys, stage, parse, optional=frozenset(range(len(keys))))
+
+
+def combine(first: Operation[T], second: Operation[U]) -> Operation[tuple[T, U]]:
+    """Two operations of different result types in one round trip: :func:`combined` of the pair."""
+    pair: Operation[list[Any]] = combined([first, second])
 
     def parse(replies: Sequence[Any]) -> tuple[T, U]:
-        return first.parse(replies[:split]), second.parse(replies[split:])
+        one, two = pair.result(replies)
+        return one, two
 
-    return Operation(first.keys + second.keys, stage, parse)
+    return LenientOperation(pair.keys, pair.stage, parse, optional=frozenset(range(len(pair.keys))))
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

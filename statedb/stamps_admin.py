@@ -28,7 +28,7 @@ from statedb.admin import (
     _is_fleet,
     utc,
 )
-from statedb.commands import BadMembers, Operation
+from statedb.commands import BadMembers, Operation, combined
 from statedb.keys import DEFAULT_KEY_PREFIX, RedisKey, Scope, key_text
 from statedb.stamps import Stamp, StampRow, encode_stamp
 from statedb.timeframes import as_seconds, cutoff
@@ -148,7 +148,7 @@ class StampsAdmin:
     async def _sum(self, sets: Sequence[tuple[str, RedisKey]], operation: Callable[[RedisKey], Operation[int]],
                    progress: Progress | None) -> list[SetChange]:
         async def run(batch: Sequence[tuple[str, RedisKey]]) -> list[SetChange]:
-            counts = await self.admin.run(ops.combined([operation(key) for _, key in batch]))
+            counts = await self.admin.run(combined([operation(key) for _, key in batch]))
             return [SetChange(owner, key_text(key), count) for (owner, key), count in zip(batch, counts, strict=True)]
 
         return await _in_batches(sets, run, concurrency=self.admin.concurrency, progress=progress)

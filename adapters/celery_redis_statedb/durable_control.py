@@ -194,7 +194,7 @@ def run_operation(client: Client, operation: commands.Operation[T], target: str)
 
 def run_operations(client: Client, operations: Sequence[commands.Operation[int]], target: str) -> int:
     """Stage every operation on one pipeline (one round trip a node); the sum of their results."""
-    results: list[int] = run_operation(client, admin_commands.combined(operations), target)
+    results: list[int] = run_operation(client, commands.combined(operations), target)
     return sum(results)
 
 
