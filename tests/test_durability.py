@@ -18,19 +18,10 @@ from statedb import ConfigurationError, RedisUnavailableError, StateDBConfig, St
 from statedb.durability import Durability, check_support, durable
 from statedb.errors import NotDurableError
 from statedb.stamps import add_stamps
+from tests.recording_pipeline import RecordingPipeline
 from tests.workers import wait_until
 
 URL = "redis://localhost:6379/0"
-
-
-class Recorder:
-    """A pipeline that records what is staged on it."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **_: self.calls.append((name, args))
 
 
 # -- the command layer ------------------------------------------------------------------------
@@ -45,9 +36,9 @@ def test_settings_give_the_durability_of_every_worker_write() -> None:
     operations = StateOperations.for_worker(config, "w1")
     for operation in (operations.add_revoked(["a"], 1.0), operations.add_revoked_at([("a", 1.0)]),
                       operations.add_fleet_revoked_at([("a", 1.0)]), operations.add_stamps([("h", "v")], 1.0)):
-        pipe = Recorder()
+        pipe = RecordingPipeline()
         operation.stage(pipe)
-        assert pipe.calls[-1] == ("execute_command", ("WAIT", 2, 250))
+        assert pipe.calls[-1][:2] == ("execute_command", ("WAIT", 2, 250))
         assert operation.keys[-1] is None
     assert StateOperations.for_worker(resolve_config(URL), "w1").add_revoked(["a"], 1.0).keys == ("celery:worker:"
                                                                                                     "state:w1:revoked",)
@@ -79,9 +70,9 @@ def test_a_long_replica_timeout_is_fine_without_replicas_to_wait_for() -> None:
 
 def test_wait_is_staged_after_the_write_and_its_reply_decides() -> None:
     operation = durable(add_stamps("k", [("h", "v")], 1.0, 10), Durability(1, 100))
-    pipe = Recorder()
+    pipe = RecordingPipeline()
     operation.stage(pipe)
-    assert [name for name, _ in pipe.calls] == ["zadd", "execute_command"]
+    assert [name for name, *_ in pipe.calls] == ["zadd", "execute_command"]
     assert operation.result([1, 1]) == 1
     assert operation.result([0, 3]) == 0
     with pytest.raises(NotDurableError, match="only 0 of 1 replica acknowledged the write within 100 ms "
@@ -91,9 +82,9 @@ def test_wait_is_staged_after_the_write_and_its_reply_decides() -> None:
 
 def test_waitaof_checks_the_local_fsync_and_the_replicas() -> None:
     operation = durable(add_stamps("k", [("h", "v")], 1.0, 10), Durability(2, 50, fsync=True))
-    pipe = Recorder()
+    pipe = RecordingPipeline()
     operation.stage(pipe)
-    assert pipe.calls[-1] == ("execute_command", ("WAITAOF", 1, 2, 50))
+    assert pipe.calls[-1][:2] == ("execute_command", ("WAITAOF", 1, 2, 50))
     assert operation.result([1, [1, 2]]) == 1
     with pytest.raises(NotDurableError, match="not fsynced to the primary's AOF within 50 ms"):
         operation.result([1, [0, 2]])

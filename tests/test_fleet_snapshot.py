@@ -32,6 +32,7 @@ from celery_redis_statedb.local_servers import PrivateServer
 from statedb import StateDBConfig, SyncStateRepository, admin, cursors, snapshot, uuid_pack
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.keys import KeySchema
+from tests.keys import shared_key
 
 EAGER = SnapshotPolicy(min_ids=1, min_stale=10**9, wait_base=5.0)  # a snapshot for any set, never outgrown
 PURE = settings(max_examples=200, deadline=None)
@@ -44,12 +45,8 @@ def ids(n: int, tag: str | None = None) -> list[str]:
     return [str(uuid.uuid4()) if tag is None else f"{tag}-{uuid.uuid4()}" for _ in range(n)]
 
 
-def fleet(prefix: str) -> str:
-    return f"{prefix}shared:fleet-revoked"
-
-
 def snap(prefix: str) -> str:
-    return snapshot.snapshot_key(fleet(prefix))
+    return snapshot.snapshot_key(shared_key(prefix))
 
 
 @pytest.fixture
@@ -92,7 +89,7 @@ def snapshot_built(make: Factory, redis_client: redis.Redis, key_prefix: str, n:
     """(now, ids): ``n`` ids stored in the fleet set 100 s ago and more, and a boot that built its snapshot."""
     now = time.time()
     stored = ids(n)
-    seed(redis_client, fleet(key_prefix), stored, now - 100)
+    seed(redis_client, shared_key(key_prefix), stored, now - 100)
     assert booted(make, "a@h").merged.fleet_source == "built"
     return now, stored
 
@@ -289,8 +286,8 @@ def test_no_round_trip_of_a_boot_asks_for_more_than_the_budget(
     stays within the trip budget: 64 KiB here, with 60 000 stored ids (2.6 MB as replies)."""
     now, budget = time.time(), 64 * 1024
     recent, old = ids(30_000), ids(30_000)
-    seed(redis_client, fleet(key_prefix), recent, now - 5, step=0.1)  # within the hour: into memory
-    seed(redis_client, fleet(key_prefix), old, now - 7200, step=0.1)  # beyond the memory window: index
+    seed(redis_client, shared_key(key_prefix), recent, now - 5, step=0.1)  # within the hour: into memory
+    seed(redis_client, shared_key(key_prefix), old, now - 7200, step=0.1)  # beyond the memory window: index
     for _ in range(2 if policy else 1):  # the first boot builds the snapshot, the second reads it
         persistence = make(policy=policy, revoked=LimitedSet(maxlen=50000, expires=3600))
         recording = Recording(persistence.repository.client)
@@ -361,9 +358,9 @@ def test_a_boot_builds_the_snapshot_and_later_boots_read_it_with_the_same_result
     same others (within the horizon) as with the whole set read; stamps differ by a window at most."""
     now = time.time()
     recent, old, ancient = ids(300) + ids(50, "custom"), ids(200) + ids(9, "custom-old"), ids(40, "ancient")
-    seed(redis_client, fleet(key_prefix), recent, now - 1, step=5)
-    seed(redis_client, fleet(key_prefix), old, now - 3 * 86400, step=5)
-    seed(redis_client, fleet(key_prefix), ancient, now - 90 * 86400, step=5)
+    seed(redis_client, shared_key(key_prefix), recent, now - 1, step=5)
+    seed(redis_client, shared_key(key_prefix), old, now - 3 * 86400, step=5)
+    seed(redis_client, shared_key(key_prefix), ancient, now - 90 * 86400, step=5)
 
     def boot(policy: SnapshotPolicy | None) -> WorkerStatePersistence:
         return booted(make, policy=policy, horizon=30 * 86400.0, revoked=LimitedSet(maxlen=200, expires=7200))
@@ -371,7 +368,7 @@ def test_a_boot_builds_the_snapshot_and_later_boots_read_it_with_the_same_result
     plain, first, second = boot(None), boot(EAGER), boot(EAGER)
     assert [p.merged.fleet_source for p in (plain, first, second)] == ["", "built", "snapshot"]
     assert redis_client.type(snap(key_prefix)) == b"string"
-    assert redis_client.exists(snapshot.lock_key(fleet(key_prefix))) == 0  # released
+    assert redis_client.exists(snapshot.lock_key(shared_key(key_prefix))) == 0  # released
     assert len(plain.revoked._data) == 200
     for persistence in (first, second):
         assert set(persistence.revoked._data) == set(plain.revoked._data)
@@ -386,10 +383,10 @@ def test_a_boot_builds_the_snapshot_and_later_boots_read_it_with_the_same_result
 def test_ids_revoked_after_the_snapshot_are_read_from_the_set(make: Factory, redis_client: redis.Redis,
                                                               key_prefix: str) -> None:
     now = time.time()
-    seed(redis_client, fleet(key_prefix), ids(500), now - 100)
+    seed(redis_client, shared_key(key_prefix), ids(500), now - 100)
     booted(make, "a@h")
     newer = ids(30)
-    seed(redis_client, fleet(key_prefix), newer, time.time() + 1, step=0.01)
+    seed(redis_client, shared_key(key_prefix), newer, time.time() + 1, step=0.01)
     later = booted(make, "b@h")
     assert later.merged.fleet_source == "snapshot"
     assert not binds(later, newer)
@@ -404,7 +401,7 @@ def test_a_late_write_with_an_old_score_is_never_missed(make: Factory, redis_cli
     """Ids flushed after an outage keep their revocation time, below the snapshot's max score: the
     count no longer matches, the snapshot is not used (rebuilt), and they bind."""
     now = time.time()
-    seed(redis_client, fleet(key_prefix), ids(500), now - 100)
+    seed(redis_client, shared_key(key_prefix), ids(500), now - 100)
     assert booted(make, "a@h").merged.fleet_source == "built"
     late = ids(3)
     repository = SyncStateRepository.open(StateDBConfig(url=make().config.url, key_prefix=key_prefix), "p@h")
@@ -420,14 +417,14 @@ def test_a_late_write_with_an_old_score_is_never_missed(make: Factory, redis_cli
 def test_a_lowered_score_keeps_the_snapshot_and_the_id(make: Factory, redis_client: redis.Redis,
                                                        key_prefix: str) -> None:
     now, stored = snapshot_built(make, redis_client, key_prefix)
-    redis_client.zadd(fleet(key_prefix), {stored[0]: now - 9000, stored[-1]: 1.0}, lt=True)  # ZADD LT
+    redis_client.zadd(shared_key(key_prefix), {stored[0]: now - 9000, stored[-1]: 1.0}, lt=True)  # ZADD LT
     after = booted(make, "b@h")
     assert after.merged.fleet_source == "snapshot"
     assert not binds(after, stored)
     newer = ids(1)  # an id of the delta lowered below the max score: read again, in full
-    seed(redis_client, fleet(key_prefix), newer, time.time() + 5)
+    seed(redis_client, shared_key(key_prefix), newer, time.time() + 5)
     assert booted(make, "c@h").merged.fleet_source == "snapshot"
-    redis_client.zadd(fleet(key_prefix), {newer[0]: now - 50000}, lt=True)
+    redis_client.zadd(shared_key(key_prefix), {newer[0]: now - 50000}, lt=True)
     last = booted(make, "d@h")
     assert last.merged.fleet_source == "built" and not binds(last, newer + stored)
 
@@ -440,8 +437,8 @@ def test_a_restore_after_the_snapshot_is_honoured_and_a_late_write_still_binds(
     now, stored = snapshot_built(make, redis_client, key_prefix)
     restored, late = stored[7], ids(1)
     assert anyio.run(lambda: admin.restore(redis_url, [restored], key_prefix=key_prefix)) == 1
-    redis_client.zadd(fleet(key_prefix), {late[0]: now - 4000}, lt=True)
-    assert redis_client.zcard(fleet(key_prefix)) == 500
+    redis_client.zadd(shared_key(key_prefix), {late[0]: now - 4000}, lt=True)
+    assert redis_client.zcard(shared_key(key_prefix)) == 500
     after = booted(make, "b@h")
     assert after.merged.fleet_source == "built"
     assert restored not in after.revoked and not binds(after, late)
@@ -451,7 +448,7 @@ def test_a_restore_after_the_snapshot_is_honoured_and_a_late_write_still_binds(
 def test_a_removal_by_hand_alone_is_seen_by_the_count(make: Factory, redis_client: redis.Redis,
                                                       key_prefix: str) -> None:
     _now, stored = snapshot_built(make, redis_client, key_prefix)
-    redis_client.zrem(fleet(key_prefix), stored[3])  # no marker: ZCOUNT is one short
+    redis_client.zrem(shared_key(key_prefix), stored[3])  # no marker: ZCOUNT is one short
     after = booted(make, "b@h")
     assert after.merged.fleet_source == "built"
     assert stored[3] not in after.revoked
@@ -463,11 +460,11 @@ def test_a_set_deleted_and_refilled_by_hand_is_not_taken_for_its_snapshot(
     """A DEL leaves no marker, and refilled with as many ids the count matches: the sampled ids of the
     snapshot are gone, so it is rebuilt."""
     now = time.time()
-    seed(redis_client, fleet(key_prefix), ids(300), now - 100)
+    seed(redis_client, shared_key(key_prefix), ids(300), now - 100)
     booted(make, "a@h")
-    redis_client.delete(fleet(key_prefix))
+    redis_client.delete(shared_key(key_prefix))
     refill = ids(300)
-    seed(redis_client, fleet(key_prefix), refill, now - 100)
+    seed(redis_client, shared_key(key_prefix), refill, now - 100)
     after = booted(make, "b@h")
     assert after.merged.fleet_source == "built" and not binds(after, refill)
     assert booted(make, "c@h").merged.fleet_source == "snapshot"
@@ -477,8 +474,8 @@ def test_a_purge_after_the_snapshot_is_honoured(make: Factory, redis_client: red
                                                 key_prefix: str) -> None:
     now = time.time()
     keep, purged = ids(300), ids(300)
-    seed(redis_client, fleet(key_prefix), keep, now - 100)
-    seed(redis_client, fleet(key_prefix), purged, now - 40 * 86400)
+    seed(redis_client, shared_key(key_prefix), keep, now - 100)
+    seed(redis_client, shared_key(key_prefix), purged, now - 40 * 86400)
     booted(make, "a@h")
     removed = anyio.run(lambda: admin.purge_old_revoked(redis_url, older_than="30d", key_prefix=key_prefix))
     assert removed == 300
@@ -517,7 +514,7 @@ def test_concurrent_boots_build_once_and_miss_nothing_written_meanwhile(
     now = time.time()
     stored = ids(4000) + ids(500, "custom")
     random.shuffle(stored)
-    seed(redis_client, fleet(key_prefix), stored, now - 10, step=0.5)
+    seed(redis_client, shared_key(key_prefix), stored, now - 10, step=0.5)
     workers = [make(f"w{i}@h") for i in range(10)]
     start, stop = threading.Barrier(len(workers) + 1), threading.Event()
     late: list[str] = []
@@ -527,7 +524,7 @@ def test_concurrent_boots_build_once_and_miss_nothing_written_meanwhile(
         writer = redis.Redis.from_url(redis_url)
         while not stop.is_set():
             task_id = str(uuid.uuid4())
-            writer.zadd(fleet(key_prefix), {task_id: now - random.uniform(0, 2000)}, lt=True)
+            writer.zadd(shared_key(key_prefix), {task_id: now - random.uniform(0, 2000)}, lt=True)
             late.append(task_id)
             time.sleep(0.002)
         writer.close()
@@ -555,7 +552,7 @@ def test_concurrent_boots_build_once_and_miss_nothing_written_meanwhile(
 def test_a_storm_of_boots_builds_one_snapshot_and_boots_from_it(make: Factory, redis_client: redis.Redis,
                                                                  key_prefix: str) -> None:
     stored = ids(6000)
-    seed(redis_client, fleet(key_prefix), stored, time.time() - 10, step=0.5)
+    seed(redis_client, shared_key(key_prefix), stored, time.time() - 10, step=0.5)
     workers = [make(f"w{i}@h") for i in range(12)]
     start = threading.Barrier(len(workers))
 
@@ -579,8 +576,8 @@ def test_a_worker_waits_for_a_build_under_way_then_reads_its_snapshot(
 ) -> None:
     now = time.time()
     stored = ids(600)
-    seed(redis_client, fleet(key_prefix), stored, now - 10)
-    redis_client.set(snapshot.lock_key(fleet(key_prefix)), b"someone", px=60_000)
+    seed(redis_client, shared_key(key_prefix), stored, now - 10)
+    redis_client.set(snapshot.lock_key(shared_key(key_prefix)), b"someone", px=60_000)
 
     def build_elsewhere() -> None:  # the holder of the lock writes its snapshot, then lets the lock go
         time.sleep(0.4)
@@ -589,7 +586,7 @@ def test_a_worker_waits_for_a_build_under_way_then_reads_its_snapshot(
             assert fleet_snapshot._Boot(repository, EAGER, None, time.time())._build(b"") is not None
         finally:
             repository.close()
-        redis_client.delete(snapshot.lock_key(fleet(key_prefix)))
+        redis_client.delete(snapshot.lock_key(shared_key(key_prefix)))
 
     thread = threading.Thread(target=build_elsewhere)
     thread.start()
@@ -601,8 +598,8 @@ def test_a_worker_waits_for_a_build_under_way_then_reads_its_snapshot(
 def test_a_worker_stops_waiting_when_the_build_gives_up(make: Factory, redis_client: redis.Redis,
                                                         key_prefix: str) -> None:
     stored = ids(600)
-    seed(redis_client, fleet(key_prefix), stored, time.time() - 10)
-    lock = snapshot.lock_key(fleet(key_prefix))
+    seed(redis_client, shared_key(key_prefix), stored, time.time() - 10)
+    lock = snapshot.lock_key(shared_key(key_prefix))
     redis_client.set(lock, b"someone", px=300)  # a builder that dies: its lock expires
     started = time.monotonic()
     waiter = booted(make, "waiter@h", policy=SnapshotPolicy(min_ids=1, wait_base=20.0))
@@ -612,23 +609,23 @@ def test_a_worker_stops_waiting_when_the_build_gives_up(make: Factory, redis_cli
 
 def test_an_outgrown_snapshot_is_rebuilt(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
     now = time.time()
-    seed(redis_client, fleet(key_prefix), ids(400), now - 500)
+    seed(redis_client, shared_key(key_prefix), ids(400), now - 500)
     policy = SnapshotPolicy(min_ids=1, min_stale=10, stale_share=0.1)
     assert booted(make, "a@h", policy=policy).merged.fleet_source == "built"
-    seed(redis_client, fleet(key_prefix), ids(20), time.time() + 1, step=0.01)
+    seed(redis_client, shared_key(key_prefix), ids(20), time.time() + 1, step=0.01)
     assert booted(make, "b@h", policy=policy).merged.fleet_source == "snapshot"  # 20 newer: fine
     newer = ids(60)
-    seed(redis_client, fleet(key_prefix), newer, time.time() + 2, step=0.01)
-    redis_client.set(snapshot.lock_key(fleet(key_prefix)), b"busy", px=60_000)
+    seed(redis_client, shared_key(key_prefix), newer, time.time() + 2, step=0.01)
+    redis_client.set(snapshot.lock_key(shared_key(key_prefix)), b"busy", px=60_000)
     busy = booted(make, "c@h", policy=policy)  # another worker rebuilds: this one boots from the old one
     assert busy.merged.fleet_source == "snapshot" and not binds(busy, newer)
-    redis_client.delete(snapshot.lock_key(fleet(key_prefix)))
+    redis_client.delete(snapshot.lock_key(shared_key(key_prefix)))
     rebuilt = booted(make, "d@h", policy=policy)
     assert rebuilt.merged.fleet_source == "built" and not binds(rebuilt, newer)
 
 
 def test_a_small_fleet_set_is_read_as_it_is(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
-    seed(redis_client, fleet(key_prefix), ids(50), time.time() - 5)
+    seed(redis_client, shared_key(key_prefix), ids(50), time.time() - 5)
     persistence = booted(make, policy=SnapshotPolicy())
     assert persistence.merged.fleet_source == "set" and not redis_client.exists(snap(key_prefix))
 
@@ -641,7 +638,7 @@ def test_a_corrupt_snapshot_is_reported_ignored_and_rebuilt(
     make: Factory, redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
     stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, time.time() - 10)
+    seed(redis_client, shared_key(key_prefix), stored, time.time() - 10)
     booted(make, "a@h")
     good = redis_client.get(snap(key_prefix))
     assert good is not None
@@ -662,7 +659,7 @@ def test_a_snapshot_key_of_another_type_is_reported_and_left_alone(
     make: Factory, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, time.time() - 10)
+    seed(redis_client, shared_key(key_prefix), stored, time.time() - 10)
     redis_client.rpush(snap(key_prefix), "a", "b")
     after = booted(make)
     assert after.merged.fleet_source == "set" and not binds(after, stored)
@@ -674,8 +671,8 @@ def test_bad_members_left_out_of_a_snapshot_are_reported_by_every_boot(
     make: Factory, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     stored = ids(500)
-    seed(redis_client, fleet(key_prefix), stored, time.time() - 10)
-    redis_client.zadd(fleet(key_prefix), {b"\xff\xfe": time.time() - 20})
+    seed(redis_client, shared_key(key_prefix), stored, time.time() - 10)
+    redis_client.zadd(shared_key(key_prefix), {b"\xff\xfe": time.time() - 20})
     first, second = booted(make, "a@h"), booted(make, "b@h")
     assert second.merged.fleet_source == "snapshot"
     for persistence in (first, second):
@@ -688,14 +685,14 @@ def test_a_worker_without_the_snapshot_in_its_acl_boots_reading_the_set(
 ) -> None:
     with PrivateServer() as server:
         admin_client = server.client()
-        keys = [f"~{key_prefix}*:revoked", f"~{key_prefix}*:stamps", f"~{fleet(key_prefix)}",
+        keys = [f"~{key_prefix}*:revoked", f"~{key_prefix}*:stamps", f"~{shared_key(key_prefix)}",
                 f"~{key_prefix}shared:fleet-stamps"]
         admin_client.execute_command(
             "ACL", "SETUSER", "old", "on", ">pw", "resetkeys", *keys, "-@all", "+ping", "+hello", "+zadd",
             "+zrevrangebyscore", "+zrevrange", "+zcard", "+zcount", "+zmscore", "+time", "+info",
             f"(~{key_prefix}*:clock +get +set +eval)")
         stored = ids(300)
-        seed(admin_client, fleet(key_prefix), stored, time.time() - 10)
+        seed(admin_client, shared_key(key_prefix), stored, time.time() - 10)
         with caplog.at_level(logging.WARNING, logger="celery_redis_statedb"):
             persistence = booted(make, url=f"redis://old:pw@127.0.0.1:{server.port}/0")
         assert persistence.merged.fleet_source == "set" and not binds(persistence, stored)
@@ -712,7 +709,7 @@ def test_a_worker_with_the_documented_acl_builds_and_reads_the_snapshot(make: Fa
         admin_client.execute_command("ACL", "SETUSER", "statedb", *worker_acl_rule(key_prefix, admin_client))
         admin_client.execute_command("ACL", "LOG", "RESET")
         stored = ids(300)
-        seed(admin_client, fleet(key_prefix), stored, time.time() - 10)
+        seed(admin_client, shared_key(key_prefix), stored, time.time() - 10)
         url = f"redis://statedb:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
         sources = []
         for name in ("a@h", "b@h"):
@@ -720,8 +717,8 @@ def test_a_worker_with_the_documented_acl_builds_and_reads_the_snapshot(make: Fa
             sources.append(persistence.merged.fleet_source)
             assert not binds(persistence, stored)
             persistence.save()
-        admin_client.delete(fleet(key_prefix))  # by hand: the next boot marks the snapshot stale (SET)
-        seed(admin_client, fleet(key_prefix), ids(300), time.time() - 10)
+        admin_client.delete(shared_key(key_prefix))  # by hand: the next boot marks the snapshot stale (SET)
+        seed(admin_client, shared_key(key_prefix), ids(300), time.time() - 10)
         booted(make, "c@h", url=url).save()
         assert sources == ["built", "snapshot"]
         assert acl_log(admin_client) == [], "a boot sent a command the documented rule does not allow"
@@ -739,17 +736,17 @@ def test_ids_read_by_rank_are_not_missed_when_revokes_arrive_during_the_boot(
     they are read too (the oldest ids newer than the snapshot, or the oldest of the set)."""
     now = time.time()
     old = ids(500)
-    seed(redis_client, fleet(key_prefix), old, now - 8 * 3600)  # older than the in-memory expiry
+    seed(redis_client, shared_key(key_prefix), old, now - 8 * 3600)  # older than the in-memory expiry
     if policy == "snapshot":
         assert booted(make, "a@h").merged.fleet_source == "built"
     delta = ids(20)
-    seed(redis_client, fleet(key_prefix), delta, now - 5 * 3600, step=1.0)  # newer than it, older than 3 h
+    seed(redis_client, shared_key(key_prefix), delta, now - 5 * 3600, step=1.0)  # newer than it, older than 3 h
     real = cursors.RankCursor.next_operation
     racing = ids(3)
 
     def revoked_elsewhere_first(self: Any) -> Any:
         while racing:  # revokes stored by other workers while this one boots
-            redis_client.zadd(fleet(key_prefix), {racing.pop(): time.time()})
+            redis_client.zadd(shared_key(key_prefix), {racing.pop(): time.time()})
         return real(self)
 
     monkeypatch.setattr(cursors.RankCursor, "next_operation", revoked_elsewhere_first)
@@ -761,8 +758,8 @@ def test_ids_read_by_rank_are_not_missed_when_revokes_arrive_during_the_boot(
 def test_a_lock_key_of_another_type_does_not_hide_the_fleet_set(make: Factory, redis_client: redis.Redis,
                                                                key_prefix: str) -> None:
     stored = ids(300)
-    seed(redis_client, fleet(key_prefix), stored, time.time() - 100)
-    lock = snapshot.lock_key(fleet(key_prefix))
+    seed(redis_client, shared_key(key_prefix), stored, time.time() - 100)
+    lock = snapshot.lock_key(shared_key(key_prefix))
     redis_client.hset(lock, "x", "y")
     worker = booted(make, "w@h")
     assert binds(worker, stored) == []

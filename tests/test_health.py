@@ -1,5 +1,5 @@
 """``celery statedb health`` and ``metrics`` on simulated ``statedb_status`` replies (decision 4's shape)
-and a real Redis; the real workers' proof is in test_e2e_health.py."""
+and a real Redis; the real workers' proof is in test_e2e_operator.py."""
 
 from __future__ import annotations
 
