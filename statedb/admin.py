@@ -443,7 +443,7 @@ class StateAdmin:
     async def _known(self, workers: Iterable[str | None]) -> list[WorkerState]:
         return [state for state, _ in await self._known_facts(workers)]
 
-    def _owned_set(self, worker: str | None) -> tuple[str, RedisKey]:
+    def owned_set(self, worker: str | None) -> tuple[str, RedisKey]:
         """(owner, key) of the set a worker reads and writes: the fleet set for FLEET, or in the shared scope."""
         key = self._worker_set(worker)
         return (FLEET if key == self.schema.shared_revoked_key else str(worker)), key
@@ -489,7 +489,7 @@ class StateAdmin:
         UnknownWorkerError for a worker with no state. A member that cannot be an id raises
         CorruptValueError, or, given ``bad``, is skipped and counted there.
         """
-        owner, key = self._owned_set(worker)
+        owner, key = self.owned_set(worker)
         async for task_id, when in self.revoked_rows(worker, newer_than=newer_than, limit=limit, bad=bad):
             yield Revocation(task_id, owner, key_text(key), utc(when))
 
@@ -563,7 +563,7 @@ class StateAdmin:
             sets = await self._revoked_sets()
         else:
             await self._known([worker])
-            sets = [self._owned_set(worker)]
+            sets = [self.owned_set(worker)]
             if sets[0][0] != FLEET:
                 sets.append((FLEET, self.schema.shared_revoked_key))
         async with self._fleet_snapshot_stale(sets):
@@ -593,7 +593,7 @@ class StateAdmin:
             sets = await self._revoked_sets()
         else:
             await self._known([worker])
-            sets = [self._owned_set(worker)]
+            sets = [self.owned_set(worker)]
         stamp_sets = await self.stamps.sets(worker, every=worker is None)  # before a purge may empty them
         operation = ops.count_between if dry_run else ops.remove_between
         async with self._fleet_snapshot_stale(() if dry_run else sets):

@@ -98,6 +98,16 @@ async def test_revoked_ids_newest_first_by_keyset_pages(
     assert too_many.status_code == 422 and "limit" in too_many.text
 
 
+async def test_a_shared_scope_workers_revoked_ids_are_the_fleet_sets(
+    redis_url: str, key_prefix: str, seeded: int
+) -> None:
+    """As ``celery statedb ls`` says: in the shared scope a worker reads and writes the fleet set."""
+    async with mounted(make_router(redis_url, key_prefix=key_prefix, scope="shared"), "/statedb") as client:
+        page = (await client.get("/api/workers/s@h/revoked")).json()
+    assert page["key"] == KeySchema(key_prefix).shared_revoked_key
+    assert [item["task_id"] for item in page["items"]] == ["fleet-1", "new-a"]
+
+
 async def test_where_a_task_is_revoked(redis_url: str, key_prefix: str, seeded: int) -> None:
     async with mounted(make_router(redis_url, key_prefix=key_prefix), "/statedb") as client:
         found = (await client.get("/api/tasks/new-a")).json()

@@ -227,8 +227,10 @@ def make_router(
                           "Ids revoked before this time (epoch seconds), or a next_before token."))
                       ) -> models.RevokedPage:
         admin = admins.get()
-        state = await _answer(admin.inspect_worker(name))
-        cursor = cursors.PageCursor(state.key, newer_than=None, limit=None, chunk_size=limit, bad=BadMembers())
+        state = await _answer(admin.inspect_worker(name))  # UnknownWorkerError: a 404
+        _, key = admin.owned_set(state.worker)  # a shared-scope worker's revocations are the fleet set's
+        assert isinstance(key, str)  # a set named from a worker name, never raw bytes
+        cursor = cursors.PageCursor(key, newer_than=None, limit=None, chunk_size=limit, bad=BadMembers())
         if before is not None:
             cursor.high, cursor.skip = _parse_token(before)
         operation = cursor.next_operation()
@@ -236,7 +238,7 @@ def make_router(
         rows = cursor.feed(await _answer(admin.run(operation)))
         items = [models.RevokedItem(task_id=task_id, revoked_at=iso(utc(when)),
                                     revoked_at_epoch=when) for task_id, when in rows]
-        return models.RevokedPage(worker=state.worker, key=state.key, items=items, next_before=_page_token(cursor))
+        return models.RevokedPage(worker=state.worker, key=key, items=items, next_before=_page_token(cursor))
 
     @router.get("/api/tasks/{task_id}", response_model=models.TaskPlaces)
     async def task(task_id: str) -> models.TaskPlaces:
