@@ -15,7 +15,6 @@ from celery_redis_statedb.revoked_set import (
     WriteThroughLimitedSet,
     attach,
     detach,
-    merge_unrecorded,
     merge_unrecorded_pages,
 )
 
@@ -95,7 +94,7 @@ def test_clear_discard_and_purge_never_record() -> None:
 
 def test_loaded_ids_are_not_written_back() -> None:
     revoked, recorder = make()
-    assert merge_unrecorded(revoked, [("older", 90.0), ("from-redis", 99.0)], wall=100.0, mono=1000.0) == 2
+    assert merge_unrecorded_pages(revoked, [(90.0, ["older"]), (99.0, ["from-redis"])], wall=100.0, mono=1000.0) == 2
     assert "from-redis" in revoked
     assert recorder.batches == []
     assert revoked._data["older"][0] == 990.0  # stamped as old as it really is
@@ -103,7 +102,7 @@ def test_loaded_ids_are_not_written_back() -> None:
 
 def test_loaded_stamps_are_never_in_the_future() -> None:
     revoked, _ = make()
-    merge_unrecorded(revoked, [("skewed", 150.0)], wall=100.0, mono=1000.0)
+    merge_unrecorded_pages(revoked, [(150.0, ["skewed"])], wall=100.0, mono=1000.0)
     assert revoked._data["skewed"][0] == 1000.0
 
 

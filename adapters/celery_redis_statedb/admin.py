@@ -187,14 +187,21 @@ class SyncStateAdmin:
                signal: str | None = None) -> RevokeReport:
         """Durable revoke: into the fleet set first (read at every boot), then Celery's own broadcast,
         which does not store the ids a second time, whatever the app's control class."""
+        ids = list(task_ids)
+        report = self.call(lambda admin: admin.revoke(ids))
+        if broadcast:
+            self.tell_revoked(report.task_ids, terminate=terminate, signal=signal)
+        return report
+
+    def tell_revoked(self, task_ids: Iterable[str], *, terminate: bool = False, signal: str | None = None) -> None:
+        """Celery's own revoke broadcast for ids stored already: it does not store them a second time,
+        whatever the app's control class."""
         from celery_redis_statedb.durable_control import already_durable
 
         ids = list(task_ids)
-        report = self.call(lambda admin: admin.revoke(ids))
-        if broadcast and report.task_ids:
+        if ids:
             with already_durable():
-                self.app.control.revoke(list(report.task_ids), terminate=terminate, signal=signal)
-        return report
+                self.app.control.revoke(ids, terminate=terminate, signal=signal)
 
     def restore(self, task_ids: Iterable[str], *, worker: str | None = None, broadcast: bool = True,
                 reply_timeout: float = 1.0) -> RestoreResult:
@@ -227,9 +234,8 @@ class SyncStateAdmin:
         """Remove ids (and stamped-header revokes) revoked more than ``older_than`` ago, by the server's
         clock, from every set or ``worker``'s; then (unless ``dry_run`` or ``broadcast=False``) live
         workers drop the purged ids they hold, so they stop binding at once."""
-        now = self.server_time()  # the clock the workers stamp revocations with
         report = self.call(lambda admin: admin.purge_old_revoked(older_than=older_than, worker=worker,
-                                                                 dry_run=dry_run, now=now, progress=progress))
+                                                                 dry_run=dry_run, progress=progress))
         if broadcast and not dry_run:
             self.tell_purged(report.cutoff.timestamp(), worker)
         return report

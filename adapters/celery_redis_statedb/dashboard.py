@@ -47,13 +47,7 @@ def live_workers(bound: SyncStateAdmin, *, status_timeout: float = 1.0) -> LiveW
         return await to_thread.run_sync(partial(worker_statuses, bound, timeout=status_timeout))
 
     async def revoked(task_ids: Sequence[str]) -> None:
-        from celery_redis_statedb.durable_control import already_durable
-
-        def send() -> None:
-            with already_durable():  # stored already by the dashboard: not a second time
-                bound.app.control.revoke(list(task_ids))
-
-        await to_thread.run_sync(send)
+        await to_thread.run_sync(partial(bound.tell_revoked, task_ids))
 
     async def restored(report: RestoreReport, worker: str | None) -> None:
         await to_thread.run_sync(partial(bound.tell_restored, report, worker))

@@ -120,10 +120,10 @@ def open_snapshot(repository: SyncStateRepository, policy: SnapshotPolicy, *, ho
                   now: float, head: tuple[bytes, int] | None = None) -> Opened | None:
     """The fleet set's snapshot to boot from, built here if need be; None: read the set as it is.
     ``head``: the reply of :func:`head_operation`, if it was run already."""
-    key = snapshot.snapshot_key(repository.keys.shared)
-    ours = (key, snapshot.lock_key(repository.keys.shared))  # the snapshot and its build lock
+    boot = _Boot(repository, policy, horizon_start, now)
+    ours = (boot.key, boot.lock)  # the snapshot and its build lock
     try:
-        return _Boot(repository, policy, horizon_start, now).open(build=True, head=head)
+        return boot.open(build=True, head=head)
     except AccessDeniedError as exc:
         logger.warning("redis-statedb: Redis refused the fleet set's snapshot (%s): this worker reads the whole "
                        "fleet set at boot; grant the worker's ACL user the snapshot keys (README, Security)", exc)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -134,37 +134,17 @@ def detach(revoked: LimitedSet) -> None:
         revoked.__class__ = LimitedSet
 
 
-def merge_unrecorded(revoked: LimitedSet, rows: Iterable[tuple[str, float]], *, wall: float, mono: float) -> int:
-    """Put ids loaded from Redis into memory without writing them back; returns how many.
-
-    ``rows`` are (task id, wall-clock revocation time); each id is stamped on the
-    local monotonic clock as old as it really is (never in the future). Give them
-    oldest first: each insertion into the set's heap is then O(1), where newest
-    first sifts every one up to the root.
-    """
-    add = LimitedSet.add
-    offset = mono - wall
-    merged = 0
-    for task_id, revoked_at in rows:
-        stamp = offset + revoked_at
-        add(revoked, task_id, stamp if stamp < mono else mono)
-        merged += 1
-    return merged
-
-
 def _local_stamp(revoked_at: float, *, wall: float, mono: float) -> float:
-    """A wall-clock time on the local monotonic clock, as old as it is (never in the future).
-
-    merge_unrecorded does the same inline: it runs once per id.
-    """
+    """A wall-clock time on the local monotonic clock, as old as it is (never in the future)."""
     return min(mono, mono - wall + revoked_at)
 
 
 def merge_unrecorded_pages(revoked: LimitedSet, pages: Sequence[tuple[float, list[str]]], *, wall: float,
                            mono: float) -> int:
-    """Like :func:`merge_unrecorded` for pages of ids sharing one revocation time.
+    """Put ids loaded from Redis into memory without writing them back; returns how many.
 
-    ``pages`` are (wall-clock time, ids newest first), oldest page first.
+    ``pages`` are (wall-clock time, ids newest first) of ids sharing one revocation time, oldest page
+    first; each id is stamped on the local monotonic clock as old as it really is (never in the future).
     """
     if not revoked and _bulk_load(revoked, pages, wall=wall, mono=mono):
         return sum(len(ids) for _, ids in pages)  # as add() counts: every id merged, whatever the limit kept
