@@ -27,12 +27,14 @@ from hypothesis import strategies as st
 from kombu.clocks import LamportClock
 
 from celery_redis_statedb import WorkerStatePersistence, fleet_snapshot
+from celery_redis_statedb.boot_merge import merge_stored
 from celery_redis_statedb.fleet_snapshot import SnapshotPolicy
 from celery_redis_statedb.local_servers import PrivateServer
 from statedb import StateDBConfig, SyncStateRepository, admin, cursors, snapshot, uuid_pack
 from statedb.errors import CorruptValueError, InvalidInputError
 from statedb.keys import KeySchema
 from tests.keys import shared_key
+from tests.round_trips import round_trips
 
 EAGER = SnapshotPolicy(min_ids=1, min_stale=10**9, wait_base=5.0)  # a snapshot for any set, never outgrown
 PURE = settings(max_examples=200, deadline=None)
@@ -626,8 +628,15 @@ def test_an_outgrown_snapshot_is_rebuilt(make: Factory, redis_client: redis.Redi
 
 def test_a_small_fleet_set_is_read_as_it_is(make: Factory, redis_client: redis.Redis, key_prefix: str) -> None:
     seed(redis_client, shared_key(key_prefix), ids(50), time.time() - 5)
-    persistence = booted(make, policy=SnapshotPolicy())
-    assert persistence.merged.fleet_source == "set" and not redis_client.exists(snap(key_prefix))
+    persistence = make(policy=SnapshotPolicy())
+    persistence.repository.ping()  # connected: the handshake is not a trip of the merge
+    with round_trips() as sent:
+        merged = merge_stored(persistence.repository, persistence.revoked, persistence.stored.index, horizon=None,
+                              snapshot=SnapshotPolicy())
+    assert merged.fleet_source == "set" and not redis_client.exists(snap(key_prefix))
+    # The first trip (own set's counts, the snapshot's head and the fleet set's size), the windows of the
+    # fleet set's newest ids (4 for 50 ids), then its counts: its size is not asked again before the windows.
+    assert len(sent) == 6, [trip.split(b"\r\n")[2] for trip in sent]
 
 
 # -- bad values never stop a boot ----------------------------------------------------

@@ -161,7 +161,9 @@ def _read_set(repository: SyncStateRepository, revoked: LimitedSet, *, shared: b
         return _SetRead(part.memory + pages, ranks, min(opened.newer, within), part.index, part.index_count,
                         opened.source, low)
     source = "set" if snapshot is not None else ""
-    if not (counted or repository.count_within(start, shared=shared))[0]:  # empty (a new worker's own): no windows
+    # The set's size, read already if the first trip counted it (its ZCARD, or the snapshot's head's).
+    size = counted[0] if counted else (head[1] if head else repository.count_within(start, shared=shared)[0])
+    if not size:  # empty (a new worker's own): no windows
         return _SetRead([], 0, 0, source=source)
     ranks, _, pages = _read_newest(repository, revoked, shared=shared, wall=wall, not_before=start)
     total, too_old = repository.count_within(start, shared=shared)
