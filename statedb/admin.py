@@ -300,6 +300,7 @@ class StateAdmin:
         else:
             self._client, self.target = redis, "the Redis client passed in"
         self._owns_client = isinstance(redis, str)
+        self._topology_checked = False
 
     @property
     def key_prefix(self) -> str:
@@ -381,7 +382,9 @@ class StateAdmin:
             except REDIS_FAILURES as exc:
                 raise translate_exception(exc, target=self.target) from exc
             return
-        await check_topology(client, self.target)
+        if not self._topology_checked:  # a client's server does not change: checked once
+            await check_topology(client, self.target)
+            self._topology_checked = True
         cursor = 0
         while True:
             cursor, keys = await self.run(ops.scan_page(self.schema.match_all, cursor))

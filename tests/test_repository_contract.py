@@ -143,6 +143,15 @@ def test_iteration_is_newest_first_across_chunks(open_repo: Opener, config: Stat
     assert repo.iter_revoked(limit=0) == []
 
 
+def test_the_server_check_is_one_round_trip(open_repo: Opener, config: StateDBConfig) -> None:
+    """A worker's start-up check (a plain client's topology and the ZADD LT probe) asks once."""
+    repo = open_repo(config)
+    assert repo.count_revoked() == 0  # connected: the handshake is not counted below
+    with round_trips() as sent:
+        repo.check_server()
+    assert len(sent) == 1, sent
+
+
 def test_big_batch_is_one_call(open_repo: Opener, config: StateDBConfig) -> None:
     """25 000 ids are written in one round trip (one pipeline of ZADD chunks) and counted in one; they are
     read back a page of ``load_chunk_size`` a round trip, within the byte budget of a trip."""

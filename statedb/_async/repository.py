@@ -51,14 +51,27 @@ async def run_staged(client: Client, stage: Callable[[Any], None], target: str) 
         raise translate_exception(exc, target=target) from exc
 
 
-async def check_topology(client: Client, target: str) -> None:
+async def check_topology(client: Client, target: str, then: commands.Operation[T] | None = None) -> T | None:
     """ConfigurationError if a plain client was pointed at a Redis Cluster node: it would see that
-    node's keys only (and be refused the others). Passes when the server refuses INFO."""
-    if is_cluster_client(client):
-        return
-    operation = cluster.cluster_enabled()
-    if operation.result(await run_staged(client, operation.stage, target)):
-        raise ConfigurationError(cluster.standalone_on_cluster_message(target))
+    node's keys only (and be refused the others). Passes when the server refuses INFO.
+
+    ``then`` runs in the same round trip; its result is returned, its error replies raised only once
+    the topology passed (a cluster node answers it with a redirection, which would hide the cause)."""
+    topology = None if is_cluster_client(client) else cluster.cluster_enabled()
+
+    def stage(pipe: Any) -> None:
+        for operation in (topology, then):
+            if operation is not None:
+                operation.stage(pipe)
+
+    if topology is None and then is None:
+        return None
+    replies = await run_staged(client, stage, target)
+    if topology is not None:
+        if topology.result(replies[:1]):
+            raise ConfigurationError(cluster.standalone_on_cluster_message(target))
+        replies = replies[1:]
+    return None if then is None else then.result(replies)
 
 
 class AsyncStateRepository:
@@ -126,11 +139,7 @@ class AsyncStateRepository:
     async def check_server(self) -> None:
         """Raise ConfigurationError if the server lacks a command this library needs, or is a
         Redis Cluster node reached through a plain (not ``redis+cluster://``) URL."""
-        await self.check_topology()
-        await self._run(self.operations.check_server())
-
-    async def check_topology(self) -> None:
-        await check_topology(self.client, self.operations.target)
+        await check_topology(self.client, self.operations.target, then=self.operations.check_server())
 
     async def add_revoked(self, task_ids: Iterable[object], *, revoked_at: float | None = None) -> int:
         """Store ids (one round trip for any number); returns how many were new."""
