@@ -103,8 +103,10 @@ def test_slot_ranges_cover_every_slot_once() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [kind for kind in SERVER_KINDS if installed(kind)])
+@pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_a_private_cluster_of_each_kind_serves_every_slot(kind: ServerKind) -> None:
+    if not installed(kind):
+        pytest.skip(f"{kind} is not installed here")
     with PrivateCluster(kind=kind) as cluster:
         client = cluster.client()
         try:

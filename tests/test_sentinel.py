@@ -120,6 +120,7 @@ def test_the_client_has_this_librarys_options(topology: SentinelTopology) -> Non
         assert options["redis_connect_func"] is not None
         assert options["retry"]._retries == 1
         assert client.sentinel_manager is not None
+        assert len(client.sentinel_manager.sentinels) == 3  # every Sentinel of the URL, each checked below
         for sentinel in client.sentinel_manager.sentinels:
             sentinel_options = sentinel.connection_pool.connection_kwargs
             assert sentinel_options["socket_timeout"] == 1.5
